@@ -1,0 +1,86 @@
+import { z } from 'zod';
+
+// Every setting the service reads, with its default. `.env.example` and the README's
+// configuration table list the same variables; a test keeps docker-compose.yml in step.
+
+const milliseconds = (fallback: number, min: number) =>
+  z.coerce.number().int().min(min).default(fallback);
+
+const emptyAsUndefined = (value: unknown) => (value === '' ? undefined : value);
+
+export const envSchema = z
+  .object({
+    NODE_ENV: z.string().default('development'),
+    ROLE: z.enum(['all', 'api', 'worker']).default('all'),
+    PORT: z.coerce.number().int().min(0).max(65535).default(4000),
+    HOST: z.string().min(1).default('0.0.0.0'),
+    DATABASE_URL: z
+      .url({ protocol: /^postgres(ql)?$/ })
+      .default('postgres://postgres@127.0.0.1:5432/token_lease'),
+    DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(1000).default(10),
+    DATABASE_STATEMENT_TIMEOUT_MS: milliseconds(5_000, 100),
+    DATABASE_CONNECT_TIMEOUT_MS: milliseconds(5_000, 100),
+    REDIS_URL: z.url({ protocol: /^rediss?$/ }).default('redis://127.0.0.1:6379'),
+    REDIS_PREFIX: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, _ . - only')
+      .default('token-lease'),
+    POOL_SIZE: z.coerce.number().int().min(1).max(10_000_000).default(100),
+    LEASE_TTL_MS: milliseconds(120_000, 100).pipe(z.number().max(2_147_483_647)),
+    SWEEP_INTERVAL_MS: milliseconds(30_000, 10),
+    RELEASE_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(50),
+    ADMIN_API_KEY: z.preprocess(
+      emptyAsUndefined,
+      z.string().min(16, 'must be at least 16 characters').optional(),
+    ),
+    LOG_LEVEL: z
+      .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+      .default('info'),
+    SHUTDOWN_TIMEOUT_MS: milliseconds(10_000, 100),
+  })
+  .refine((e) => e.NODE_ENV !== 'production' || e.ADMIN_API_KEY !== undefined, {
+    path: ['ADMIN_API_KEY'],
+    message: 'required when NODE_ENV=production (admin routes would be open to anyone)',
+  })
+  .transform((e) => ({
+    nodeEnv: e.NODE_ENV,
+    role: e.ROLE,
+    port: e.PORT,
+    host: e.HOST,
+    databaseUrl: e.DATABASE_URL,
+    databasePoolMax: e.DATABASE_POOL_MAX,
+    databaseStatementTimeoutMs: e.DATABASE_STATEMENT_TIMEOUT_MS,
+    databaseConnectTimeoutMs: e.DATABASE_CONNECT_TIMEOUT_MS,
+    redisUrl: e.REDIS_URL,
+    redisPrefix: e.REDIS_PREFIX,
+    poolSize: e.POOL_SIZE,
+    leaseTtlMs: e.LEASE_TTL_MS,
+    sweepIntervalMs: e.SWEEP_INTERVAL_MS,
+    releaseConcurrency: e.RELEASE_CONCURRENCY,
+    adminApiKey: e.ADMIN_API_KEY,
+    logLevel: e.LOG_LEVEL,
+    shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
+  }));
+
+/** The variables the service reads (docker-compose.yml and .env.example may set only these). */
+export const envVariableNames = Object.keys(envSchema.in.shape);
+
+export type Config = Readonly<z.output<typeof envSchema>>;
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`invalid configuration:\n  ${problems.join('\n  ')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Reads the environment once; throws a ConfigError naming every bad variable. */
+export function loadConfig(env: Record<string, string | undefined>): Config {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    throw new ConfigError(
+      parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`),
+    );
+  }
+  return Object.freeze(parsed.data);
+}

@@ -1,0 +1,53 @@
+import pg from 'pg';
+import type { Logger } from '../logger.js';
+import { fromPgError } from './errors.js';
+
+export type Pool = pg.Pool;
+export type PoolClient = pg.PoolClient;
+/** Anything a query can run on: the pool (one statement, autocommit) or a transaction's client. */
+export type Queryable = Pick<pg.Pool, 'query'> | Pick<pg.PoolClient, 'query'>;
+
+export interface PoolOptions {
+  readonly connectionString: string;
+  readonly max: number;
+  readonly statementTimeoutMs: number;
+  readonly connectTimeoutMs: number;
+  readonly applicationName: string;
+}
+
+export function createPool(options: PoolOptions, log: Logger): Pool {
+  const pool = new pg.Pool({
+    connectionString: options.connectionString,
+    max: options.max,
+    application_name: options.applicationName,
+    connectionTimeoutMillis: options.connectTimeoutMs,
+    // The server cancels a statement that runs too long; the client gives up a little later on a
+    // connection that stopped answering at all (a network partition), so no request hangs unbounded.
+    statement_timeout: options.statementTimeoutMs,
+    query_timeout: options.statementTimeoutMs + 1_000,
+    keepAlive: true,
+  });
+  // Without this listener an idle connection dropped by the server crashes the process.
+  pool.on('error', (err) => {
+    log.warn({ err }, 'idle database connection failed');
+  });
+  return pool;
+}
+
+/**
+ * Runs one statement. Named statements are prepared once per connection, which saves the
+ * parse and plan of the hot queries. Errors leave as the service's own (see errors.ts).
+ */
+export async function query<R extends pg.QueryResultRow>(
+  db: Queryable,
+  name: string,
+  text: string,
+  values: unknown[] = [],
+): Promise<R[]> {
+  try {
+    const result = await db.query<R>({ name, text, values });
+    return result.rows;
+  } catch (error) {
+    throw fromPgError(error);
+  }
+}

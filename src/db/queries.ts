@@ -1,0 +1,202 @@
+// Every SQL statement the service runs, so that locking can be reviewed in one file.
+// Activation lives in migrations/0001 as activate_lease(), because it needs a few steps with
+// fallbacks and must still cost one round trip; read its header for the locking order.
+//
+// The locking order, everywhere: a token row is locked before any usage row of that token.
+// Every statement that ends a lease locks the token first and re-checks its conditions in the
+// UPDATE itself (on the newest row), so the release job, the sweep, clear and release can race
+// with each other and with activation and each lease still ends exactly once.
+
+import type { PoolClient, Queryable } from './pool.js';
+import { query } from './pool.js';
+
+export type EndReason = 'expired' | 'released' | 'cleared' | 'evicted';
+
+export interface UsageRow {
+  id: string;
+  token_id: string;
+  user_id: string;
+  fence: string; // int8 arrives as a string
+  started_at: Date;
+  expires_at: Date;
+  ended_at: Date | null;
+  end_reason: EndReason | null;
+}
+
+export interface ActivateRow {
+  outcome: 'existing' | 'created' | 'exhausted';
+  lease_id: string | null;
+  token_id: string | null;
+  user_id: string | null;
+  fence: string | null;
+  started_at: Date | null;
+  expires_at: Date | null;
+  wait_ms: string | null;
+  evicted_lease_id: string | null;
+}
+
+export async function activateLease(
+  db: Queryable,
+  args: { userId: string; ttlMs: number; evictOldest: boolean },
+): Promise<ActivateRow> {
+  const rows = await query<ActivateRow>(
+    db,
+    'activate-lease',
+    'SELECT * FROM activate_lease($1, $2, $3)',
+    [args.userId, args.ttlMs, args.evictOldest],
+  );
+  return one(rows);
+}
+
+// The tail shared by every statement that ends leases. `locked` must select (id, usage_id) of
+// the tokens to free, locked FOR UPDATE; `guard` narrows the UPDATE on the newest usage row.
+function endLockedLeases(locked: string, reason: string, guard = ''): string {
+  return `
+    WITH locked AS (${locked}),
+    ended AS (
+      UPDATE usages u SET ended_at = now(), end_reason = ${reason}
+      FROM locked
+      WHERE u.id = locked.usage_id AND u.ended_at IS NULL ${guard}
+      RETURNING u.*
+    ),
+    freed AS (
+      UPDATE tokens t SET usage_id = NULL
+      FROM ended
+      WHERE t.id = ended.token_id AND t.usage_id = ended.id
+    )
+    SELECT * FROM ended`;
+}
+
+const END_LEASE_IF_DUE = endLockedLeases(
+  'SELECT t.id, t.usage_id FROM tokens t WHERE t.usage_id = $1 FOR UPDATE',
+  `'expired'`,
+  'AND u.expires_at <= now()',
+);
+
+/** Ends one lease whose time is up; null when it already ended or is not due (renewed). */
+export async function endLeaseIfDue(db: Queryable, leaseId: string): Promise<UsageRow | null> {
+  return maybeOne(await query<UsageRow>(db, 'end-lease-if-due', END_LEASE_IF_DUE, [leaseId]));
+}
+
+// SKIP LOCKED: a token someone else has locked is being ended or taken right now.
+const END_DUE_LEASES = endLockedLeases(
+  `SELECT t.id, t.usage_id FROM usages u JOIN tokens t ON t.usage_id = u.id
+   WHERE u.ended_at IS NULL AND u.expires_at <= now()
+   ORDER BY u.expires_at
+   LIMIT $1
+   FOR UPDATE OF t SKIP LOCKED`,
+  `'expired'`,
+  'AND u.expires_at <= now()',
+);
+
+/** Ends up to `limit` leases whose time is up, oldest expiry first. */
+export async function endDueLeases(db: Queryable, limit: number): Promise<UsageRow[]> {
+  return query<UsageRow>(db, 'end-due-leases', END_DUE_LEASES, [limit]);
+}
+
+// In pool order, so that two clears lock the same rows in the same order and never deadlock.
+// A lease that ran out is ended as expired, not cleared: that is what happened to it.
+const CLEAR_LEASES = endLockedLeases(
+  'SELECT t.id, t.usage_id FROM tokens t WHERE t.usage_id IS NOT NULL ORDER BY t.position FOR UPDATE',
+  `CASE WHEN u.expires_at <= now() THEN 'expired' ELSE 'cleared' END`,
+);
+
+/** Ends every open lease; returns the ended usages. */
+export async function clearLeases(db: Queryable): Promise<UsageRow[]> {
+  return query<UsageRow>(db, 'clear-leases', CLEAR_LEASES);
+}
+
+// Advisory lock class 2 (class 1 is the per-user lock in activate_lease): one sweep at a time
+// across every worker process. Released with the transaction, so a crashed sweeper frees it.
+export async function tryLockSweep(tx: PoolClient): Promise<boolean> {
+  const rows = await query<{ locked: boolean }>(
+    tx,
+    'try-lock-sweep',
+    'SELECT pg_try_advisory_xact_lock(2, 0) AS locked',
+  );
+  return one(rows).locked;
+}
+
+// Class 3: one process at a time tops the pool up.
+export async function lockPoolSeeding(tx: PoolClient): Promise<void> {
+  await query(tx, 'lock-pool-seeding', 'SELECT pg_advisory_xact_lock(3, 0)');
+}
+
+/** Creates tokens until the pool holds `size`; never deletes any. Returns how many were made. */
+export async function topUpPool(tx: PoolClient, size: number): Promise<number> {
+  const rows = await query<{ created: number }>(
+    tx,
+    'top-up-pool',
+    `WITH made AS (
+       INSERT INTO tokens (created_at)
+       SELECT now() FROM generate_series(1, $1::bigint - (SELECT count(*) FROM tokens))
+       RETURNING 1
+     )
+     SELECT count(*)::int AS created FROM made`,
+    [size],
+  );
+  return one(rows).created;
+}
+
+export interface TokenRow {
+  id: string;
+  lease_id: string | null;
+  user_id: string | null;
+  fence: string | null;
+  started_at: Date | null;
+  expires_at: Date | null;
+}
+
+// A lease past its expiry is not joined: it counts as free even before anything ends the row.
+const TOKEN_COLUMNS = `
+  SELECT t.id, u.id AS lease_id, u.user_id, u.fence, u.started_at, u.expires_at
+  FROM tokens t
+  LEFT JOIN usages u ON u.id = t.usage_id AND u.expires_at > now()`;
+
+export async function listTokens(db: Queryable): Promise<TokenRow[]> {
+  return query<TokenRow>(db, 'list-tokens', `${TOKEN_COLUMNS} ORDER BY t.position`);
+}
+
+export async function findToken(db: Queryable, tokenId: string): Promise<TokenRow | null> {
+  return maybeOne(
+    await query<TokenRow>(db, 'find-token', `${TOKEN_COLUMNS} WHERE t.id = $1`, [tokenId]),
+  );
+}
+
+export async function tokenExists(db: Queryable, tokenId: string): Promise<boolean> {
+  const rows = await query(db, 'token-exists', 'SELECT 1 FROM tokens WHERE id = $1', [tokenId]);
+  return rows.length > 0;
+}
+
+/** A page of a token's usages, newest first, keyed by fence (which grows with start order). */
+export async function listUsages(
+  db: Queryable,
+  args: { tokenId: string; beforeFence: number | null; limit: number },
+): Promise<UsageRow[]> {
+  return query<UsageRow>(
+    db,
+    'list-usages',
+    `SELECT * FROM usages
+     WHERE token_id = $1 AND ($2::bigint IS NULL OR fence < $2::bigint)
+     ORDER BY fence DESC
+     LIMIT $3`,
+    [args.tokenId, args.beforeFence, args.limit],
+  );
+}
+
+export async function ping(db: Queryable): Promise<void> {
+  await query(db, 'ping', 'SELECT 1');
+}
+
+function one<R>(rows: R[]): R {
+  const [row] = rows;
+  if (row === undefined || rows.length > 1) {
+    throw new Error(`expected exactly one row, got ${rows.length}`);
+  }
+  return row;
+}
+
+function maybeOne<R>(rows: R[]): R | null {
+  if (rows.length > 1) throw new Error(`expected at most one row, got ${rows.length}`);
+  return rows[0] ?? null;
+}

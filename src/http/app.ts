@@ -1,0 +1,122 @@
+import { randomUUID } from 'node:crypto';
+import express, { type Express, type RequestHandler } from 'express';
+import type { Leases } from '../domain/leases.js';
+import { AppError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import { errorHandler, methodNotAllowed, notFound } from './errors.js';
+import { tokenRoutes } from './routes.js';
+
+export interface AppDeps {
+  readonly leases: Leases;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly adminApiKey: string | undefined;
+  /** Reports Redis for /readyz; absent when this process does not use Redis. */
+  readonly redisPing?: (() => Promise<void>) | undefined;
+}
+
+const BODY_LIMIT = '16kb';
+const JSON_TYPES = ['application/json', 'application/*+json'];
+const READY_CHECK_TIMEOUT_MS = 1_000;
+
+/** Builds the HTTP app; it does not listen (main/ does, tests use supertest). */
+export function createApp(deps: AppDeps): Express {
+  const { log, metrics } = deps;
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+
+  app.use(observe(log, metrics));
+  app.use(requireJsonBody);
+  // strict: false lets valid JSON that is not an object reach zod, which names the problem (422).
+  app.use(express.json({ limit: BODY_LIMIT, strict: false, type: JSON_TYPES }));
+
+  app
+    .route('/healthz')
+    .get((_req, res) => {
+      res.json({ data: { status: 'ok' } });
+    })
+    .all(methodNotAllowed(['GET']));
+
+  app
+    .route('/readyz')
+    .get(async (_req, res) => {
+      const [postgres, redis] = await Promise.all([
+        check(() => deps.leases.ping()),
+        deps.redisPing === undefined ? Promise.resolve('not_used' as const) : check(deps.redisPing),
+      ]);
+      const checks = { postgres, redis };
+      // Redis down degrades expiry precision but not correctness (the sweep and lazy expiry
+      // cover it), so only PostgreSQL decides whether this process should get traffic.
+      if (postgres !== 'up') {
+        throw new AppError('not_ready', 503, 'PostgreSQL is unreachable', { checks });
+      }
+      res.json({ data: { status: 'ready', checks } });
+    })
+    .all(methodNotAllowed(['GET']));
+
+  app
+    .route('/metrics')
+    .get(async (_req, res) => {
+      res.type(metrics.registry.contentType).send(await metrics.registry.metrics());
+    })
+    .all(methodNotAllowed(['GET']));
+
+  app.use(tokenRoutes({ leases: deps.leases, adminApiKey: deps.adminApiKey }));
+  app.use(notFound);
+  app.use(errorHandler(log));
+  return app;
+}
+
+async function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<'down'>((resolve) => {
+    timer = setTimeout(() => resolve('down'), READY_CHECK_TIMEOUT_MS);
+  });
+  try {
+    return await Promise.race([
+      probe().then(
+        () => 'up' as const,
+        () => 'down' as const,
+      ),
+      timeout,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A body that is not JSON gets a 415 rather than being ignored and reported as missing fields. */
+const requireJsonBody: RequestHandler = (req, _res, next) => {
+  const length = req.headers['content-length'];
+  const hasBody =
+    req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
+  if (hasBody && req.is(JSON_TYPES) === false) {
+    throw new AppError('unsupported_media_type', 415, 'send the body as application/json');
+  }
+  next();
+};
+
+/** Request ids, the duration histogram and one log line per request (4xx info, 5xx error). */
+function observe(log: Logger, metrics: Metrics): RequestHandler {
+  return (req, res, next) => {
+    const started = process.hrtime.bigint();
+    const reqId = req.get('x-request-id') ?? randomUUID();
+    res.set('X-Request-Id', reqId);
+    res.on('finish', () => {
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const routePath = (req.route as { path?: unknown } | undefined)?.path;
+      const route = typeof routePath === 'string' ? routePath : 'unmatched';
+      metrics.httpDuration.observe({ method: req.method, route, status: res.statusCode }, seconds);
+      const level = res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'info' : 'debug';
+      if (log.isLevelEnabled(level)) {
+        log[level](
+          { reqId, method: req.method, url: req.originalUrl, status: res.statusCode, ms: seconds * 1e3 },
+          'request',
+        );
+      }
+    });
+    next();
+  };
+}

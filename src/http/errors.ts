@@ -1,0 +1,80 @@
+import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
+import { AppError, NotFoundError, PoolExhaustedError } from '../errors.js';
+import type { Logger } from '../logger.js';
+
+// The one place that writes error answers: {"error":{"code","message","details"}}.
+
+interface HttpLikeError {
+  type?: unknown;
+  status?: unknown;
+  expose?: unknown;
+  message?: unknown;
+}
+
+// body-parser and the router report bad requests as http-errors with a `type`.
+const BODY_ERRORS: Record<string, AppError> = {
+  'entity.parse.failed': new AppError('invalid_json', 400, 'the body is not valid JSON'),
+  'entity.too.large': new AppError('payload_too_large', 413, 'the body is larger than 16 KiB'),
+  'encoding.unsupported': new AppError('unsupported_media_type', 415, 'unsupported content encoding'),
+  'charset.unsupported': new AppError('unsupported_media_type', 415, 'unsupported charset; use utf-8'),
+  'request.aborted': new AppError('bad_request', 400, 'the request was aborted'),
+  'request.size.invalid': new AppError('bad_request', 400, 'the body is shorter or longer than its Content-Length'),
+};
+
+function toAppError(error: unknown): AppError | null {
+  if (error instanceof AppError) return error;
+  const e = error as HttpLikeError | null;
+  if (typeof e?.type === 'string' && BODY_ERRORS[e.type] !== undefined) return BODY_ERRORS[e.type] ?? null;
+  // Any other client error the HTTP stack raised on purpose, such as a malformed URL encoding.
+  if (typeof e?.status === 'number' && e.status >= 400 && e.status < 500 && e.expose === true) {
+    return new AppError('bad_request', e.status, typeof e.message === 'string' ? e.message : 'bad request');
+  }
+  if (error instanceof URIError) return new AppError('bad_request', 400, 'the URL is not valid');
+  return null;
+}
+
+export function sendError(res: Response, error: AppError): void {
+  if (error instanceof PoolExhaustedError) res.set('Retry-After', String(error.retryAfterSeconds));
+  if (error.status === 503) res.set('Retry-After', '1');
+  res.status(error.status).json({
+    error: { code: error.code, message: error.message, details: error.details },
+  });
+}
+
+export function errorHandler(log: Logger): ErrorRequestHandler {
+  return (error: unknown, req, res, next) => {
+    if (res.headersSent) {
+      next(error);
+      return;
+    }
+    const known = toAppError(error);
+    if (known === null) {
+      log.error({ err: error, method: req.method, url: req.originalUrl }, 'request failed');
+      sendError(res, new AppError('internal', 500, 'internal error'));
+      return;
+    }
+    if (known.status >= 500) {
+      log.error({ err: known.cause ?? known, method: req.method, url: req.originalUrl }, 'request failed');
+    }
+    sendError(res, known);
+  };
+}
+
+export const notFound: RequestHandler = (req) => {
+  throw new NotFoundError('no such route', { method: req.method, path: req.path });
+};
+
+/** For a known path asked with a method it does not serve: 405 and the methods it does. */
+export function methodNotAllowed(allowed: readonly string[]): RequestHandler {
+  const allow = [...allowed, ...(allowed.includes('GET') ? ['HEAD'] : []), 'OPTIONS'].join(', ');
+  return (req, res) => {
+    res.set('Allow', allow);
+    if (req.method === 'OPTIONS') {
+      res.status(204).end();
+      return;
+    }
+    throw new AppError('method_not_allowed', 405, `${req.method} is not allowed here`, {
+      allowed: allow.split(', '),
+    });
+  };
+}

@@ -1,0 +1,125 @@
+import { Router } from 'express';
+import type { Lease, Leases, TokenState, Usage } from '../domain/leases.js';
+import { NotFoundError } from '../errors.js';
+import { requireAdmin } from './auth.js';
+import { methodNotAllowed } from './errors.js';
+import { encodeCursor, historyQuery, parse, tokenId, userBody } from './schemas.js';
+
+// The token API. Field names are the public contract: add fields, never rename them.
+
+const iso = (date: Date) => date.toISOString();
+
+function leaseJson(lease: Lease) {
+  return {
+    token_id: lease.tokenId,
+    user_id: lease.userId,
+    activated_at: iso(lease.startedAt),
+    expires_at: iso(lease.expiresAt),
+    lease_id: lease.leaseId,
+    fence: lease.fence,
+  };
+}
+
+function tokenJson(token: TokenState) {
+  const { lease } = token;
+  return {
+    id: token.id,
+    status: lease === null ? 'available' : 'active',
+    current_user_id: lease?.userId ?? null,
+    activated_at: lease === null ? null : iso(lease.startedAt),
+    expires_at: lease === null ? null : iso(lease.expiresAt),
+  };
+}
+
+function usageJson(usage: Usage) {
+  return {
+    lease_id: usage.leaseId,
+    user_id: usage.userId,
+    fence: usage.fence,
+    started_at: iso(usage.startedAt),
+    expires_at: iso(usage.expiresAt),
+    ended_at: usage.endedAt === null ? null : iso(usage.endedAt),
+    end_reason: usage.endReason,
+  };
+}
+
+function parseTokenId(raw: unknown): string {
+  const parsed = tokenId.safeParse(raw);
+  if (!parsed.success) throw new NotFoundError('no token has this id', { token_id: raw });
+  return parsed.data;
+}
+
+export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefined }): Router {
+  const { leases } = deps;
+  const router = Router();
+
+  router
+    .route('/api/tokens')
+    .get(async (_req, res) => {
+      const tokens = await leases.listTokens();
+      res.json({ data: tokens.map(tokenJson) });
+    })
+    .all(methodNotAllowed(['GET']));
+
+  router
+    .route('/api/tokens/activate')
+    .post(async (req, res) => {
+      const body = parse(userBody, req.body, 'body');
+      const { created, lease } = await leases.activate(body.user_id);
+      if (created) res.status(201).location(`/api/tokens/${lease.tokenId}`);
+      res.json({ data: leaseJson(lease) });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/tokens/clear')
+    .post(requireAdmin(deps.adminApiKey), async (_req, res) => {
+      const { cleared } = await leases.clear();
+      res.json({ data: { cleared_tokens: cleared } });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/tokens/:id')
+    .get(async (req, res) => {
+      const token = await leases.getToken(parseTokenId(req.params.id));
+      const { lease } = token;
+      res.json({
+        data: {
+          ...tokenJson(token),
+          active_usage:
+            lease === null
+              ? null
+              : {
+                  user_id: lease.userId,
+                  started_at: iso(lease.startedAt),
+                  expires_at: iso(lease.expiresAt),
+                  lease_id: lease.leaseId,
+                  fence: lease.fence,
+                },
+        },
+      });
+    })
+    .all(methodNotAllowed(['GET']));
+
+  router
+    .route('/api/tokens/:id/history')
+    .get(async (req, res) => {
+      const id = parseTokenId(req.params.id);
+      const query = parse(historyQuery, req.query, 'query');
+      const page = await leases.history(id, {
+        beforeFence: query.cursor ?? null,
+        limit: query.limit,
+      });
+      res.json({
+        data: {
+          token_id: page.tokenId,
+          usages: page.usages.map(usageJson),
+          next_cursor: page.nextBeforeFence === null ? null : encodeCursor(page.nextBeforeFence),
+        },
+      });
+    })
+    .all(methodNotAllowed(['GET']));
+
+  return router;
+}

@@ -1,0 +1,60 @@
+import { z } from 'zod';
+import { ValidationError } from '../errors.js';
+
+// Request shapes. Unknown fields are ignored (clients may send more than we read).
+
+// Any 8-4-4-4-12 hex UUID, as PostgreSQL accepts it, not only RFC 9562 versions.
+const uuid = z.guid({ error: 'must be a UUID' });
+
+export const userBody = z.object(
+  { user_id: uuid },
+  { error: 'the body must be a JSON object with a user_id' },
+);
+
+/** Token ids in paths: anything else is a 404, as for a token that does not exist. */
+export const tokenId = uuid;
+
+const MAX_HISTORY_PAGE = 500;
+
+export const historyQuery = z.object({
+  limit: z.coerce
+    .number({ error: 'must be an integer from 1 to 500' })
+    .int({ error: 'must be an integer from 1 to 500' })
+    .min(1, { error: 'must be an integer from 1 to 500' })
+    .max(MAX_HISTORY_PAGE, { error: 'must be an integer from 1 to 500' })
+    .default(50),
+  cursor: z
+    .string({ error: 'must be a next_cursor from a previous page' })
+    .transform((cursor, ctx) => {
+      const fence = decodeCursor(cursor);
+      if (fence === null) {
+        ctx.addIssue({ code: 'custom', message: 'must be a next_cursor from a previous page' });
+        return z.NEVER;
+      }
+      return fence;
+    })
+    .optional(),
+});
+
+// A history cursor is opaque to clients; it carries the fence of the last usage they saw.
+export function encodeCursor(fence: number): string {
+  return Buffer.from(`f${fence}`).toString('base64url');
+}
+
+function decodeCursor(cursor: string): number | null {
+  const match = /^f([1-9][0-9]{0,14})$/.exec(Buffer.from(cursor, 'base64url').toString());
+  return match?.[1] === undefined ? null : Number(match[1]);
+}
+
+/** Parses `input` or throws a 422 naming every offending field. */
+export function parse<S extends z.ZodType>(schema: S, input: unknown, what: string): z.output<S> {
+  const result = schema.safeParse(input);
+  if (result.success) return result.data;
+  throw new ValidationError(
+    `invalid ${what}`,
+    result.error.issues.map((issue) => ({
+      field: issue.path.length === 0 ? what : issue.path.join('.'),
+      message: issue.message,
+    })),
+  );
+}

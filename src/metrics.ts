@@ -1,0 +1,47 @@
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+/** The service's Prometheus metrics, on a registry of their own (one per process, or per test). */
+export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
+  const registry = new Registry();
+  if (options.defaultMetrics ?? false) collectDefaultMetrics({ register: registry });
+  return {
+    registry,
+    activations: new Counter({
+      name: 'token_lease_activations_total',
+      help: 'Activation requests by outcome: created, existing or exhausted.',
+      labelNames: ['outcome'] as const,
+      registers: [registry],
+    }),
+    evictions: new Counter({
+      name: 'token_lease_evictions_total',
+      help: 'Leases ended to give their token to a newcomer (POOL_FULL_POLICY=evict_oldest).',
+      registers: [registry],
+    }),
+    leasesEnded: new Counter({
+      name: 'token_lease_leases_ended_total',
+      help: 'Leases ended, by end_reason and by what ended them (job, sweep, clear, activation, release).',
+      labelNames: ['reason', 'by'] as const,
+      registers: [registry],
+    }),
+    enqueueFailures: new Counter({
+      name: 'token_lease_release_enqueue_failures_total',
+      help: 'Release jobs that could not be added to Redis; the sweep ends those leases instead.',
+      registers: [registry],
+    }),
+    sweepRuns: new Counter({
+      name: 'token_lease_sweep_runs_total',
+      help: 'Sweep runs by result: ran, skipped (another worker held the lock) or failed.',
+      labelNames: ['result'] as const,
+      registers: [registry],
+    }),
+    httpDuration: new Histogram({
+      name: 'token_lease_http_request_duration_seconds',
+      help: 'HTTP request duration by method, route and status code.',
+      labelNames: ['method', 'route', 'status'] as const,
+      buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+      registers: [registry],
+    }),
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

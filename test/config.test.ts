@@ -1,0 +1,151 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import { parse as parseYaml } from 'yaml';
+import { ConfigError, envVariableNames, loadConfig } from '../src/config.js';
+
+const read = (path: string) => readFileSync(new URL(`../${path}`, import.meta.url), 'utf8');
+
+describe('configuration', () => {
+  it('has the documented defaults', () => {
+    expect(loadConfig({})).toMatchObject({
+      role: 'all',
+      port: 4000,
+      databaseUrl: 'postgres://postgres@127.0.0.1:5432/token_lease',
+      redisUrl: 'redis://127.0.0.1:6379',
+      poolSize: 100,
+      leaseTtlMs: 120_000,
+      sweepIntervalMs: 30_000,
+      adminApiKey: undefined,
+      logLevel: 'info',
+    });
+  });
+
+  it('is frozen', () => {
+    expect(Object.isFrozen(loadConfig({}))).toBe(true);
+  });
+
+  it('names every bad variable at once', () => {
+    const attempt = () =>
+      loadConfig({ PORT: 'eighty', POOL_SIZE: '0', LEASE_TTL_MS: '1.5', ROLE: 'boss', DATABASE_URL: 'mysql://x' });
+    expect(attempt).toThrow(ConfigError);
+    try {
+      attempt();
+    } catch (error) {
+      const names = (error as ConfigError).problems.map((p) => p.split(':')[0]);
+      expect(names).toEqual(
+        expect.arrayContaining(['PORT', 'POOL_SIZE', 'LEASE_TTL_MS', 'ROLE', 'DATABASE_URL']),
+      );
+    }
+  });
+
+  it('treats an empty ADMIN_API_KEY as unset and refuses a short one', () => {
+    expect(loadConfig({ ADMIN_API_KEY: '' }).adminApiKey).toBeUndefined();
+    expect(() => loadConfig({ ADMIN_API_KEY: 'short' })).toThrow(/ADMIN_API_KEY/);
+  });
+
+  it('refuses NODE_ENV=production without ADMIN_API_KEY', () => {
+    expect(() => loadConfig({ NODE_ENV: 'production' })).toThrow(/ADMIN_API_KEY/);
+    expect(loadConfig({ NODE_ENV: 'production', ADMIN_API_KEY: 'k'.repeat(16) }).nodeEnv).toBe(
+      'production',
+    );
+  });
+});
+
+describe('the documents that list the configuration', () => {
+  it('.env.example lists every variable the service reads, and only those', () => {
+    const listed = read('.env.example')
+      .split('\n')
+      .filter((line) => /^[A-Z_]+=/.test(line))
+      .map((line) => line.split('=')[0]);
+    expect([...listed].sort()).toEqual([...envVariableNames].sort());
+  });
+
+  it('.env.example shows the defaults the code uses', () => {
+    const env = Object.fromEntries(
+      read('.env.example')
+        .split('\n')
+        .filter((line) => /^[A-Z_]+=/.test(line))
+        .map((line) => line.split('=') as [string, string]),
+    );
+    expect(loadConfig(env)).toEqual(loadConfig({}));
+  });
+
+  it("the README's configuration table lists every variable", () => {
+    const readme = read('README.md');
+    const table = readme.slice(readme.indexOf('## Configuration'));
+    const rows = [...table.matchAll(/^\| `([A-Z_]+)` \|/gm)].map((m) => m[1]);
+    expect([...new Set(rows)].sort()).toEqual([...envVariableNames].sort());
+  });
+});
+
+describe('docker-compose.yml', () => {
+  const compose = parseYaml(read('docker-compose.yml')) as {
+    services: Record<string, Record<string, any>>;
+  };
+  const ours = Object.entries(compose.services).filter(([, s]) => s.build !== undefined);
+
+  it('builds the service from the Dockerfile', () => {
+    expect(ours.length).toBeGreaterThan(0);
+  });
+
+  it('sets only variables the configuration schema knows', () => {
+    for (const [name, service] of ours) {
+      const keys = Object.keys(service.environment ?? {});
+      expect(keys.filter((k) => !envVariableNames.includes(k)), name).toEqual([]);
+    }
+  });
+
+  it('waits for healthy PostgreSQL and Redis', () => {
+    for (const [name, service] of ours) {
+      expect(service.depends_on, name).toMatchObject({
+        postgres: { condition: 'service_healthy' },
+        redis: { condition: 'service_healthy' },
+      });
+    }
+    expect(compose.services.postgres?.healthcheck).toBeDefined();
+    expect(compose.services.redis?.healthcheck).toBeDefined();
+  });
+
+  it('runs Redis with AOF persistence and noeviction, as BullMQ needs', () => {
+    const command = (compose.services.redis?.command as string[]).join(' ');
+    expect(command).toMatch(/--appendonly yes/);
+    expect(command).toMatch(/--maxmemory-policy noeviction/);
+  });
+
+  it('points the service at the compose PostgreSQL and Redis with valid values', () => {
+    for (const [, service] of ours) {
+      const env = interpolate(service.environment as Record<string, string>);
+      expect(env.DATABASE_URL).toMatch(/@postgres:5432\//);
+      expect(env.REDIS_URL).toBe('redis://redis:6379');
+      expect(() => loadConfig(env)).not.toThrow();
+    }
+  });
+});
+
+describe('Dockerfile', () => {
+  const dockerfile = read('Dockerfile');
+
+  it('is multi-stage, runs as a non-root user and has a HEALTHCHECK', () => {
+    expect(dockerfile.match(/^FROM /gm)?.length).toBeGreaterThanOrEqual(2);
+    expect(dockerfile).toMatch(/^USER node$/m);
+    expect(dockerfile).toMatch(/^HEALTHCHECK /m);
+    expect(dockerfile).toMatch(/npm prune --omit=dev/);
+  });
+
+  it('ships the migrations beside the compiled code', () => {
+    expect(dockerfile).toMatch(/COPY .*migrations \.\/migrations/);
+    expect(dockerfile).toMatch(/CMD \["node", "dist\/main\/index\.js"\]/);
+  });
+});
+
+// Compose's ${VAR:-default} takes the default; ${VAR:?message} (required) takes a valid stand-in.
+function interpolate(env: Record<string, string>): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(env).map(([key, value]) => [
+      key,
+      value
+        .replace(/\$\{[A-Z_]+:-([^}]*)\}/g, '$1')
+        .replace(/\$\{[A-Z_]+:\?[^}]*\}/g, 'k'.repeat(16)),
+    ]),
+  );
+}

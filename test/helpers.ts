@@ -1,0 +1,140 @@
+import { randomUUID } from 'node:crypto';
+import pg from 'pg';
+import supertest from 'supertest';
+import { inject } from 'vitest';
+import { loadConfig } from '../src/config.js';
+import { createLogger, type Logger } from '../src/logger.js';
+import { startService, type Service } from '../src/main/service.js';
+import { cloneTemplate, dropDatabase, testDatabasePrefix, uniqueName } from './databases.js';
+
+// Test helpers: a database per test file cloned from the run's migrated template, the service
+// started in-process on port 0, and polling instead of sleeping.
+
+const open = new Set<string>();
+
+/** What a test file left open; test/setup.ts fails the file if it is not empty. */
+export const openResources = () => [...open];
+
+export function testLogger(): Logger {
+  return createLogger({ level: process.env.TEST_LOG_LEVEL ?? 'silent' });
+}
+
+export interface TestDatabase {
+  readonly name: string;
+  readonly url: string;
+  /** For reading state back and arranging it (backdating); not used by the service. */
+  readonly pool: pg.Pool;
+  drop(): Promise<void>;
+}
+
+export async function createTestDatabase(): Promise<TestDatabase> {
+  const name = `${testDatabasePrefix(inject('runId'))}${uniqueName()}`;
+  const url = await cloneTemplate(inject('templateDatabase'), name);
+  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  const label = `database ${name}`;
+  open.add(label);
+  return {
+    name,
+    url,
+    pool,
+    async drop() {
+      await pool.end();
+      await dropDatabase(name);
+      open.delete(label);
+    },
+  };
+}
+
+export interface TestService {
+  readonly db: TestDatabase;
+  readonly service: Service;
+  readonly url: string;
+  readonly http: ReturnType<typeof supertest>;
+  /** Stops the service and drops its database. */
+  close(): Promise<void>;
+}
+
+/** Starts the service in this process, on port 0, against a fresh database. */
+export async function startTestService(
+  env: Record<string, string> = {},
+  options: { db?: TestDatabase } = {},
+): Promise<TestService> {
+  const db = options.db ?? (await createTestDatabase());
+  const config = loadConfig({
+    DATABASE_URL: db.url,
+    HOST: '127.0.0.1',
+    PORT: '0',
+    LOG_LEVEL: 'silent',
+    ROLE: 'api',
+    ...env,
+  });
+  const service = await startService(config, testLogger());
+  const url = `http://127.0.0.1:${service.port ?? 0}`;
+  const label = `service on ${url}`;
+  open.add(label);
+  return {
+    db,
+    service,
+    url,
+    http: supertest(url),
+    async close() {
+      await service.stop('test finished');
+      open.delete(label);
+      if (options.db === undefined) await db.drop();
+    },
+  };
+}
+
+/** Polls `probe` until it returns something other than undefined or false, or fails at the deadline. */
+export async function waitFor<T>(
+  probe: () => Promise<T | undefined | false> | T | undefined | false,
+  { timeoutMs = 5_000, intervalMs = 20, what = 'condition' } = {},
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, intervalMs));
+  }
+}
+
+/**
+ * Moves leases back in time by `ms` instead of sleeping their TTL out: every comparison the
+ * service makes is between now() and stored times, so this is the same as the clock moving on.
+ */
+export async function backdate(db: TestDatabase, ms: number, leaseId?: string): Promise<void> {
+  await db.pool.query(
+    `UPDATE usages SET started_at = started_at - $1 * interval '1 millisecond',
+                       expires_at = expires_at - $1 * interval '1 millisecond',
+                       ended_at = ended_at - $1 * interval '1 millisecond'
+     WHERE $2::uuid IS NULL OR id = $2::uuid`,
+    [ms, leaseId ?? null],
+  );
+}
+
+export interface UsageRecord {
+  id: string;
+  token_id: string;
+  user_id: string;
+  fence: string;
+  started_at: Date;
+  expires_at: Date;
+  ended_at: Date | null;
+  end_reason: string | null;
+}
+
+export async function usagesOf(db: TestDatabase, where = 'true', values: unknown[] = []): Promise<UsageRecord[]> {
+  const { rows } = await db.pool.query<UsageRecord>(
+    `SELECT * FROM usages WHERE ${where} ORDER BY started_at, fence`,
+    values,
+  );
+  return rows;
+}
+
+export async function openUsages(db: TestDatabase): Promise<UsageRecord[]> {
+  return usagesOf(db, 'ended_at IS NULL');
+}
+
+/** A fresh, valid user id. */
+export const newUserId = (): string => randomUUID();

@@ -1,0 +1,80 @@
+import { execFile } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { newUserId, startTestService, type TestService } from './helpers.js';
+
+// The operator scripts in scripts/, run with bash and curl against a live server.
+
+const ADMIN_KEY = 'script-admin-key-0123456789';
+const scriptsDir = fileURLToPath(new URL('../scripts/', import.meta.url));
+
+let t: TestService;
+
+beforeAll(async () => {
+  t = await startTestService({ POOL_SIZE: '3', ADMIN_API_KEY: ADMIN_KEY });
+});
+afterAll(async () => {
+  await t.close();
+});
+
+function run(script: string, args: string[], env: Record<string, string> = {}) {
+  return new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
+    execFile(
+      'bash',
+      [`${scriptsDir}${script}`, ...args],
+      { env: { PATH: process.env.PATH ?? '', BASE_URL: t.url, ...env } },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1;
+        resolve({ code, stdout, stderr });
+      },
+    );
+  });
+}
+
+const json = (text: string) => JSON.parse(text) as Record<string, any>;
+
+describe('scripts/', () => {
+  it('activate.sh leases a token and prints the JSON answer', async () => {
+    const user = newUserId();
+    const res = await run('activate.sh', [user]);
+    expect(res.code).toBe(0);
+    expect(json(res.stdout).data.user_id).toBe(user);
+  });
+
+  it('list.sh, show.sh and history.sh print the pool, a token and its usages', async () => {
+    const list = await run('list.sh', []);
+    expect(list.code).toBe(0);
+    const tokens = json(list.stdout).data as Array<{ id: string; status: string }>;
+    expect(tokens).toHaveLength(3);
+    const held = tokens.find((x) => x.status === 'active');
+
+    const show = await run('show.sh', [held?.id ?? '']);
+    expect(json(show.stdout).data.id).toBe(held?.id);
+
+    const history = await run('history.sh', [held?.id ?? '', '10']);
+    expect(history.code).toBe(0);
+    expect(json(history.stdout).data.usages).toHaveLength(1);
+  });
+
+  it('clear.sh sends ADMIN_API_KEY and fails without it', async () => {
+    const denied = await run('clear.sh', []);
+    expect(denied.code).not.toBe(0);
+    expect(json(denied.stdout).error.code).toBe('unauthorized');
+
+    const cleared = await run('clear.sh', [], { ADMIN_API_KEY: ADMIN_KEY });
+    expect(cleared.code).toBe(0);
+    expect(json(cleared.stdout).data.cleared_tokens).toBe(1);
+  });
+
+  it('exit non-zero on an HTTP error and still print the error body', async () => {
+    const res = await run('show.sh', ['00000000-0000-4000-8000-000000000000']);
+    expect(res.code).not.toBe(0);
+    expect(json(res.stdout).error.code).toBe('not_found');
+  });
+
+  it('refuse wrong arguments with a usage line', async () => {
+    const res = await run('activate.sh', []);
+    expect(res.code).toBe(2);
+    expect(res.stderr).toMatch(/usage: .*activate\.sh USER_ID/);
+  });
+});

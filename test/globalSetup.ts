@@ -3,6 +3,7 @@ import type { TestProject } from 'vitest/node';
 import { migrate } from '../src/db/migrate.js';
 import { createLogger } from '../src/logger.js';
 import { adminUrl, dropDatabases, testDatabasePrefix, withDatabase } from './databases.js';
+import { deleteRedisKeys, runRedisPrefix, testRedisUrl } from './redis.js';
 
 declare module 'vitest' {
   export interface ProvidedContext {
@@ -31,6 +32,7 @@ export default async function setup(project: TestProject) {
 
   return async () => {
     await dropDatabases(testDatabasePrefix(runId));
+    await deleteRedisKeys(testRedisUrl, `${runRedisPrefix(runId)}-*`);
   };
 }
 

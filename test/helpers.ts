@@ -6,6 +6,7 @@ import { loadConfig } from '../src/config.js';
 import { createLogger, type Logger } from '../src/logger.js';
 import { startService, type Service } from '../src/main/service.js';
 import { cloneTemplate, dropDatabase, testDatabasePrefix, uniqueName } from './databases.js';
+import { deleteRedisKeys, testRedisPrefix, testRedisUrl } from './redis.js';
 
 // Test helpers: a database per test file cloned from the run's migrated template, the service
 // started in-process on port 0, and polling instead of sleeping.
@@ -50,6 +51,7 @@ export interface TestService {
   readonly service: Service;
   readonly url: string;
   readonly http: ReturnType<typeof supertest>;
+  readonly redisPrefix: string;
   /** Stops the service and drops its database. */
   close(): Promise<void>;
 }
@@ -60,8 +62,11 @@ export async function startTestService(
   options: { db?: TestDatabase } = {},
 ): Promise<TestService> {
   const db = options.db ?? (await createTestDatabase());
+  const redisPrefix = testRedisPrefix(inject('runId'));
   const config = loadConfig({
     DATABASE_URL: db.url,
+    REDIS_URL: testRedisUrl,
+    REDIS_PREFIX: redisPrefix,
     HOST: '127.0.0.1',
     PORT: '0',
     LOG_LEVEL: 'silent',
@@ -69,7 +74,7 @@ export async function startTestService(
     ...env,
   });
   const service = await startService(config, testLogger());
-  const url = `http://127.0.0.1:${service.port ?? 0}`;
+  const url = `http://127.0.0.1:${service.port}`;
   const label = `service on ${url}`;
   open.add(label);
   return {
@@ -77,9 +82,11 @@ export async function startTestService(
     service,
     url,
     http: supertest(url),
+    redisPrefix: config.redisPrefix,
     async close() {
       await service.stop('test finished');
       open.delete(label);
+      await deleteRedisKeys(config.redisUrl, `${config.redisPrefix}:*`);
       if (options.db === undefined) await db.drop();
     },
   };

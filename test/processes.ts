@@ -2,6 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { inject } from 'vitest';
+import { testRedisPrefix, testRedisUrl } from './redis.js';
 
 // The service as a separate OS process, started the way `npm start` starts it but from the
 // TypeScript sources (tsx), so a test sees real signals, exit codes and process boundaries.
@@ -26,7 +28,15 @@ export interface ServiceProcess {
 export function spawnService(env: Record<string, string>): ServiceProcess {
   const child = spawn(process.execPath, ['--import', 'tsx', entry], {
     cwd: root,
-    env: { PATH: process.env.PATH ?? '', HOST: '127.0.0.1', PORT: '0', LOG_LEVEL: 'info', ...env },
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOST: '127.0.0.1',
+      PORT: '0',
+      LOG_LEVEL: 'info',
+      REDIS_URL: testRedisUrl,
+      REDIS_PREFIX: testRedisPrefix(inject('runId')),
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: Array<Record<string, unknown>> = [];

@@ -78,6 +78,48 @@ export async function endLeaseIfDue(db: Queryable, leaseId: string): Promise<Usa
   return maybeOne(await query<UsageRow>(db, 'end-lease-if-due', END_LEASE_IF_DUE, [leaseId]));
 }
 
+/** An open lease's expiry and the time left until it, by the database clock; null once ended. */
+export async function findOpenLeaseExpiry(
+  db: Queryable,
+  leaseId: string,
+): Promise<{ expires_at: Date; remaining_ms: number } | null> {
+  return maybeOne(
+    await query<{ expires_at: Date; remaining_ms: number }>(
+      db,
+      'find-open-lease-expiry',
+      `SELECT expires_at,
+              greatest(0, ceil(extract(epoch FROM expires_at - now()) * 1000))::int AS remaining_ms
+       FROM usages WHERE id = $1 AND ended_at IS NULL`,
+      [leaseId],
+    ),
+  );
+}
+
+export interface OpenLeaseRow extends UsageRow {
+  remaining_ms: number;
+}
+
+/**
+ * A page of open leases in token order (the partial index of open usages per token), with the
+ * time left on each, for re-adding release jobs.
+ */
+export async function listOpenLeases(
+  db: Queryable,
+  args: { afterTokenId: string | null; limit: number },
+): Promise<OpenLeaseRow[]> {
+  return query<OpenLeaseRow>(
+    db,
+    'list-open-leases',
+    `SELECT u.*,
+            greatest(0, ceil(extract(epoch FROM u.expires_at - now()) * 1000))::int AS remaining_ms
+     FROM usages u
+     WHERE u.ended_at IS NULL AND ($1::uuid IS NULL OR u.token_id > $1::uuid)
+     ORDER BY u.token_id
+     LIMIT $2`,
+    [args.afterTokenId, args.limit],
+  );
+}
+
 // SKIP LOCKED: a token someone else has locked is being ended or taken right now.
 const END_DUE_LEASES = endLockedLeases(
   `SELECT t.id, t.usage_id FROM usages u JOIN tokens t ON t.usage_id = u.id

@@ -33,6 +33,11 @@ export interface TokenState {
   readonly lease: Lease | null;
 }
 
+export type ExpireOutcome =
+  | { readonly outcome: 'ended'; readonly usage: Usage }
+  | { readonly outcome: 'not_due'; readonly expiresAt: Date; readonly remainingMs: number }
+  | { readonly outcome: 'gone' };
+
 export interface HistoryPage {
   readonly tokenId: string;
   readonly usages: Usage[];
@@ -134,13 +139,31 @@ export function createLeases(deps: LeasesDeps) {
 
   /**
    * The release job's work: ends the lease if it is still open and due. A duplicate, retried or
-   * late job, or one for a lease that was released, cleared or renewed, changes nothing.
+   * late job, or one for a lease that was released, cleared or evicted, changes nothing
+   * (`gone`). A lease that is open but not due yet (renewed, or the job ran early by the
+   * database clock) answers `not_due` with the time left, so the job can wait that long.
    */
-  async function expireLease(leaseId: string): Promise<Usage | null> {
+  async function expireLease(leaseId: string): Promise<ExpireOutcome> {
     const ended = await sql.endLeaseIfDue(pool, leaseId);
-    if (ended === null) return null;
-    countEnded([ended], 'job');
-    return toUsage(ended);
+    if (ended !== null) {
+      countEnded([ended], 'job');
+      return { outcome: 'ended', usage: toUsage(ended) };
+    }
+    const open = await sql.findOpenLeaseExpiry(pool, leaseId);
+    if (open === null) return { outcome: 'gone' };
+    return { outcome: 'not_due', expiresAt: open.expires_at, remainingMs: open.remaining_ms };
+  }
+
+  /** Every open lease with the time left on it, a page at a time, in a stable order. */
+  async function* openLeases(pageSize = 1_000): AsyncGenerator<{ lease: Lease; remainingMs: number }[]> {
+    let afterTokenId: string | null = null;
+    for (;;) {
+      const rows = await sql.listOpenLeases(pool, { afterTokenId, limit: pageSize });
+      if (rows.length > 0) yield rows.map((row) => ({ lease: toLease(row), remainingMs: row.remaining_ms }));
+      const last = rows.at(-1);
+      if (last === undefined || rows.length < pageSize) return;
+      afterTokenId = last.token_id;
+    }
   }
 
   /**
@@ -175,7 +198,18 @@ export function createLeases(deps: LeasesDeps) {
     await sql.ping(pool);
   }
 
-  return { activate, listTokens, getToken, history, clear, expireLease, sweep, seedPool, ping };
+  return {
+    activate,
+    listTokens,
+    getToken,
+    history,
+    clear,
+    expireLease,
+    openLeases,
+    sweep,
+    seedPool,
+    ping,
+  };
 }
 
 export type Leases = ReturnType<typeof createLeases>;

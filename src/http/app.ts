@@ -12,6 +12,8 @@ export interface AppDeps {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly adminApiKey: string | undefined;
+  /** False for ROLE=worker: only /healthz, /readyz and /metrics are served. */
+  readonly serveApi?: boolean;
   /** Reports Redis for /readyz; absent when this process does not use Redis. */
   readonly redisPing?: (() => Promise<void>) | undefined;
 }
@@ -63,7 +65,9 @@ export function createApp(deps: AppDeps): Express {
     })
     .all(methodNotAllowed(['GET']));
 
-  app.use(tokenRoutes({ leases: deps.leases, adminApiKey: deps.adminApiKey }));
+  if (deps.serveApi ?? true) {
+    app.use(tokenRoutes({ leases: deps.leases, adminApiKey: deps.adminApiKey }));
+  }
   app.use(notFound);
   app.use(errorHandler(log));
   return app;

@@ -3,6 +3,10 @@ import { ensureDatabase, migrate } from '../db/migrate.js';
 import { createPool } from '../db/pool.js';
 import { createLeases, type Leases } from '../domain/leases.js';
 import { createApp } from '../http/app.js';
+import { createReleaseQueue } from '../jobs/queue.js';
+import { createProducerConnection } from '../jobs/redis.js';
+import { startReleaseWorker } from '../jobs/releaseWorker.js';
+import { startSweeper } from '../jobs/sweep.js';
 import type { Logger } from '../logger.js';
 import { createMetrics, type Metrics } from '../metrics.js';
 import { listen } from './api.js';
@@ -11,12 +15,16 @@ import { createShutdown } from './shutdown.js';
 export interface Service {
   readonly leases: Leases;
   readonly metrics: Metrics;
-  /** The HTTP port, when this process serves the API. */
-  readonly port: number | undefined;
+  /** The HTTP port: the token API (ROLE all or api) or only health and metrics (worker). */
+  readonly port: number;
   stop(reason: string): Promise<boolean>;
 }
 
-/** Wires one process for its ROLE: the database first, then the API and/or the worker. */
+/**
+ * Wires one process for its ROLE. Every role migrates, seeds and serves /healthz, /readyz and
+ * /metrics; `api` and `all` serve the token API; `worker` and `all` run the release worker and
+ * the sweep. Nothing waits for Redis: the service starts, and serves, while Redis is down.
+ */
 export async function startService(config: Config, log: Logger): Promise<Service> {
   const shutdown = createShutdown(log);
   try {
@@ -36,23 +44,73 @@ export async function startService(config: Config, log: Logger): Promise<Service
     shutdown.add('database pool', () => pool.end());
 
     const metrics = createMetrics({ defaultMetrics: true });
-    const leases = createLeases({ pool, leaseTtlMs: config.leaseTtlMs, log, metrics });
+    const producer = createProducerConnection(config.redisUrl, log);
+    shutdown.add('redis connection', async () => {
+      await producer.quit().catch(() => producer.disconnect());
+    });
+    const releases = createReleaseQueue({
+      connection: producer,
+      prefix: config.redisPrefix,
+      log,
+      metrics,
+    });
+    shutdown.add('release queue', () => releases.close());
+
+    const leases = createLeases({
+      pool,
+      leaseTtlMs: config.leaseTtlMs,
+      log,
+      metrics,
+      scheduler: releases,
+    });
     await leases.seedPool(config.poolSize);
 
-    let port: number | undefined;
-    if (config.role !== 'worker') {
-      if (config.adminApiKey === undefined) {
-        log.warn(
-          'ADMIN_API_KEY is not set: POST /api/tokens/clear and every admin route are open to anyone who can reach this server',
+    if (config.role !== 'api') {
+      const worker = startReleaseWorker({
+        redisUrl: config.redisUrl,
+        prefix: config.redisPrefix,
+        concurrency: config.releaseConcurrency,
+        leases,
+        log,
+      });
+      shutdown.add('release worker', () => worker.close());
+      const sweeper = startSweeper({
+        sweep: leases.sweep,
+        intervalMs: config.sweepIntervalMs,
+        log,
+        metrics,
+      });
+      shutdown.add('sweeper', () => sweeper.stop());
+
+      // Whenever Redis (re)appears, possibly empty after a restart, give every open lease its
+      // release job back; jobs that still exist are left alone.
+      const resync = () => {
+        releases.resync(leases).then(
+          (count) => log.info({ count }, 'release jobs re-added for open leases'),
+          (err: unknown) => log.warn({ err }, 'release jobs could not be re-added; the sweep covers them'),
         );
-      }
-      const app = createApp({ leases, log, metrics, adminApiKey: config.adminApiKey });
-      const http = await listen(app, config, log);
-      shutdown.add('http server', () => http.close());
-      port = http.port;
+      };
+      producer.on('ready', resync);
+      if (producer.status === 'ready') resync();
     }
 
-    return { leases, metrics, port, stop: (reason) => shutdown.run(reason) };
+    if (config.role !== 'worker' && config.adminApiKey === undefined) {
+      log.warn(
+        'ADMIN_API_KEY is not set: POST /api/tokens/clear and every admin route are open to anyone who can reach this server',
+      );
+    }
+    const app = createApp({
+      leases,
+      log,
+      metrics,
+      adminApiKey: config.adminApiKey,
+      serveApi: config.role !== 'worker',
+      redisPing: () => releases.ping(),
+    });
+    const http = await listen(app, config, log);
+    shutdown.add('http server', () => http.close());
+
+    return { leases, metrics, port: http.port, stop: (reason) => shutdown.run(reason) };
   } catch (error) {
     await shutdown.run('start-up failed');
     throw error;

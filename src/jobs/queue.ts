@@ -1,0 +1,111 @@
+import { Queue } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { Lease, Leases, ReleaseScheduler } from '../domain/leases.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+
+// Release jobs: one BullMQ delayed job per lease that ends it at its expiry. Redis is not the
+// source of truth: a job that cannot be added is logged and counted, and the sweep ends that
+// lease instead; reads treat it as expired at once anyway.
+
+export const RELEASE_QUEUE = 'lease-release';
+
+export interface ReleaseJobData {
+  readonly leaseId: string;
+  readonly tokenId: string;
+  readonly expiresAt: string;
+}
+
+/**
+ * Unique per lease and per expiry: BullMQ ignores an add whose id already exists in any state,
+ * so an id per token (or per user) would silently drop the next lease's job. Ids contain no ':'.
+ */
+export function releaseJobId(lease: Pick<Lease, 'leaseId' | 'expiresAt'>): string {
+  return `release-${lease.leaseId}-${lease.expiresAt.getTime()}`;
+}
+
+const JOB_OPTIONS = {
+  attempts: 8,
+  backoff: { type: 'exponential', delay: 500 },
+  // Finished jobs are not kept: Redis must not grow with traffic. Failed ones are kept a while
+  // (bounded) for inspection; the sweep has ended those leases by then.
+  removeOnComplete: true,
+  removeOnFail: { age: 7 * 24 * 3600, count: 1_000 },
+} as const;
+
+export interface ReleaseQueue extends ReleaseScheduler {
+  /** Re-adds the release job of every open lease (existing jobs are left as they are). */
+  resync(leases: Leases): Promise<number>;
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export function createReleaseQueue(deps: {
+  connection: Redis;
+  prefix: string;
+  log: Logger;
+  metrics: Metrics;
+}): ReleaseQueue {
+  const { connection, log, metrics } = deps;
+  const queue = new Queue<ReleaseJobData>(RELEASE_QUEUE, {
+    connection,
+    prefix: deps.prefix,
+    // Never wait for Redis: a down Redis must fail the add at once, not hold up an activation.
+    skipWaitingForReady: true,
+    skipVersionCheck: true,
+    defaultJobOptions: JOB_OPTIONS,
+  });
+  queue.on('error', (err) => {
+    log.debug({ err }, 'release queue error');
+  });
+  const pending = new Set<Promise<void>>();
+
+  function jobFor(lease: Lease, delayMs: number) {
+    const data: ReleaseJobData = {
+      leaseId: lease.leaseId,
+      tokenId: lease.tokenId,
+      expiresAt: lease.expiresAt.toISOString(),
+    };
+    return { name: 'release', data, opts: { jobId: releaseJobId(lease), delay: delayMs } };
+  }
+
+  function scheduleRelease(lease: Lease, delayMs: number): void {
+    const job = jobFor(lease, delayMs);
+    const adding = queue
+      .add(job.name, job.data, job.opts)
+      .then(
+        () => undefined,
+        (err: unknown) => {
+          metrics.enqueueFailures.inc();
+          log.error(
+            { err, leaseId: lease.leaseId, tokenId: lease.tokenId, jobId: job.opts.jobId },
+            'release job not enqueued; the sweep will end this lease',
+          );
+        },
+      )
+      .finally(() => pending.delete(adding));
+    pending.add(adding);
+  }
+
+  async function resync(leases: Leases): Promise<number> {
+    let added = 0;
+    for await (const page of leases.openLeases()) {
+      await queue.addBulk(page.map(({ lease, remainingMs }) => jobFor(lease, remainingMs)));
+      added += page.length;
+    }
+    return added;
+  }
+
+  return {
+    scheduleRelease,
+    resync,
+    async ping() {
+      await connection.ping();
+    },
+    async close() {
+      // Adds in flight are bounded by the connection's command timeout.
+      await Promise.allSettled([...pending]);
+      await queue.close();
+    },
+  };
+}

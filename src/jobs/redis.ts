@@ -1,0 +1,45 @@
+import { Redis, type RedisOptions } from 'ioredis';
+import type { Logger } from '../logger.js';
+
+/** Reconnect forever, backing off to at most 2 s between attempts. */
+export const reconnectBackoff = (attempt: number): number => Math.min(100 * 2 ** attempt, 2_000);
+
+/**
+ * Logs a Redis connection going down once, and coming back once, instead of every failed
+ * reconnect attempt.
+ */
+export function logConnectionState(
+  emitter: { on(event: 'error' | 'ready', listener: (err?: unknown) => void): unknown },
+  log: Logger,
+  what: string,
+): void {
+  let up = true;
+  emitter.on('error', (err) => {
+    if (!up) return;
+    up = false;
+    log.warn({ err, connection: what }, 'redis connection lost');
+  });
+  emitter.on('ready', () => {
+    if (up) return;
+    up = true;
+    log.info({ connection: what }, 'redis connection restored');
+  });
+}
+
+/**
+ * A connection for adding jobs. It fails fast rather than queueing commands while Redis is
+ * down (enableOfflineQueue: false, as BullMQ advises for producers behind an HTTP API) and gives
+ * up on a command that takes over a second, so a slow Redis never holds up a caller.
+ */
+export function createProducerConnection(redisUrl: string, log: Logger): Redis {
+  const options: RedisOptions = {
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    commandTimeout: 1_000,
+    connectTimeout: 2_000,
+    retryStrategy: reconnectBackoff,
+  };
+  const connection = new Redis(redisUrl, options);
+  logConnectionState(connection, log, 'producer');
+  return connection;
+}

@@ -29,6 +29,12 @@ export const envSchema = z
     LEASE_TTL_MS: milliseconds(120_000, 100).pipe(z.number().max(2_147_483_647)),
     SWEEP_INTERVAL_MS: milliseconds(30_000, 10),
     RELEASE_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(50),
+    MAX_LEASE_MS: z.preprocess(
+      emptyAsUndefined,
+      z.coerce.number().int().min(100).max(2_147_483_647).optional(),
+    ),
+    POOL_FULL_POLICY: z.enum(['reject', 'evict_oldest']).default('reject'),
+    MAX_WAITERS: z.coerce.number().int().min(0).max(100_000).default(1000),
     ADMIN_API_KEY: z.preprocess(
       emptyAsUndefined,
       z.string().min(16, 'must be at least 16 characters').optional(),
@@ -37,6 +43,10 @@ export const envSchema = z
       .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
       .default('info'),
     SHUTDOWN_TIMEOUT_MS: milliseconds(10_000, 100),
+  })
+  .refine((e) => e.MAX_LEASE_MS === undefined || e.MAX_LEASE_MS >= e.LEASE_TTL_MS, {
+    path: ['MAX_LEASE_MS'],
+    message: 'must be at least LEASE_TTL_MS',
   })
   .refine((e) => e.NODE_ENV !== 'production' || e.ADMIN_API_KEY !== undefined, {
     path: ['ADMIN_API_KEY'],
@@ -57,6 +67,9 @@ export const envSchema = z
     leaseTtlMs: e.LEASE_TTL_MS,
     sweepIntervalMs: e.SWEEP_INTERVAL_MS,
     releaseConcurrency: e.RELEASE_CONCURRENCY,
+    maxLeaseMs: e.MAX_LEASE_MS ?? null,
+    poolFullPolicy: e.POOL_FULL_POLICY,
+    maxWaiters: e.MAX_WAITERS,
     adminApiKey: e.ADMIN_API_KEY,
     logLevel: e.LOG_LEVEL,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,

@@ -56,6 +56,36 @@ describe('scripts/', () => {
     expect(json(history.stdout).data.usages).toHaveLength(1);
   });
 
+  it('renew.sh, validate.sh and release.sh act on a lease', async () => {
+    const user = newUserId();
+    const lease = json((await run('activate.sh', [user])).stdout).data;
+
+    const renewed = await run('renew.sh', [lease.token_id, user]);
+    expect(renewed.code).toBe(0);
+    expect(json(renewed.stdout).data.lease_id).toBe(lease.lease_id);
+
+    const valid = await run('validate.sh', [lease.token_id, user, String(lease.fence)]);
+    expect(json(valid.stdout).data.valid).toBe(true);
+
+    const released = await run('release.sh', [lease.token_id, user]);
+    expect(released.code).toBe(0);
+    expect(json(released.stdout).data.end_reason).toBe('released');
+
+    const again = await run('validate.sh', [lease.token_id, user, String(lease.fence)]);
+    expect(json(again.stdout).data).toEqual({ valid: false, reason: 'released' });
+    const notHolder = await run('release.sh', [lease.token_id, newUserId()]);
+    expect(notHolder.code).not.toBe(0);
+    expect(json(notHolder.stdout).error.code).toBe('not_holder');
+  });
+
+  it('activate.sh waits for a token when given WAIT_SECONDS', async () => {
+    const users = [newUserId(), newUserId()];
+    for (const user of users) await run('activate.sh', [user]);
+    const res = await run('activate.sh', [newUserId(), '0.3']);
+    expect(res.code).not.toBe(0);
+    expect(json(res.stdout).error.code).toBe('pool_exhausted');
+  });
+
   it('clear.sh sends ADMIN_API_KEY and fails without it', async () => {
     const denied = await run('clear.sh', []);
     expect(denied.code).not.toBe(0);
@@ -63,7 +93,7 @@ describe('scripts/', () => {
 
     const cleared = await run('clear.sh', [], { ADMIN_API_KEY: ADMIN_KEY });
     expect(cleared.code).toBe(0);
-    expect(json(cleared.stdout).data.cleared_tokens).toBe(1);
+    expect(json(cleared.stdout).data.cleared_tokens).toBe(3);
   });
 
   it('exit non-zero on an HTTP error and still print the error body', async () => {

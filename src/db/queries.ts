@@ -24,7 +24,7 @@ export interface UsageRow {
 }
 
 export interface ActivateRow {
-  outcome: 'existing' | 'created' | 'exhausted';
+  outcome: 'existing' | 'created' | 'exhausted' | 'queued';
   lease_id: string | null;
   token_id: string | null;
   user_id: string | null;
@@ -35,15 +35,16 @@ export interface ActivateRow {
   evicted_lease_id: string | null;
 }
 
+/** `waiterId`: the caller waits in the queue (migrations/0002); null for a plain activation. */
 export async function activateLease(
   db: Queryable,
-  args: { userId: string; ttlMs: number; evictOldest: boolean },
+  args: { userId: string; ttlMs: number; evictOldest: boolean; waiterId: string | null },
 ): Promise<ActivateRow> {
   const rows = await query<ActivateRow>(
     db,
     'activate-lease',
-    'SELECT * FROM activate_lease($1, $2, $3)',
-    [args.userId, args.ttlMs, args.evictOldest],
+    'SELECT * FROM activate_lease($1, $2, $3, $4)',
+    [args.userId, args.ttlMs, args.evictOldest, args.waiterId],
   );
   return one(rows);
 }
@@ -134,6 +135,126 @@ const END_DUE_LEASES = endLockedLeases(
 /** Ends up to `limit` leases whose time is up, oldest expiry first. */
 export async function endDueLeases(db: Queryable, limit: number): Promise<UsageRow[]> {
   return query<UsageRow>(db, 'end-due-leases', END_DUE_LEASES, [limit]);
+}
+
+// A lease that ran out before the release is ended as expired: it was no longer the caller's.
+const RELEASE_LEASE = endLockedLeases(
+  `SELECT t.id, t.usage_id FROM tokens t JOIN usages u ON u.id = t.usage_id
+   WHERE t.id = $1 AND u.user_id = $2
+   FOR UPDATE OF t`,
+  `CASE WHEN u.expires_at <= now() THEN 'expired' ELSE 'released' END`,
+  'AND u.user_id = $2',
+);
+
+/** Ends the caller's open lease of a token; null when the caller holds no open lease of it. */
+export async function releaseLease(
+  db: Queryable,
+  args: { tokenId: string; userId: string },
+): Promise<UsageRow | null> {
+  return maybeOne(
+    await query<UsageRow>(db, 'release-lease', RELEASE_LEASE, [args.tokenId, args.userId]),
+  );
+}
+
+export interface RenewedRow extends UsageRow {
+  remaining_ms: number;
+}
+
+// Only the usage row changes, so no token lock is needed: the conditions are re-checked on the
+// newest row, and a lease that has run out (or been ended) can never be brought back.
+// $4 caps the lease's whole life (MAX_LEASE_MS); a lease already at its cap is not renewed.
+const RENEW_LEASE = `
+  UPDATE usages u
+  SET expires_at = CASE
+    WHEN $4::int IS NULL THEN now() + $3::int * interval '1 millisecond'
+    ELSE least(now() + $3::int * interval '1 millisecond', u.started_at + $4::int * interval '1 millisecond')
+  END
+  WHERE u.token_id = $1 AND u.user_id = $2 AND u.ended_at IS NULL AND u.expires_at > now()
+    AND ($4::int IS NULL OR u.started_at + $4::int * interval '1 millisecond' > u.expires_at)
+  RETURNING u.*,
+    greatest(0, ceil(extract(epoch FROM u.expires_at - now()) * 1000))::int AS remaining_ms`;
+
+export async function renewLease(
+  db: Queryable,
+  args: { tokenId: string; userId: string; ttlMs: number; maxLeaseMs: number | null },
+): Promise<RenewedRow | null> {
+  return maybeOne(
+    await query<RenewedRow>(db, 'renew-lease', RENEW_LEASE, [
+      args.tokenId,
+      args.userId,
+      args.ttlMs,
+      args.maxLeaseMs,
+    ]),
+  );
+}
+
+/** The caller's most recent usage of a token (open or ended), to explain a refused release or renewal. */
+export async function findLatestUsage(
+  db: Queryable,
+  args: { tokenId: string; userId: string },
+): Promise<(UsageRow & { active: boolean }) | null> {
+  return maybeOne(
+    await query<UsageRow & { active: boolean }>(
+      db,
+      'find-latest-usage',
+      `SELECT u.*, (u.ended_at IS NULL AND u.expires_at > now()) AS active
+       FROM usages u WHERE u.user_id = $2 AND u.token_id = $1
+       ORDER BY u.fence DESC LIMIT 1`,
+      [args.tokenId, args.userId],
+    ),
+  );
+}
+
+/** One lease of a token by its fence: a single read of the (token_id, fence) unique index, no lock. */
+export async function findUsageByFence(
+  db: Queryable,
+  args: { tokenId: string; fence: number },
+): Promise<(UsageRow & { active: boolean }) | null> {
+  return maybeOne(
+    await query<UsageRow & { active: boolean }>(
+      db,
+      'find-usage-by-fence',
+      `SELECT u.*, (u.ended_at IS NULL AND u.expires_at > now()) AS active
+       FROM usages u WHERE u.token_id = $1 AND u.fence = $2`,
+      [args.tokenId, args.fence],
+    ),
+  );
+}
+
+/** Joins the waiting queue; the id is the place in it. The deadline is kept by the database clock. */
+export async function addWaiter(
+  db: Queryable,
+  args: { userId: string; timeoutMs: number },
+): Promise<string> {
+  const rows = await query<{ id: string }>(
+    db,
+    'add-waiter',
+    `INSERT INTO waiters (user_id, deadline)
+     VALUES ($1, now() + $2::int * interval '1 millisecond') RETURNING id`,
+    [args.userId, args.timeoutMs],
+  );
+  return one(rows).id;
+}
+
+export async function removeWaiter(db: Queryable, waiterId: string): Promise<void> {
+  await query(db, 'remove-waiter', 'DELETE FROM waiters WHERE id = $1', [waiterId]);
+}
+
+/** Keeps this process's waiters live; a process that stops doing this loses its places. */
+export async function heartbeatWaiters(db: Queryable, waiterIds: readonly string[]): Promise<void> {
+  await query(db, 'heartbeat-waiters', 'UPDATE waiters SET heartbeat_at = now() WHERE id = ANY($1::bigint[])', [
+    waiterIds,
+  ]);
+}
+
+/** Deletes the places of waiters whose deadline passed or whose process stopped answering. */
+export async function purgeDeadWaiters(db: Queryable): Promise<number> {
+  const rows = await query<{ id: string }>(
+    db,
+    'purge-dead-waiters',
+    'DELETE FROM waiters w WHERE NOT waiter_is_live(w) RETURNING id',
+  );
+  return rows.length;
 }
 
 // In pool order, so that two clears lock the same rows in the same order and never deadlock.

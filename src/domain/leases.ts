@@ -1,13 +1,14 @@
 // The lease operations. HTTP routes, the release job and the sweep all end leases through the
 // functions here, which run the statements in src/db/queries.ts; nothing else writes leases.
 
-import { NotFoundError, PoolExhaustedError } from '../errors.js';
+import { ConflictError, NotFoundError, PoolExhaustedError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { Pool } from '../db/pool.js';
 import * as sql from '../db/queries.js';
 import type { EndReason, UsageRow } from '../db/queries.js';
 import { withTransaction } from '../db/tx.js';
+import { ClientGoneError, type WaitingRoom } from './waiting.js';
 
 export type { EndReason };
 
@@ -54,10 +55,37 @@ export interface ReleaseScheduler {
 export interface LeasesDeps {
   readonly pool: Pool;
   readonly leaseTtlMs: number;
+  /** Caps a lease's whole life across renewals; null for no cap. */
+  readonly maxLeaseMs?: number | null;
+  /** POOL_FULL_POLICY=evict_oldest: a full pool gives the oldest lease's token to a newcomer. */
+  readonly evictOldest?: boolean;
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly scheduler?: ReleaseScheduler | undefined;
+  /** Where activations with a wait go when the pool is full; without it they are refused. */
+  readonly waitingRoom?: WaitingRoom | undefined;
 }
+
+export type Validation =
+  | { readonly valid: true; readonly leaseId: string; readonly expiresAt: Date }
+  | { readonly valid: false; readonly reason: InvalidReason };
+
+/** Why a (token, user, fence) no longer names an active lease. */
+export type InvalidReason =
+  | 'expired'
+  | 'released'
+  | 'cleared'
+  | 'superseded'
+  | 'not_holder'
+  | 'unknown_lease';
+
+const INVALID_REASONS: Record<EndReason, InvalidReason> = {
+  expired: 'expired',
+  released: 'released',
+  cleared: 'cleared',
+  // Evicted: the token went to a newer lease with a higher fence.
+  evicted: 'superseded',
+};
 
 const SWEEP_BATCH = 1_000;
 
@@ -70,33 +98,122 @@ export function createLeases(deps: LeasesDeps) {
     }
   }
 
-  /**
-   * Gives `userId` a lease: the one they hold if it is still unexpired, otherwise a new one on a
-   * free token. Throws PoolExhaustedError when every token is held by an unexpired lease.
-   */
-  async function activate(userId: string): Promise<{ created: boolean; lease: Lease }> {
-    const row = await sql.activateLease(pool, {
+  const attempt = (userId: string, waiterId: string | null) =>
+    sql.activateLease(pool, {
       userId,
       ttlMs: deps.leaseTtlMs,
-      evictOldest: false,
+      evictOldest: deps.evictOldest ?? false,
+      waiterId,
     });
-    metrics.activations.inc({ outcome: row.outcome });
-    if (row.outcome === 'exhausted') {
-      const waitMs = Number(row.wait_ms ?? 0);
-      throw new PoolExhaustedError(Math.max(1, Math.ceil(waitMs / 1000)));
+
+  /**
+   * Gives `userId` a lease: the one they hold if it is still unexpired, otherwise a new one on a
+   * free token (or, with evict_oldest, the oldest lease's token). On a full pool, waits up to
+   * `waitMs` in the queue, first come first served; then throws PoolExhaustedError.
+   */
+  async function activate(
+    userId: string,
+    options: { waitMs?: number; signal?: AbortSignal | undefined } = {},
+  ): Promise<{ created: boolean; lease: Lease }> {
+    let row = await attempt(userId, null);
+    const waitMs = options.waitMs ?? 0;
+    if (row.outcome !== 'created' && row.outcome !== 'existing' && waitMs > 0 && deps.waitingRoom) {
+      row = await deps.waitingRoom.wait({
+        userId,
+        timeoutMs: waitMs,
+        signal: options.signal,
+        attempt: (waiterId) => attempt(userId, waiterId),
+      });
     }
-    const lease = toLease({
-      id: row.lease_id,
-      token_id: row.token_id,
-      user_id: row.user_id,
-      fence: row.fence,
-      started_at: row.started_at,
-      expires_at: row.expires_at,
-    });
+    metrics.activations.inc({ outcome: row.outcome === 'queued' ? 'exhausted' : row.outcome });
+    if (row.outcome !== 'created' && row.outcome !== 'existing') {
+      throw new PoolExhaustedError(Math.max(1, Math.ceil(Number(row.wait_ms ?? 0) / 1000)));
+    }
+    const lease = toLease({ ...row, id: row.lease_id });
+    if (row.evicted_lease_id !== null) {
+      metrics.evictions.inc();
+      metrics.leasesEnded.inc({ reason: 'evicted', by: 'activation' });
+      log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
+    }
     if (row.outcome === 'created') {
       deps.scheduler?.scheduleRelease(lease, deps.leaseTtlMs);
+      if (options.signal?.aborted === true) {
+        // The waiting client left as its lease was granted: give the token straight back.
+        await release(lease.tokenId, userId).catch(() => undefined);
+        throw new ClientGoneError();
+      }
     }
     return { created: row.outcome === 'created', lease };
+  }
+
+  /**
+   * Ends the caller's lease of a token now (`released`). A retry after a successful release
+   * answers the same ended usage. Throws `not_holder` when the caller holds no lease of it.
+   */
+  async function release(tokenId: string, userId: string): Promise<Usage> {
+    const ended = await sql.releaseLease(pool, { tokenId, userId });
+    if (ended !== null) {
+      countEnded([ended], 'release');
+      if (ended.end_reason === 'released') return toUsage(ended);
+      throw notHolder('expired');
+    }
+    const latest = await latestUsage(tokenId, userId);
+    if (latest?.end_reason === 'released') return toUsage(latest);
+    throw notHolder(latest?.end_reason ?? 'not_held');
+  }
+
+  /**
+   * Moves the caller's unexpired lease to expire LEASE_TTL_MS from now (capped by MAX_LEASE_MS)
+   * and schedules its release at the new time; the old job, when it fires, finds it not due.
+   */
+  async function renew(tokenId: string, userId: string): Promise<Lease> {
+    const renewed = await sql.renewLease(pool, {
+      tokenId,
+      userId,
+      ttlMs: deps.leaseTtlMs,
+      maxLeaseMs: deps.maxLeaseMs ?? null,
+    });
+    if (renewed !== null) {
+      const lease = toLease(renewed);
+      deps.scheduler?.scheduleRelease(lease, renewed.remaining_ms);
+      return lease;
+    }
+    const latest = await latestUsage(tokenId, userId);
+    if (latest === null) throw notHolder('not_held');
+    if (latest.active) {
+      throw new ConflictError('max_lease_reached', 'the lease has reached MAX_LEASE_MS and cannot be renewed', {
+        expires_at: latest.expires_at.toISOString(),
+      });
+    }
+    if (latest.end_reason === null || latest.end_reason === 'expired') {
+      throw new ConflictError('lease_expired', 'the lease has expired; activate again', {
+        reason: 'expired',
+      });
+    }
+    throw new ConflictError('lease_ended', `the lease has ended (${latest.end_reason})`, {
+      reason: latest.end_reason,
+    });
+  }
+
+  /**
+   * Whether `fence` still names `userId`'s active lease of the token: one read of a unique
+   * index, no lock, so a downstream resource can afford it on every request.
+   */
+  async function validate(tokenId: string, userId: string, fence: number): Promise<Validation> {
+    const row = await sql.findUsageByFence(pool, { tokenId, fence });
+    if (row === null) return { valid: false, reason: 'unknown_lease' };
+    if (row.user_id !== userId) return { valid: false, reason: 'not_holder' };
+    if (row.active) return { valid: true, leaseId: row.id, expiresAt: row.expires_at };
+    return { valid: false, reason: row.end_reason === null ? 'expired' : INVALID_REASONS[row.end_reason] };
+  }
+
+  /** The caller's latest usage of the token; a NotFoundError if the token does not exist. */
+  async function latestUsage(tokenId: string, userId: string) {
+    const latest = await sql.findLatestUsage(pool, { tokenId, userId });
+    if (latest === null && !(await sql.tokenExists(pool, tokenId))) {
+      throw new NotFoundError('no token has this id', { token_id: tokenId });
+    }
+    return latest;
   }
 
   async function listTokens(): Promise<TokenState[]> {
@@ -172,9 +289,11 @@ export function createLeases(deps: LeasesDeps) {
    */
   async function sweep(): Promise<number | null> {
     let total = 0;
-    for (;;) {
+    for (let round = 0; ; round += 1) {
       const batch = await withTransaction(pool, async (tx) => {
         if (!(await sql.tryLockSweep(tx))) return null;
+        // Places of waiters that timed out or whose process died go too.
+        if (round === 0) await sql.purgeDeadWaiters(tx);
         return sql.endDueLeases(tx, SWEEP_BATCH);
       });
       if (batch === null) return total === 0 ? null : total;
@@ -200,6 +319,9 @@ export function createLeases(deps: LeasesDeps) {
 
   return {
     activate,
+    release,
+    renew,
+    validate,
     listTokens,
     getToken,
     history,
@@ -251,4 +373,9 @@ function toTokenState(row: sql.TokenRow): TokenState {
     id: row.id,
     lease: row.lease_id === null ? null : toLease({ ...row, id: row.lease_id, token_id: row.id }),
   };
+}
+
+/** 409 not_holder; `reason` says why: not_held, expired, cleared or evicted. */
+function notHolder(reason: EndReason | 'not_held'): ConflictError {
+  return new ConflictError('not_holder', 'you do not hold this token', { reason });
 }

@@ -3,7 +3,15 @@ import type { Lease, Leases, TokenState, Usage } from '../domain/leases.js';
 import { NotFoundError } from '../errors.js';
 import { requireAdmin } from './auth.js';
 import { methodNotAllowed } from './errors.js';
-import { encodeCursor, historyQuery, parse, tokenId, userBody } from './schemas.js';
+import {
+  activateQuery,
+  encodeCursor,
+  historyQuery,
+  parse,
+  tokenId,
+  userBody,
+  validateBody,
+} from './schemas.js';
 
 // The token API. Field names are the public contract: add fields, never rename them.
 
@@ -65,7 +73,16 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
     .route('/api/tokens/activate')
     .post(async (req, res) => {
       const body = parse(userBody, req.body, 'body');
-      const { created, lease } = await leases.activate(body.user_id);
+      const { wait } = parse(activateQuery, req.query, 'query');
+      // A waiting client that disconnects gives up its place in the queue.
+      const gone = new AbortController();
+      res.on('close', () => {
+        if (!res.writableEnded) gone.abort();
+      });
+      const { created, lease } = await leases.activate(body.user_id, {
+        waitMs: (wait ?? 0) * 1000,
+        signal: gone.signal,
+      });
       if (created) res.status(201).location(`/api/tokens/${lease.tokenId}`);
       res.json({ data: leaseJson(lease) });
     })
@@ -120,6 +137,40 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
       });
     })
     .all(methodNotAllowed(['GET']));
+
+  router
+    .route('/api/tokens/:id/release')
+    .post(async (req, res) => {
+      const id = parseTokenId(req.params.id);
+      const body = parse(userBody, req.body, 'body');
+      const usage = await leases.release(id, body.user_id);
+      res.json({ data: { token_id: usage.tokenId, ...usageJson(usage) } });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/tokens/:id/renew')
+    .post(async (req, res) => {
+      const id = parseTokenId(req.params.id);
+      const body = parse(userBody, req.body, 'body');
+      const lease = await leases.renew(id, body.user_id);
+      res.json({ data: leaseJson(lease) });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/tokens/:id/validate')
+    .post(async (req, res) => {
+      const id = parseTokenId(req.params.id);
+      const body = parse(validateBody, req.body, 'body');
+      const result = await leases.validate(id, body.user_id, body.fence);
+      res.json({
+        data: result.valid
+          ? { valid: true, lease_id: result.leaseId, expires_at: iso(result.expiresAt) }
+          : { valid: false, reason: result.reason },
+      });
+    })
+    .all(methodNotAllowed(['POST']));
 
   return router;
 }

@@ -6,10 +6,35 @@ import { ValidationError } from '../errors.js';
 // Any 8-4-4-4-12 hex UUID, as PostgreSQL accepts it, not only RFC 9562 versions.
 const uuid = z.guid({ error: 'must be a UUID' });
 
+// PostgreSQL answers UUIDs in lower case; compare them that way too.
+const userId = uuid.transform((id) => id.toLowerCase());
+
 export const userBody = z.object(
-  { user_id: uuid },
+  { user_id: userId },
   { error: 'the body must be a JSON object with a user_id' },
 );
+
+export const validateBody = z.object(
+  {
+    user_id: userId,
+    fence: z
+      .number({ error: 'must be the fence number of the lease' })
+      .int({ error: 'must be the fence number of the lease' })
+      .min(1, { error: 'must be the fence number of the lease' })
+      .max(Number.MAX_SAFE_INTEGER, { error: 'must be the fence number of the lease' }),
+  },
+  { error: 'the body must be a JSON object with a user_id and a fence' },
+);
+
+export const MAX_WAIT_SECONDS = 60;
+
+export const activateQuery = z.object({
+  wait: z.coerce
+    .number({ error: `must be a number of seconds from 0 to ${MAX_WAIT_SECONDS}` })
+    .min(0, { error: `must be a number of seconds from 0 to ${MAX_WAIT_SECONDS}` })
+    .max(MAX_WAIT_SECONDS, { error: `must be a number of seconds from 0 to ${MAX_WAIT_SECONDS}` })
+    .optional(),
+});
 
 /** Token ids in paths: anything else is a 404, as for a token that does not exist. */
 export const tokenId = uuid;

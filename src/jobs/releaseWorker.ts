@@ -5,7 +5,7 @@ import type { Logger } from '../logger.js';
 import { RELEASE_QUEUE, type ReleaseJobData } from './queue.js';
 import { logConnectionState, reconnectBackoff } from './redis.js';
 
-const jobData = z.object({ leaseId: z.guid() });
+const jobData = z.object({ leaseId: z.guid(), expiresAt: z.string() });
 
 export interface ReleaseWorker {
   /** Lets the running jobs finish, takes no new ones, closes the worker's connections. */
@@ -31,10 +31,12 @@ export function startReleaseWorker(deps: {
       log.warn({ jobId: job.id }, 'release job without a valid lease id; dropped');
       return 'invalid';
     }
-    const { leaseId } = parsed.data;
+    const { leaseId, expiresAt } = parsed.data;
     const result = await leases.expireLease(leaseId);
     if (result.outcome === 'not_due') {
-      // Renewed, or due later by the database clock than by ours: wait until it is due.
+      // Renewed since this job was added: the renewal added a job for the new expiry.
+      if (result.expiresAt.getTime() > Date.parse(expiresAt)) return 'renewed';
+      // Due later by the database clock than by ours: wait until it is due.
       await job.moveToDelayed(Date.now() + result.remainingMs + 1, token);
       throw new DelayedError();
     }

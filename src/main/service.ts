@@ -1,7 +1,9 @@
 import type { Config } from '../config.js';
 import { ensureDatabase, migrate } from '../db/migrate.js';
 import { createPool } from '../db/pool.js';
+import { listenForNotifications } from '../db/notifications.js';
 import { createLeases, type Leases } from '../domain/leases.js';
+import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { createApp } from '../http/app.js';
 import { createReleaseQueue } from '../jobs/queue.js';
 import { createProducerConnection } from '../jobs/redis.js';
@@ -56,12 +58,27 @@ export async function startService(config: Config, log: Logger): Promise<Service
     });
     shutdown.add('release queue', () => releases.close());
 
+    // Waiting clients are woken through LISTEN/NOTIFY, on a connection of its own.
+    let waitingRoom: WaitingRoom | undefined;
+    if (config.role !== 'worker' && config.maxWaiters > 0) {
+      const wakeUps = listenForNotifications({
+        connectionString: config.databaseUrl,
+        channel: 'token_lease_waiters',
+        log,
+      });
+      shutdown.add('notification connection', () => wakeUps.close());
+      waitingRoom = createWaitingRoom({ pool, wakeUps, maxWaiters: config.maxWaiters, log });
+    }
+
     const leases = createLeases({
       pool,
       leaseTtlMs: config.leaseTtlMs,
+      maxLeaseMs: config.maxLeaseMs,
+      evictOldest: config.poolFullPolicy === 'evict_oldest',
       log,
       metrics,
       scheduler: releases,
+      waitingRoom,
     });
     await leases.seedPool(config.poolSize);
 
@@ -109,6 +126,12 @@ export async function startService(config: Config, log: Logger): Promise<Service
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());
+    // Runs before the server's close waits for requests in flight: waiting clients are answered
+    // 503 at once instead of holding the shutdown for up to a minute.
+    if (waitingRoom !== undefined) {
+      const room = waitingRoom;
+      shutdown.add('waiting clients', () => room.close());
+    }
 
     return { leases, metrics, port: http.port, stop: (reason) => shutdown.run(reason) };
   } catch (error) {

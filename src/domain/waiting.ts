@@ -1,0 +1,173 @@
+// Waiting for a token: POST /api/tokens/activate?wait=N on an exhausted pool.
+//
+// The queue itself is the `waiters` table (migrations/0002): its ids give the arrival order
+// across every API process, and activate_lease() lets only the earliest live waiter take a token.
+// This module keeps this process's waiters, wakes the earliest of them when PostgreSQL says a
+// token was freed or a waiter left (LISTEN/NOTIFY), and otherwise lets it sleep: until the
+// earliest lease expires, or for a periodic re-check, never polling in a loop.
+
+import type { ActivateRow } from '../db/queries.js';
+import * as sql from '../db/queries.js';
+import type { Pool } from '../db/pool.js';
+import { AppError, PoolExhaustedError, UnavailableError } from '../errors.js';
+import type { Logger } from '../logger.js';
+
+export interface WakeUps {
+  subscribe(listener: () => void): () => void;
+}
+
+export class TooManyWaitersError extends AppError {
+  constructor(maxWaiters: number) {
+    super('too_many_waiters', 503, 'too many clients are waiting on this server; retry later', {
+      max_waiters: maxWaiters,
+    });
+  }
+}
+
+/** The client went away while waiting; nobody reads this answer. */
+export class ClientGoneError extends AppError {
+  constructor() {
+    super('client_closed_request', 499, 'the client closed the request while waiting');
+  }
+}
+
+interface Waiter {
+  readonly id: bigint;
+  /** Set when a wake-up arrives; the waiter clears it before each attempt. */
+  woken: boolean;
+  /** Present while the waiter sleeps. */
+  wake: ((error?: Error) => void) | undefined;
+}
+
+export interface WaitingRoomOptions {
+  readonly pool: Pool;
+  readonly wakeUps: WakeUps;
+  readonly maxWaiters: number;
+  readonly log: Logger;
+  /** How often the earliest waiter re-checks without a wake-up (the safety net). */
+  readonly recheckMs?: number;
+  /** How often this process marks its waiters as live. */
+  readonly heartbeatMs?: number;
+}
+
+export function createWaitingRoom(options: WaitingRoomOptions) {
+  const { pool, log } = options;
+  const recheckMs = options.recheckMs ?? 1_000;
+  const heartbeatMs = options.heartbeatMs ?? 1_000;
+  const waiting: Waiter[] = []; // this process's waiters, in queue order
+  let heartbeat: NodeJS.Timeout | undefined;
+  let closing = false;
+  let drained: (() => void) | undefined;
+
+  // Only this process's earliest waiter can be next in the whole queue; when it leaves, the
+  // next one is woken in turn (here, and everywhere by the trigger on waiters).
+  function wakeEarliest(): void {
+    const head = waiting[0];
+    if (head === undefined) return;
+    head.woken = true;
+    head.wake?.();
+  }
+  const unsubscribe = options.wakeUps.subscribe(wakeEarliest);
+
+  function join(waiter: Waiter): void {
+    const at = waiting.findIndex((w) => w.id > waiter.id);
+    waiting.splice(at === -1 ? waiting.length : at, 0, waiter);
+    heartbeat ??= setInterval(() => {
+      const ids = waiting.map((w) => w.id.toString());
+      sql.heartbeatWaiters(pool, ids).catch((err: unknown) => {
+        log.warn({ err }, 'waiter heartbeat failed');
+      });
+    }, heartbeatMs);
+    heartbeat.unref();
+  }
+
+  function leave(waiter: Waiter): void {
+    const at = waiting.indexOf(waiter);
+    if (at !== -1) waiting.splice(at, 1);
+    if (waiting.length === 0) {
+      clearInterval(heartbeat);
+      heartbeat = undefined;
+      drained?.();
+    }
+    if (at === 0) wakeEarliest();
+  }
+
+  function sleep(waiter: Waiter, ms: number, signal: AbortSignal | undefined): Promise<void> {
+    if (closing) return Promise.reject(new UnavailableError('the server is shutting down; retry'));
+    if (waiter.woken) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => waiter.wake?.(), ms);
+      const onAbort = () => waiter.wake?.(new ClientGoneError());
+      signal?.addEventListener('abort', onAbort, { once: true });
+      waiter.wake = (error) => {
+        waiter.wake = undefined;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if (error === undefined) resolve();
+        else reject(error);
+      };
+    });
+  }
+
+  /**
+   * Waits in the queue until `attempt` (an activation as this waiter) gets a lease, or until
+   * `timeoutMs`, the client going away, or shutdown. The place is given up on every way out.
+   */
+  async function wait(args: {
+    userId: string;
+    timeoutMs: number;
+    signal?: AbortSignal | undefined;
+    attempt: (waiterId: string) => Promise<ActivateRow>;
+  }): Promise<ActivateRow> {
+    if (closing) throw new UnavailableError('the server is shutting down; retry');
+    if (waiting.length >= options.maxWaiters) throw new TooManyWaitersError(options.maxWaiters);
+    const deadline = Date.now() + args.timeoutMs;
+    const waiterId = await sql.addWaiter(pool, { userId: args.userId, timeoutMs: args.timeoutMs });
+    const waiter: Waiter = { id: BigInt(waiterId), woken: true, wake: undefined };
+    join(waiter);
+    let served = false;
+    try {
+      for (;;) {
+        if (args.signal?.aborted === true) throw new ClientGoneError();
+        // close() may have run during the previous attempt or sleep.
+        // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
+        if (closing) throw new UnavailableError('the server is shutting down; retry');
+        waiter.woken = false;
+        const row = await args.attempt(waiterId);
+        if (row.outcome === 'created' || row.outcome === 'existing') {
+          served = true; // activate_lease removed the place in the same transaction
+          return row;
+        }
+        const waitMs = Number(row.wait_ms ?? 0);
+        const left = deadline - Date.now();
+        if (left <= 0) throw new PoolExhaustedError(Math.max(1, Math.ceil(waitMs / 1000)));
+        // At the head of a full pool, the earliest expiry frees a token without any event.
+        const untilExpiry = row.outcome === 'exhausted' ? waitMs + 1 : Number.POSITIVE_INFINITY;
+        await sleep(waiter, Math.min(left, untilExpiry, recheckMs), args.signal);
+      }
+    } finally {
+      leave(waiter);
+      if (!served) {
+        await sql.removeWaiter(pool, waiterId).catch((err: unknown) => {
+          log.warn({ err, waiterId }, 'waiter could not leave the queue; it expires on its own');
+        });
+      }
+    }
+  }
+
+  return {
+    wait,
+    /** How many clients wait on this process. */
+    size: () => waiting.length,
+    /** Answers every waiter of this process with 503 and resolves once all have left. */
+    async close(): Promise<void> {
+      closing = true;
+      unsubscribe();
+      const done = waiting.length === 0 ? Promise.resolve() : new Promise<void>((resolve) => (drained = resolve));
+      for (const waiter of waiting) waiter.wake?.(new UnavailableError('the server is shutting down; retry'));
+      await done;
+    },
+  };
+}
+
+export type WaitingRoom = ReturnType<typeof createWaitingRoom>;

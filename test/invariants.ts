@@ -1,0 +1,300 @@
+import pg from 'pg';
+
+// The invariants the service promises, checked against the database after (or during) a run.
+// One checker serves the stress run, the property tests, the fault tests and the fuzzer; each
+// violation names the invariant and carries the rows involved.
+//
+//  1 at-most-one      no token has two open usages; no user has two open usages; every token's
+//                     pointer names its open usage and every open usage is pointed at
+//  2 no-overlap       a token's usages never overlap in time, and their fences strictly increase
+//                     (1, 2, 3, ...) in start order, up to the token's last_fence
+//  3 status           the status the service reports for each token agrees with its usages
+//                     (active exactly when an open usage has not expired)
+//  4 no-leak          once the run has drained, no usage is open past expires_at plus the sweep
+//                     interval and a margin
+//  5 client-agreement every lease a client saw granted is a usage with the same token, user and
+//                     fence; a release a client saw succeed ended that usage as released; a
+//                     renewal it saw is not undone; no usage exists that no client was granted
+//                     (when every answer was seen) and no refused activation left one behind
+
+export type InvariantName = 'at-most-one' | 'no-overlap' | 'status' | 'no-leak' | 'client-agreement';
+
+export interface Violation {
+  readonly invariant: InvariantName;
+  readonly message: string;
+  readonly rows: unknown[];
+}
+
+/** What one client saw of one request. Times are the client's Date.now(). */
+export type Observation =
+  | {
+      readonly op: 'activate';
+      readonly userId: string;
+      readonly sentAt: number;
+      readonly receivedAt: number;
+      readonly status: number;
+      /** Present when the answer granted a lease (200 or 201). */
+      readonly lease?: { leaseId: string; tokenId: string; fence: number } | undefined;
+    }
+  | {
+      readonly op: 'release';
+      readonly userId: string;
+      readonly tokenId: string;
+      readonly status: number;
+      readonly leaseId?: string | undefined;
+    }
+  | {
+      readonly op: 'renew';
+      readonly userId: string;
+      readonly tokenId: string;
+      readonly status: number;
+      readonly lease?: { leaseId: string; expiresAt: string } | undefined;
+    };
+
+export interface CheckOptions {
+  /** Check invariant 4: the run has stopped and the sweep has had its interval to catch up. */
+  readonly drained?: { sweepIntervalMs: number; marginMs: number } | undefined;
+  /** Check invariant 5 against what the clients saw. */
+  readonly observations?: readonly Observation[] | undefined;
+  /**
+   * Every answer that granted a lease was seen (no request timed out or lost its answer), so
+   * every usage must be accounted for by an observation.
+   */
+  readonly everyAnswerSeen?: boolean | undefined;
+}
+
+interface UsageRow {
+  id: string;
+  token_id: string;
+  user_id: string;
+  fence: string;
+  started_at: Date;
+  expires_at: Date;
+  ended_at: Date | null;
+  end_reason: string | null;
+}
+
+/** Checks every invariant in one consistent snapshot; returns the violations (none expected). */
+export async function checkInvariants(
+  connectionString: string,
+  options: CheckOptions = {},
+): Promise<Violation[]> {
+  const client = new pg.Client({ connectionString });
+  await client.connect();
+  try {
+    await client.query('BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY');
+    const violations = [
+      ...(await atMostOne(client)),
+      ...(await noOverlap(client)),
+      ...(await statusAgrees(client)),
+      ...(options.drained === undefined ? [] : await noLeak(client, options.drained)),
+      ...(options.observations === undefined
+        ? []
+        : await clientAgreement(client, options.observations, options.everyAnswerSeen ?? false)),
+    ];
+    await client.query('COMMIT');
+    return violations;
+  } finally {
+    await client.end();
+  }
+}
+
+/** A readable report of violations, at most `limit` rows each. */
+export function describeViolations(violations: readonly Violation[], limit = 5): string {
+  return violations
+    .map((v) => `[${v.invariant}] ${v.message}\n${v.rows.slice(0, limit).map((r) => `    ${JSON.stringify(r)}`).join('\n')}`)
+    .join('\n');
+}
+
+async function rowsOf<R extends pg.QueryResultRow>(client: pg.Client, text: string, values: unknown[] = []) {
+  return (await client.query<R>(text, values)).rows;
+}
+
+async function atMostOne(client: pg.Client): Promise<Violation[]> {
+  const found: Violation[] = [];
+  const perToken = await rowsOf(
+    client,
+    `SELECT token_id, array_agg(id) AS usages FROM usages WHERE ended_at IS NULL
+     GROUP BY token_id HAVING count(*) > 1`,
+  );
+  if (perToken.length > 0) {
+    found.push({ invariant: 'at-most-one', message: 'tokens with two open usages', rows: perToken });
+  }
+  const perUser = await rowsOf(
+    client,
+    `SELECT user_id, array_agg(id) AS usages FROM usages WHERE ended_at IS NULL
+     GROUP BY user_id HAVING count(*) > 1`,
+  );
+  if (perUser.length > 0) {
+    found.push({ invariant: 'at-most-one', message: 'users with two open usages', rows: perUser });
+  }
+  const pointers = await rowsOf(
+    client,
+    `SELECT t.id AS token_id, t.usage_id AS pointer, u.id AS open_usage
+     FROM tokens t FULL JOIN (SELECT * FROM usages WHERE ended_at IS NULL) u ON u.token_id = t.id
+     WHERE t.usage_id IS DISTINCT FROM u.id`,
+  );
+  if (pointers.length > 0) {
+    found.push({
+      invariant: 'at-most-one',
+      message: "tokens whose pointer does not name their open usage",
+      rows: pointers,
+    });
+  }
+  return found;
+}
+
+async function noOverlap(client: pg.Client): Promise<Violation[]> {
+  const found: Violation[] = [];
+  const overlapping = await rowsOf(
+    client,
+    `SELECT * FROM (
+       SELECT token_id, id, fence, started_at, ended_at,
+              lag(id) OVER w AS previous_id, lag(fence) OVER w AS previous_fence,
+              lag(started_at) OVER w AS previous_started_at,
+              lag(ended_at) OVER w AS previous_ended_at
+       FROM usages WINDOW w AS (PARTITION BY token_id ORDER BY fence)
+     ) x
+     WHERE previous_id IS NOT NULL AND (
+       previous_ended_at IS NULL OR previous_ended_at > started_at
+       OR previous_started_at > started_at OR fence <> previous_fence + 1)`,
+  );
+  if (overlapping.length > 0) {
+    found.push({
+      invariant: 'no-overlap',
+      message: 'usages of one token that overlap, or whose fences do not follow their start order',
+      rows: overlapping,
+    });
+  }
+  const fences = await rowsOf(
+    client,
+    `SELECT t.id AS token_id, t.last_fence, min(u.fence) AS first, max(u.fence) AS last
+     FROM tokens t LEFT JOIN usages u ON u.token_id = t.id
+     GROUP BY t.id, t.last_fence
+     HAVING t.last_fence <> coalesce(max(u.fence), 0) OR coalesce(min(u.fence), 1) <> 1`,
+  );
+  if (fences.length > 0) {
+    found.push({
+      invariant: 'no-overlap',
+      message: "tokens whose last_fence is not their latest usage's fence, or whose fences do not start at 1",
+      rows: fences,
+    });
+  }
+  return found;
+}
+
+async function statusAgrees(client: pg.Client): Promise<Violation[]> {
+  // What the service reports (it reads the token's pointer) against what the usages say.
+  const disagreeing = await rowsOf(
+    client,
+    `WITH reported AS (
+       SELECT t.id, u.id IS NOT NULL AS active, u.user_id
+       FROM tokens t LEFT JOIN usages u ON u.id = t.usage_id AND u.expires_at > now()
+     ), truth AS (
+       SELECT t.id, o.id IS NOT NULL AS active, o.user_id
+       FROM tokens t
+       LEFT JOIN usages o ON o.token_id = t.id AND o.ended_at IS NULL AND o.expires_at > now()
+     )
+     SELECT r.id AS token_id, r.active AS reported_active, r.user_id AS reported_user,
+            t.active AS active, t.user_id AS user_id
+     FROM reported r JOIN truth t USING (id)
+     WHERE r.active <> t.active OR r.user_id IS DISTINCT FROM t.user_id`,
+  );
+  return disagreeing.length === 0
+    ? []
+    : [{ invariant: 'status', message: 'tokens reported with the wrong status or holder', rows: disagreeing }];
+}
+
+async function noLeak(
+  client: pg.Client,
+  drained: { sweepIntervalMs: number; marginMs: number },
+): Promise<Violation[]> {
+  const leaked = await rowsOf(
+    client,
+    `SELECT * FROM usages
+     WHERE ended_at IS NULL AND expires_at < now() - ($1::int + $2::int) * interval '1 millisecond'`,
+    [drained.sweepIntervalMs, drained.marginMs],
+  );
+  return leaked.length === 0
+    ? []
+    : [{ invariant: 'no-leak', message: 'usages still open long after they expired', rows: leaked }];
+}
+
+async function clientAgreement(
+  client: pg.Client,
+  observations: readonly Observation[],
+  everyAnswerSeen: boolean,
+): Promise<Violation[]> {
+  const found: Violation[] = [];
+  const usages = await rowsOf<UsageRow>(client, 'SELECT * FROM usages');
+  const byId = new Map(usages.map((u) => [u.id, u]));
+
+  const granted = observations.flatMap((o) => (o.op === 'activate' && o.lease !== undefined ? [{ o, lease: o.lease }] : []));
+  const mismatched = granted.filter(({ o, lease }) => {
+    const row = byId.get(lease.leaseId);
+    return row === undefined || row.token_id !== lease.tokenId || row.user_id !== o.userId || Number(row.fence) !== lease.fence;
+  });
+  if (mismatched.length > 0) {
+    found.push({
+      invariant: 'client-agreement',
+      message: 'leases clients were granted that the database does not hold as granted',
+      rows: mismatched.map(({ o, lease }) => ({ seen: { userId: o.userId, ...lease }, row: byId.get(lease.leaseId) ?? null })),
+    });
+  }
+
+  const releases = observations.filter(
+    (o): o is Extract<Observation, { op: 'release' }> => o.op === 'release' && o.status === 200 && o.leaseId !== undefined,
+  );
+  const notReleased = releases.filter((o) => byId.get(o.leaseId ?? '')?.end_reason !== 'released');
+  if (notReleased.length > 0) {
+    found.push({
+      invariant: 'client-agreement',
+      message: 'releases clients saw succeed whose usage did not end as released',
+      rows: notReleased.map((o) => ({ seen: o, row: byId.get(o.leaseId ?? '') ?? null })),
+    });
+  }
+
+  const renewals = observations.filter(
+    (o): o is Extract<Observation, { op: 'renew' }> => o.op === 'renew' && o.status === 200 && o.lease !== undefined,
+  );
+  const undone = renewals.filter((o) => {
+    const row = byId.get(o.lease?.leaseId ?? '');
+    return row === undefined || row.expires_at.getTime() < Date.parse(o.lease?.expiresAt ?? '');
+  });
+  if (undone.length > 0) {
+    found.push({
+      invariant: 'client-agreement',
+      message: 'renewals clients saw succeed that the database does not hold',
+      rows: undone.map((o) => ({ seen: o, row: byId.get(o.lease?.leaseId ?? '') ?? null })),
+    });
+  }
+
+  const seen = new Set(granted.map(({ lease }) => lease.leaseId));
+  if (everyAnswerSeen) {
+    const phantoms = usages.filter((u) => !seen.has(u.id));
+    if (phantoms.length > 0) {
+      found.push({ invariant: 'client-agreement', message: 'usages no client was granted', rows: phantoms });
+    }
+  }
+
+  // A refused activation must not have left a usage of that user behind, unless some granted
+  // answer accounts for it. 50 ms of slack covers the client's and the database's clocks.
+  const refused = observations.filter(
+    (o): o is Extract<Observation, { op: 'activate' }> => o.op === 'activate' && o.lease === undefined && o.status >= 400 && o.status < 500,
+  );
+  const usagesByUser = new Map<string, UsageRow[]>();
+  for (const u of usages) usagesByUser.set(u.user_id, [...(usagesByUser.get(u.user_id) ?? []), u]);
+  const leftBehind = refused.flatMap((o) =>
+    (usagesByUser.get(o.userId) ?? [])
+      .filter((u) => !seen.has(u.id) && u.started_at.getTime() >= o.sentAt - 50 && u.started_at.getTime() <= o.receivedAt + 50)
+      .map((u) => ({ seen: o, row: u })),
+  );
+  if (leftBehind.length > 0) {
+    found.push({
+      invariant: 'client-agreement',
+      message: 'refused activations that left a usage behind',
+      rows: leftBehind,
+    });
+  }
+  return found;
+}

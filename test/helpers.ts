@@ -3,6 +3,7 @@ import pg from 'pg';
 import supertest from 'supertest';
 import { inject } from 'vitest';
 import { loadConfig } from '../src/config.js';
+import type { UsageRow } from '../src/db/queries.js';
 import { createLogger, type Logger } from '../src/logger.js';
 import { startService, type Service } from '../src/main/service.js';
 import { cloneTemplate, dropDatabase, testDatabasePrefix, uniqueName } from './databases.js';
@@ -120,16 +121,8 @@ export async function backdate(db: TestDatabase, ms: number, leaseId?: string): 
   );
 }
 
-export interface UsageRecord {
-  id: string;
-  token_id: string;
-  user_id: string;
-  fence: string;
-  started_at: Date;
-  expires_at: Date;
-  ended_at: Date | null;
-  end_reason: string | null;
-}
+/** A usages row as the database holds it. */
+export type UsageRecord = UsageRow;
 
 export async function usagesOf(db: TestDatabase, where = 'true', values: unknown[] = []): Promise<UsageRecord[]> {
   const { rows } = await db.pool.query<UsageRecord>(

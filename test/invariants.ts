@@ -1,4 +1,5 @@
 import pg from 'pg';
+import type { UsageRow } from '../src/db/queries.js';
 
 // The invariants the service promises, checked against the database after (or during) a run.
 // One checker serves the stress run, the property tests, the fault tests and the fuzzer; each
@@ -61,17 +62,6 @@ export interface CheckOptions {
    * every usage must be accounted for by an observation.
    */
   readonly everyAnswerSeen?: boolean | undefined;
-}
-
-interface UsageRow {
-  id: string;
-  token_id: string;
-  user_id: string;
-  fence: string;
-  started_at: Date;
-  expires_at: Date;
-  ended_at: Date | null;
-  end_reason: string | null;
 }
 
 /** Checks every invariant in one consistent snapshot; returns the violations (none expected). */

@@ -298,6 +298,20 @@ describe('when Redis fails', () => {
     expect(await metric(t, /^token_lease_leases_ended_total\{reason="expired",by="job"\}/)).toBe(2);
   });
 
+  it('a service whose Redis is down still shuts down cleanly and in time', async () => {
+    const t = await startTestService({ ROLE: 'all', REDIS_URL: redis.url, LEASE_TTL_MS: '60000' });
+    await activate(t);
+    await redis.stop();
+    await waitFor(async () => (await t.http.get('/readyz')).body.data.checks.redis === 'down', {
+      what: 'Redis to be reported down',
+    });
+
+    const started = Date.now();
+    await t.close();
+
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
   it('the sweep keeps running after Redis restarts without its data', async () => {
     const t = await start({
       ROLE: 'all',

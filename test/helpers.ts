@@ -87,7 +87,8 @@ export async function startTestService(
     async close() {
       await service.stop('test finished');
       open.delete(label);
-      await deleteRedisKeys(config.redisUrl, `${config.redisPrefix}:*`);
+      // A test may have stopped its private Redis; the run's teardown sweeps the shared one too.
+      await deleteRedisKeys(config.redisUrl, `${config.redisPrefix}:*`).catch(() => undefined);
       if (options.db === undefined) await db.drop();
     },
   };

@@ -5,6 +5,9 @@ import type { Logger } from '../logger.js';
 import { RELEASE_QUEUE, type ReleaseJobData } from './queue.js';
 import { logConnectionState, reconnectBackoff } from './redis.js';
 
+/** How long a closing worker may wait for its running jobs and for Redis. */
+const CLOSE_GRACE_MS = 5_000;
+
 const jobData = z.object({ leaseId: z.guid(), expiresAt: z.string() });
 
 export interface ReleaseWorker {
@@ -22,6 +25,8 @@ export function startReleaseWorker(deps: {
   concurrency: number;
   leases: Leases;
   log: Logger;
+  /** Whether Redis answers right now (any connection to the same server tells). */
+  redisReachable: () => boolean;
 }): ReleaseWorker {
   const { leases, log } = deps;
 
@@ -70,7 +75,25 @@ export function startReleaseWorker(deps: {
 
   return {
     async close() {
-      await worker.close();
+      const closed = worker.close();
+      // With Redis unreachable, close() waits for commands that can never be sent (and no job
+      // can be marked done anyway): drop the connections at once, or after a grace period if
+      // Redis seemed up, so that shutdown still ends in time.
+      const graceMs = deps.redisReachable() ? CLOSE_GRACE_MS : 0;
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<'late'>((resolve) => {
+        timer = setTimeout(() => resolve('late'), graceMs);
+      });
+      const outcome = await Promise.race([closed, late]);
+      clearTimeout(timer);
+      if (outcome === 'late') {
+        log.warn({ graceMs }, 'release worker did not close in time; disconnecting');
+        // Its jobs stay in Redis: a job it was running is retried once its lock expires.
+        // Neither close() nor disconnect() settles while Redis is unreachable, so neither is
+        // awaited; disconnecting stops the reconnection attempts.
+        closed.catch(() => undefined);
+        worker.disconnect().catch(() => undefined);
+      }
     },
   };
 }

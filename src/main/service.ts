@@ -89,6 +89,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
         concurrency: config.releaseConcurrency,
         leases,
         log,
+        redisReachable: () => producer.status === 'ready',
       });
       shutdown.add('release worker', () => worker.close());
       const sweeper = startSweeper({

@@ -1,9 +1,11 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import express, { type Express, type RequestHandler } from 'express';
 import type { Leases } from '../domain/leases.js';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import { openApiDocument } from './contract.js';
 import { errorHandler, methodNotAllowed, notFound } from './errors.js';
 import { tokenRoutes } from './routes.js';
 
@@ -66,6 +68,14 @@ export function createApp(deps: AppDeps): Express {
     .all(methodNotAllowed(['GET']));
 
   if (deps.serveApi ?? true) {
+    // Built and serialised once: it is generated from the schemas the routes use.
+    const openApi = JSON.stringify(openApiDocument(packageVersion()));
+    app
+      .route('/openapi.json')
+      .get((_req, res) => {
+        res.type('application/json').send(openApi);
+      })
+      .all(methodNotAllowed(['GET']));
     app.use(tokenRoutes({ leases: deps.leases, adminApiKey: deps.adminApiKey }));
   }
   app.use(notFound);
@@ -123,4 +133,11 @@ function observe(log: Logger, metrics: Metrics): RequestHandler {
     });
     next();
   };
+}
+
+/** The version in package.json (at the repository root, from src/http and from dist/http). */
+function packageVersion(): string {
+  const text = readFileSync(new URL('../../package.json', import.meta.url), 'utf8');
+  const { version } = JSON.parse(text) as { version?: unknown };
+  return typeof version === 'string' ? version : '0.0.0';
 }

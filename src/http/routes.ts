@@ -2,6 +2,15 @@ import { Router } from 'express';
 import type { Lease, Leases, TokenState, Usage } from '../domain/leases.js';
 import { NotFoundError } from '../errors.js';
 import { requireAdmin } from './auth.js';
+import type {
+  HistoryJson,
+  LeaseJson,
+  ReleasedJson,
+  TokenDetailsJson,
+  TokenJson,
+  UsageJson,
+  ValidationJson,
+} from './contract.js';
 import { methodNotAllowed } from './errors.js';
 import {
   activateQuery,
@@ -17,7 +26,7 @@ import {
 
 const iso = (date: Date) => date.toISOString();
 
-function leaseJson(lease: Lease) {
+function leaseJson(lease: Lease): LeaseJson {
   return {
     token_id: lease.tokenId,
     user_id: lease.userId,
@@ -28,7 +37,7 @@ function leaseJson(lease: Lease) {
   };
 }
 
-function tokenJson(token: TokenState) {
+function tokenJson(token: TokenState): TokenJson {
   const { lease } = token;
   return {
     id: token.id,
@@ -39,7 +48,7 @@ function tokenJson(token: TokenState) {
   };
 }
 
-function usageJson(usage: Usage) {
+function usageJson(usage: Usage): UsageJson {
   return {
     lease_id: usage.leaseId,
     user_id: usage.userId,
@@ -101,21 +110,20 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
     .get(async (req, res) => {
       const token = await leases.getToken(parseTokenId(req.params.id));
       const { lease } = token;
-      res.json({
-        data: {
-          ...tokenJson(token),
-          active_usage:
-            lease === null
-              ? null
-              : {
-                  user_id: lease.userId,
-                  started_at: iso(lease.startedAt),
-                  expires_at: iso(lease.expiresAt),
-                  lease_id: lease.leaseId,
-                  fence: lease.fence,
-                },
-        },
-      });
+      const data: TokenDetailsJson = {
+        ...tokenJson(token),
+        active_usage:
+          lease === null
+            ? null
+            : {
+                user_id: lease.userId,
+                started_at: iso(lease.startedAt),
+                expires_at: iso(lease.expiresAt),
+                lease_id: lease.leaseId,
+                fence: lease.fence,
+              },
+      };
+      res.json({ data });
     })
     .all(methodNotAllowed(['GET']));
 
@@ -128,13 +136,12 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
         beforeFence: query.cursor ?? null,
         limit: query.limit,
       });
-      res.json({
-        data: {
-          token_id: page.tokenId,
-          usages: page.usages.map(usageJson),
-          next_cursor: page.nextBeforeFence === null ? null : encodeCursor(page.nextBeforeFence),
-        },
-      });
+      const data: HistoryJson = {
+        token_id: page.tokenId,
+        usages: page.usages.map(usageJson),
+        next_cursor: page.nextBeforeFence === null ? null : encodeCursor(page.nextBeforeFence),
+      };
+      res.json({ data });
     })
     .all(methodNotAllowed(['GET']));
 
@@ -144,7 +151,8 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
       const id = parseTokenId(req.params.id);
       const body = parse(userBody, req.body, 'body');
       const usage = await leases.release(id, body.user_id);
-      res.json({ data: { token_id: usage.tokenId, ...usageJson(usage) } });
+      const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage) };
+      res.json({ data });
     })
     .all(methodNotAllowed(['POST']));
 
@@ -164,11 +172,10 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
       const id = parseTokenId(req.params.id);
       const body = parse(validateBody, req.body, 'body');
       const result = await leases.validate(id, body.user_id, body.fence);
-      res.json({
-        data: result.valid
-          ? { valid: true, lease_id: result.leaseId, expires_at: iso(result.expiresAt) }
-          : { valid: false, reason: result.reason },
-      });
+      const data: ValidationJson = result.valid
+        ? { valid: true, lease_id: result.leaseId, expires_at: iso(result.expiresAt) }
+        : { valid: false, reason: result.reason };
+      res.json({ data });
     })
     .all(methodNotAllowed(['POST']));
 

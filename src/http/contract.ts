@@ -1,0 +1,261 @@
+import { z } from 'zod';
+import { activateQuery, historyQuery, userBody, validateBody } from './schemas.js';
+
+// The API's answers as zod schemas: the routes build their answers with these types, the
+// OpenAPI document served at GET /openapi.json is generated from them and from the request
+// schemas, and the contract tests check real answers against them. One source, so the served
+// docs cannot drift from the code.
+
+const uuid = z.guid();
+const time = z.iso.datetime({ precision: 3 }).describe('ISO 8601 UTC with milliseconds');
+const endReason = z.enum(['expired', 'released', 'cleared', 'evicted']);
+
+export const leaseSchema = z.object({
+  token_id: uuid,
+  user_id: uuid,
+  activated_at: time,
+  expires_at: time,
+  lease_id: uuid,
+  fence: z.int().min(1).describe('Grows with every lease of the same token'),
+});
+
+export const tokenSchema = z.object({
+  id: uuid,
+  status: z.enum(['available', 'active']),
+  current_user_id: uuid.nullable(),
+  activated_at: time.nullable(),
+  expires_at: time.nullable(),
+});
+
+export const tokenDetailsSchema = tokenSchema.extend({
+  active_usage: z
+    .object({ user_id: uuid, started_at: time, expires_at: time, lease_id: uuid, fence: z.int().min(1) })
+    .nullable(),
+});
+
+export const usageSchema = z.object({
+  lease_id: uuid,
+  user_id: uuid,
+  fence: z.int().min(1),
+  started_at: time,
+  expires_at: time,
+  ended_at: time.nullable(),
+  end_reason: endReason.nullable(),
+});
+
+export const historySchema = z.object({
+  token_id: uuid,
+  usages: z.array(usageSchema),
+  next_cursor: z.string().nullable().describe('Pass as ?cursor= for the next page; null on the last'),
+});
+
+export const releasedSchema = usageSchema.extend({ token_id: uuid });
+
+export const validationSchema = z.discriminatedUnion('valid', [
+  z.object({ valid: z.literal(true), lease_id: uuid, expires_at: time }),
+  z.object({
+    valid: z.literal(false),
+    reason: z.enum(['expired', 'released', 'cleared', 'superseded', 'not_holder', 'unknown_lease']),
+  }),
+]);
+
+export const clearedSchema = z.object({ cleared_tokens: z.int().min(0) });
+
+const check = z.enum(['up', 'down', 'not_used']);
+export const readySchema = z.object({
+  status: z.literal('ready'),
+  checks: z.object({ postgres: check, redis: check }),
+});
+
+export const errorSchema = z.object({
+  error: z.object({
+    code: z.string(),
+    message: z.string(),
+    details: z.record(z.string(), z.unknown()),
+  }),
+});
+
+/** `{"data": ...}`, the envelope of every successful answer. */
+export const envelope = <S extends z.ZodType>(data: S) => z.object({ data });
+
+export type LeaseJson = z.infer<typeof leaseSchema>;
+export type TokenJson = z.infer<typeof tokenSchema>;
+export type TokenDetailsJson = z.infer<typeof tokenDetailsSchema>;
+export type UsageJson = z.infer<typeof usageSchema>;
+export type HistoryJson = z.infer<typeof historySchema>;
+export type ReleasedJson = z.infer<typeof releasedSchema>;
+export type ValidationJson = z.infer<typeof validationSchema>;
+
+const json = (schema: z.ZodType, io: 'input' | 'output' = 'output') =>
+  z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });
+
+const answer = (description: string, schema: z.ZodType) => ({
+  description,
+  content: { 'application/json': { schema: json(envelope(schema)) } },
+});
+
+const failure = (description: string) => ({
+  description,
+  content: { 'application/json': { schema: json(errorSchema) } },
+});
+
+const body = (schema: z.ZodType) => ({
+  required: true,
+  content: { 'application/json': { schema: json(schema, 'input') } },
+});
+
+const tokenIdParameter = {
+  name: 'id',
+  in: 'path',
+  required: true,
+  description: 'Token id; an unknown or malformed id answers 404',
+  schema: { type: 'string', format: 'uuid' },
+};
+
+function queryParameters(schema: z.ZodObject) {
+  const properties = json(schema, 'input').properties ?? {};
+  return Object.entries(properties).map(([name, property]) => ({ name, in: 'query', required: false, schema: property }));
+}
+
+const badInput = {
+  '400': failure('invalid_json or bad_request'),
+  '413': failure('payload_too_large: the body is over 16 KiB'),
+  '415': failure('unsupported_media_type: the body is not application/json'),
+  '422': failure('validation_failed: details.fields names each bad field'),
+  '503': failure('unavailable: PostgreSQL unreachable or too slow; retry'),
+};
+
+/** The OpenAPI 3.1 description of the token API. */
+export function openApiDocument(version: string) {
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'token-lease',
+      version,
+      description:
+        'Leases tokens from a finite pool, one per user, for a fixed time. Errors answer {"error":{"code","message","details"}}.',
+    },
+    components: {
+      securitySchemes: { adminKey: { type: 'http', scheme: 'bearer', description: 'ADMIN_API_KEY' } },
+    },
+    paths: {
+      '/api/tokens/activate': {
+        post: {
+          summary: 'Lease a token (or get the lease the user holds)',
+          parameters: queryParameters(activateQuery),
+          requestBody: body(userBody),
+          responses: {
+            '200': answer('The unexpired lease the user already holds', leaseSchema),
+            '201': answer('A new lease', leaseSchema),
+            '409': failure('pool_exhausted, with Retry-After'),
+            ...badInput,
+            '503': failure('unavailable, or too_many_waiters for ?wait='),
+          },
+        },
+      },
+      '/api/tokens': {
+        get: {
+          summary: 'The whole pool, in a stable order',
+          responses: { '200': answer('Every token', z.array(tokenSchema)), '503': badInput['503'] },
+        },
+      },
+      '/api/tokens/{id}': {
+        get: {
+          summary: 'One token and its active lease',
+          parameters: [tokenIdParameter],
+          responses: {
+            '200': answer('The token', tokenDetailsSchema),
+            '404': failure('not_found'),
+            '503': badInput['503'],
+          },
+        },
+      },
+      '/api/tokens/{id}/history': {
+        get: {
+          summary: "A page of the token's usages, newest first",
+          parameters: [tokenIdParameter, ...queryParameters(historyQuery)],
+          responses: {
+            '200': answer('A page of usages', historySchema),
+            '404': failure('not_found'),
+            '422': badInput['422'],
+            '503': badInput['503'],
+          },
+        },
+      },
+      '/api/tokens/{id}/release': {
+        post: {
+          summary: "End the caller's lease now",
+          parameters: [tokenIdParameter],
+          requestBody: body(userBody),
+          responses: {
+            '200': answer('The ended usage (also for a retried release)', releasedSchema),
+            '404': failure('not_found'),
+            '409': failure('not_holder; details.reason says why'),
+            ...badInput,
+          },
+        },
+      },
+      '/api/tokens/{id}/renew': {
+        post: {
+          summary: "Extend the caller's lease to LEASE_TTL_MS from now",
+          parameters: [tokenIdParameter],
+          requestBody: body(userBody),
+          responses: {
+            '200': answer('The renewed lease', leaseSchema),
+            '404': failure('not_found'),
+            '409': failure('lease_expired, lease_ended, not_holder or max_lease_reached'),
+            ...badInput,
+          },
+        },
+      },
+      '/api/tokens/{id}/validate': {
+        post: {
+          summary: 'Whether (user_id, fence) is still the active lease of the token',
+          parameters: [tokenIdParameter],
+          requestBody: body(validateBody),
+          responses: {
+            '200': answer('Valid with the expiry, or not with the reason', validationSchema),
+            '404': failure('not_found (malformed token id)'),
+            ...badInput,
+          },
+        },
+      },
+      '/api/tokens/clear': {
+        post: {
+          summary: 'End every active lease (admin)',
+          security: [{ adminKey: [] }],
+          responses: {
+            '200': answer('How many active leases were ended', clearedSchema),
+            '401': failure('unauthorized: no bearer key'),
+            '403': failure('forbidden: wrong key'),
+            '503': badInput['503'],
+          },
+        },
+      },
+      '/healthz': {
+        get: {
+          summary: 'The process is alive',
+          responses: { '200': answer('Alive', z.object({ status: z.literal('ok') })) },
+        },
+      },
+      '/readyz': {
+        get: {
+          summary: 'PostgreSQL answers (Redis is reported, not required)',
+          responses: { '200': answer('Ready', readySchema), '503': failure('not_ready') },
+        },
+      },
+      '/openapi.json': {
+        get: {
+          summary: 'This document',
+          responses: { '200': { description: 'OpenAPI 3.1', content: { 'application/json': {} } } },
+        },
+      },
+      '/metrics': {
+        get: {
+          summary: 'Prometheus metrics',
+          responses: { '200': { description: 'Text exposition format', content: { 'text/plain': {} } } },
+        },
+      },
+    },
+  };
+}

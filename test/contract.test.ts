@@ -1,0 +1,124 @@
+import type { Express } from 'express';
+import supertest from 'supertest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { z } from 'zod';
+import {
+  clearedSchema,
+  envelope,
+  errorSchema,
+  historySchema,
+  leaseSchema,
+  readySchema,
+  releasedSchema,
+  tokenDetailsSchema,
+  tokenSchema,
+  validationSchema,
+} from '../src/http/contract.js';
+import { createApp } from '../src/http/app.js';
+import { newUserId, startTestService, type TestService } from './helpers.js';
+
+// The served OpenAPI document against the app's real routes and real answers.
+
+interface Operation {
+  responses: Record<string, unknown>;
+}
+type Document = { openapi: string; paths: Record<string, Record<string, Operation>> };
+
+let t: TestService;
+let doc: Document;
+const ADMIN_KEY = 'contract-admin-key-0123456789';
+
+beforeAll(async () => {
+  t = await startTestService({ POOL_SIZE: '2', ADMIN_API_KEY: ADMIN_KEY, LEASE_TTL_MS: '60000' });
+  doc = (await t.http.get('/openapi.json')).body as Document;
+});
+afterAll(async () => {
+  await t.close();
+});
+
+/** Checks an answer against the schema and against the statuses documented for the operation. */
+function conforms(res: supertest.Response, method: string, path: string, schema: z.ZodType) {
+  const documented = Object.keys(doc.paths[path]?.[method]?.responses ?? {});
+  expect(documented, `${method} ${path} documents ${res.status}`).toContain(String(res.status));
+  const parsed = schema.safeParse(res.body);
+  expect(parsed.error?.issues ?? [], `${method} ${path} ${res.status}: ${res.text}`).toEqual([]);
+}
+
+/** Every (method, path) the Express app routes, with :params as {params}. */
+function routesOf(app: Express): string[] {
+  type Layer = { route?: { path: string; methods: Record<string, boolean> }; handle?: { stack?: Layer[] } };
+  const walk = (stack: Layer[]): string[] =>
+    stack.flatMap((layer) => {
+      if (layer.route !== undefined) {
+        const path = layer.route.path.replace(/:(\w+)/g, '{$1}');
+        return Object.keys(layer.route.methods)
+          .filter((m) => m !== '_all')
+          .map((m) => `${m} ${path}`);
+      }
+      return layer.handle?.stack === undefined ? [] : walk(layer.handle.stack);
+    });
+  return walk((app as unknown as { router: { stack: Layer[] } }).router.stack);
+}
+
+describe('GET /openapi.json', () => {
+  it('is an OpenAPI 3.1 document', () => {
+    expect(doc.openapi).toBe('3.1.0');
+  });
+
+  it('documents exactly the routes the app serves', () => {
+    const app = createApp({
+      leases: t.service.leases,
+      log: { isLevelEnabled: () => false } as never,
+      metrics: t.service.metrics,
+      adminApiKey: undefined,
+    });
+    const documented = Object.entries(doc.paths).flatMap(([path, ops]) =>
+      Object.keys(ops).map((method) => `${method} ${path}`),
+    );
+    expect(routesOf(app).sort()).toEqual(documented.sort());
+  });
+});
+
+describe('real answers match the documented schemas', () => {
+  it('for every endpoint, success and failure', async () => {
+    const user = newUserId();
+    const activated = await t.http.post('/api/tokens/activate').send({ user_id: user });
+    conforms(activated, 'post', '/api/tokens/activate', envelope(leaseSchema));
+    const tokenId = activated.body.data.token_id as string;
+    const fence = activated.body.data.fence as number;
+    conforms(await t.http.post('/api/tokens/activate').send({ user_id: user }), 'post', '/api/tokens/activate', envelope(leaseSchema));
+    conforms(await t.http.post('/api/tokens/activate').send({ user_id: 'x' }), 'post', '/api/tokens/activate', errorSchema);
+    await t.http.post('/api/tokens/activate').send({ user_id: newUserId() });
+    conforms(await t.http.post('/api/tokens/activate').send({ user_id: newUserId() }), 'post', '/api/tokens/activate', errorSchema);
+
+    conforms(await t.http.get('/api/tokens'), 'get', '/api/tokens', envelope(tokenSchema.array()));
+    conforms(await t.http.get(`/api/tokens/${tokenId}`), 'get', '/api/tokens/{id}', envelope(tokenDetailsSchema));
+    conforms(await t.http.get('/api/tokens/nope'), 'get', '/api/tokens/{id}', errorSchema);
+
+    const renewed = await t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: user });
+    conforms(renewed, 'post', '/api/tokens/{id}/renew', envelope(leaseSchema));
+    conforms(await t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: newUserId() }), 'post', '/api/tokens/{id}/renew', errorSchema);
+
+    const valid = await t.http.post(`/api/tokens/${tokenId}/validate`).send({ user_id: user, fence });
+    conforms(valid, 'post', '/api/tokens/{id}/validate', envelope(validationSchema));
+    const invalid = await t.http.post(`/api/tokens/${tokenId}/validate`).send({ user_id: user, fence: fence + 1 });
+    conforms(invalid, 'post', '/api/tokens/{id}/validate', envelope(validationSchema));
+
+    conforms(await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: user }), 'post', '/api/tokens/{id}/release', envelope(releasedSchema));
+    conforms(await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: newUserId() }), 'post', '/api/tokens/{id}/release', errorSchema);
+
+    conforms(await t.http.get(`/api/tokens/${tokenId}/history?limit=1`), 'get', '/api/tokens/{id}/history', envelope(historySchema));
+    conforms(await t.http.get(`/api/tokens/${tokenId}/history?limit=0`), 'get', '/api/tokens/{id}/history', errorSchema);
+
+    conforms(await t.http.post('/api/tokens/clear'), 'post', '/api/tokens/clear', errorSchema);
+    conforms(await t.http.post('/api/tokens/clear').set('Authorization', 'Bearer wrong-key'), 'post', '/api/tokens/clear', errorSchema);
+    conforms(
+      await t.http.post('/api/tokens/clear').set('Authorization', `Bearer ${ADMIN_KEY}`),
+      'post',
+      '/api/tokens/clear',
+      envelope(clearedSchema),
+    );
+
+    conforms(await t.http.get('/readyz'), 'get', '/readyz', envelope(readySchema));
+  });
+});

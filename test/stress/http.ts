@@ -15,7 +15,9 @@ export interface HttpClient {
 }
 
 export function createHttpClient(): HttpClient {
-  const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity, keepAliveMsecs: 1_000 });
+  // An idle socket is dropped before the server's keep-alive timeout (5 s, announced in the
+  // Keep-Alive header) can close it under a request just being sent on it.
+  const agent = new http.Agent({ keepAlive: true, maxSockets: Infinity, timeout: 4_000 });
 
   function request(
     method: 'GET' | 'POST',

@@ -42,8 +42,8 @@ export interface LoadCounts {
   clearedTokens: number;
   /** Answers the API does not promise for that request, by "METHOD route status code". */
   unexpected: Record<string, number>;
-  /** Requests that got no answer (network error or client timeout). */
-  lost: number;
+  /** Requests that got no answer (network error or client timeout), by error. */
+  lost: Record<string, number>;
 }
 
 export interface LoadResult {
@@ -99,7 +99,7 @@ export function emptyCounts(): LoadCounts {
     clears: 0,
     clearedTokens: 0,
     unexpected: {},
-    lost: 0,
+    lost: {},
   };
 }
 
@@ -143,10 +143,16 @@ async function runAdmin(http: HttpClient, options: LoadOptions, counts: LoadCoun
       } else {
         bump(counts.unexpected, describe('POST', 'clear', answer));
       }
-    } catch {
-      counts.lost += 1;
+    } catch (error) {
+      bump(counts.lost, errorName(error));
     }
   }
+}
+
+function errorName(error: unknown): string {
+  const code = (error as { code?: unknown } | null)?.code;
+  if (typeof code === 'string') return code;
+  return error instanceof Error ? error.message : String(error);
 }
 
 function describe(method: string, route: string, answer: Answer): string {
@@ -175,8 +181,8 @@ async function runClient(
     counts.requests += 1;
     try {
       return await http.request('POST', `${apiUrl()}${path}`, { body, timeoutMs });
-    } catch {
-      counts.lost += 1;
+    } catch (error) {
+      bump(counts.lost, errorName(error));
       return null;
     }
   }

@@ -148,10 +148,10 @@ export async function runStress(
       ...(await checkInvariants(db, {
         drained: { sweepIntervalMs: options.sweepIntervalMs, marginMs: options.drainMarginMs },
         observations: load.observations,
-        everyAnswerSeen: counts.lost === 0,
+        everyAnswerSeen: Object.keys(counts.lost).length === 0,
       })),
     ]);
-    const [usagesByEndReason, lazyExpiries] = await readOutcomes(db);
+    const usagesByEndReason = await countUsagesByEndReason(db);
     const metrics = await scrapeMetrics(http, [...cluster.apis, ...cluster.workers].map((n) => n.url));
     const nodes = [...cluster.apis, ...cluster.workers];
     const exits = await cluster.stop();
@@ -162,7 +162,7 @@ export async function runStress(
       totalMs: Date.now() - started,
       counts,
       usagesByEndReason,
-      lazyExpiries,
+      lazyExpiries: lazyExpiries(usagesByEndReason, metrics.ended),
       endedByMechanism: metrics.ended,
       sweepRuns: metrics.sweeps,
       midRunChecks: midRunResult.checks,
@@ -249,26 +249,29 @@ async function drain(databaseUrl: string, graceMs: number): Promise<void> {
   }
 }
 
-async function readOutcomes(databaseUrl: string): Promise<[Record<string, number>, number]> {
+async function countUsagesByEndReason(databaseUrl: string): Promise<Record<string, number>> {
   const client = new pg.Client({ connectionString: databaseUrl });
   await client.connect();
   try {
-    const reasons = await client.query<{ reason: string; n: number }>(
+    const { rows } = await client.query<{ reason: string; n: number }>(
       `SELECT coalesce(end_reason, 'open') AS reason, count(*)::int AS n FROM usages GROUP BY 1 ORDER BY 1`,
     );
-    // An activation that ends an expired lease opens the next one in the same transaction, so
-    // the new usage starts at the very instant the old one ended.
-    const lazy = await client.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM usages o
-       WHERE o.end_reason = 'expired' AND EXISTS (
-         SELECT 1 FROM usages n
-         WHERE n.started_at = o.ended_at
-           AND ((n.token_id = o.token_id AND n.fence = o.fence + 1) OR n.user_id = o.user_id))`,
-    );
-    return [Object.fromEntries(reasons.rows.map((r) => [r.reason, r.n])), lazy.rows[0]?.n ?? 0];
+    return Object.fromEntries(rows.map((r) => [r.reason, r.n]));
   } finally {
     await client.end();
   }
+}
+
+/**
+ * Expired leases that an activation ended (lazy expiry: the token, or the user's next lease, was
+ * taken before a job or the sweep got to it). Activations do not count these in the metrics,
+ * every other path does, so they are what the metrics leave unexplained.
+ */
+function lazyExpiries(usagesByEndReason: Record<string, number>, ended: Record<string, number>): number {
+  const counted = Object.entries(ended)
+    .filter(([key]) => key.startsWith('expired/'))
+    .reduce((sum, [, n]) => sum + n, 0);
+  return (usagesByEndReason.expired ?? 0) - counted;
 }
 
 async function scrapeMetrics(http: HttpClient, urls: readonly string[]) {
@@ -297,7 +300,7 @@ export function stressPassed(report: StressReport): boolean {
   return (
     report.violations.length === 0 &&
     Object.keys(report.counts.unexpected).length === 0 &&
-    report.counts.lost === 0 &&
+    Object.keys(report.counts.lost).length === 0 &&
     report.processErrors.length === 0 &&
     report.exits.every((e) => e.code === 0)
   );
@@ -313,7 +316,7 @@ export function formatReport(report: StressReport): string {
   const lines = [
     `stress: ${options.apiProcesses} api + ${options.workerProcesses} worker processes, ${options.clients} clients x ${options.usersPerClient} users, pool ${options.poolSize}, TTL ${options.ttlMs} ms, sweep every ${options.sweepIntervalMs} ms, policy ${options.policy}, seed ${options.seed}`,
     `time: load ${(report.loadMs / 1000).toFixed(1)} s, drain ${(report.drainMs / 1000).toFixed(1)} s, total ${(report.totalMs / 1000).toFixed(1)} s`,
-    `requests: ${counts.requests} (${Math.round(counts.requests / Math.max(0.001, report.loadMs / 1000))}/s), no answer: ${counts.lost}`,
+    `requests: ${counts.requests} (${Math.round(counts.requests / Math.max(0.001, report.loadMs / 1000))}/s), no answer: ${list(counts.lost)}`,
     `activations: ${counts.created} granted (201), ${counts.existing} existing (200), ${counts.exhausted} pool_exhausted (409)`,
     `waits: ${counts.waits.sent} sent, ${counts.waits.served} served, ${counts.waits.timedOut} timed out, ${counts.waits.tooMany} too_many_waiters`,
     `releases: ${counts.releases} (200); refused: ${list(counts.releaseRefused)}`,

@@ -331,8 +331,8 @@ type ValidateObservation = Extract<Observation, { op: 'validate' }>;
 
 /**
  * Validations checked against the final rows. Only what the rows can prove is checked: a usage's
- * ended_at is its ending transaction's start time, which may precede the validation that still
- * saw it open, so `valid` is checked against the expiry, not against ended_at.
+ * ended_at is stamped before its ending transaction commits, so a validation may still see it
+ * open after that stamp; `valid` is checked against the expiry, not against ended_at.
  */
 function validationsDisagreeing(
   observations: readonly Observation[],
@@ -374,13 +374,9 @@ function validationsDisagreeing(
       case 'superseded':
         return endedBy('evicted');
       case 'expired':
-        // Ran out before the answer; whatever ended it later did so after its expiry.
-        return (
-          row !== undefined &&
-          row.user_id === o.userId &&
-          row.expires_at.getTime() <= o.receivedAt + slackMs &&
-          (row.ended_at === null || row.end_reason === 'expired' || row.ended_at >= row.expires_at)
-        );
+        // Ran out before the answer. How it ended is not checked: a release, clear or eviction
+        // that decided before the expiry may commit after the validation read it as run out.
+        return row !== undefined && row.user_id === o.userId && row.expires_at.getTime() <= o.receivedAt + slackMs;
       default:
         return false;
     }

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { checkInvariants, describeViolations, type Violation } from '../invariants.js';
 import { startCluster, type Cluster } from './cluster.js';
@@ -205,13 +206,7 @@ function checkWhileRunning(databaseUrl: string, everyMs: number) {
   const loop = (async () => {
     if (everyMs <= 0) return;
     for (;;) {
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, everyMs);
-        stopped.signal.addEventListener('abort', () => {
-          clearTimeout(timer);
-          resolve();
-        });
-      });
+      await delay(everyMs, undefined, { signal: stopped.signal }).catch(() => undefined);
       if (stopped.signal.aborted) return;
       violations.push(...(await checkInvariants(databaseUrl)));
       checks += 1;

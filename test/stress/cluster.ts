@@ -118,6 +118,9 @@ async function freePort(): Promise<number> {
 function spawnNode(role: 'api' | 'worker', port: number, env: Record<string, string>): ServiceNode {
   const child = spawn(process.execPath, ['--import', 'tsx', entry], {
     cwd: root,
+    // A process group of its own: Ctrl-C in a terminal reaches the run, which then stops the
+    // service in order (after draining and checking), rather than every process at once.
+    detached: true,
     env: {
       PATH: process.env.PATH ?? '',
       HOST: '127.0.0.1',
@@ -138,10 +141,13 @@ function spawnNode(role: 'api' | 'worker', port: number, env: Record<string, str
   };
   createInterface({ input: child.stdout as NodeJS.ReadableStream }).on('line', keep);
   createInterface({ input: child.stderr as NodeJS.ReadableStream }).on('line', keep);
-  const exit = once(child, 'exit').then(([code, signal]) => ({
-    code: code as number | null,
-    signal: signal as NodeJS.Signals | null,
-  }));
+  // Whatever ends this process, the service processes do not outlive it.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
+  const exit = once(child, 'exit').then(([code, signal]) => {
+    process.off('exit', killOnExit);
+    return { code: code as number | null, signal: signal as NodeJS.Signals | null };
+  });
   return { role, url: `http://127.0.0.1:${port}`, logs, exit, child };
 }
 

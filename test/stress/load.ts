@@ -225,7 +225,7 @@ async function runClient(
         fence: lease.fence,
         expiresAtMs: Date.parse(lease.expires_at),
         plan: random() < 0.6 ? 'release' : 'expire',
-        opsLeft: Math.floor(random() * 4),
+        opsLeft: Math.floor(random() * 3),
       };
     } else if (answer.status === 409 && answer.body.error?.code === 'pool_exhausted') {
       counts.exhausted += 1;

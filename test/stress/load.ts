@@ -141,7 +141,7 @@ async function runAdmin(http: HttpClient, options: LoadOptions, counts: LoadCoun
         counts.clears += 1;
         counts.clearedTokens += Number(answer.body.data.cleared_tokens);
       } else {
-        bump(counts.unexpected, describe('POST', 'clear', answer));
+        bump(counts.unexpected, describeAnswer('POST', 'clear', answer));
       }
     } catch (error) {
       bump(counts.lost, errorName(error));
@@ -155,7 +155,7 @@ function errorName(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }
 
-function describe(method: string, route: string, answer: Answer): string {
+function describeAnswer(method: string, route: string, answer: Answer): string {
   const code = typeof answer.body === 'object' && answer.body !== null ? answer.body.error?.code : undefined;
   return `${method} ${route} ${answer.status} ${code ?? ''}`.trim();
 }
@@ -233,7 +233,7 @@ async function runClient(
     } else if (answer.status === 503 && answer.body.error?.code === 'too_many_waiters') {
       counts.waits.tooMany += 1;
     } else {
-      bump(counts.unexpected, describe('POST', 'activate', answer));
+      bump(counts.unexpected, describeAnswer('POST', 'activate', answer));
     }
   }
 
@@ -250,7 +250,7 @@ async function runClient(
     if (answer.status === 200) counts.releases += 1;
     else if (answer.status === 409 && answer.body.error?.code === 'not_holder') {
       bump(counts.releaseRefused, String(answer.body.error.details?.reason));
-    } else bump(counts.unexpected, describe('POST', 'release', answer));
+    } else bump(counts.unexpected, describeAnswer('POST', 'release', answer));
     forget(user, lease);
   }
 
@@ -271,7 +271,7 @@ async function runClient(
       return;
     }
     if (answer.status === 409) bump(counts.renewRefused, String(answer.body.error?.code));
-    else bump(counts.unexpected, describe('POST', 'renew', answer));
+    else bump(counts.unexpected, describeAnswer('POST', 'renew', answer));
     forget(user, lease);
   }
 
@@ -296,7 +296,7 @@ async function runClient(
       leaseId: result?.lease_id,
       reason: result?.reason,
     });
-    if (result === undefined) bump(counts.unexpected, describe('POST', 'validate', answer));
+    if (result === undefined) bump(counts.unexpected, describeAnswer('POST', 'validate', answer));
     else if (result.valid === true) counts.valid += 1;
     else {
       bump(counts.invalid, String(result.reason));

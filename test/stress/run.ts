@@ -153,8 +153,8 @@ export async function runStress(
       })),
     ]);
     const usagesByEndReason = await countUsagesByEndReason(db);
-    const metrics = await scrapeMetrics(http, [...cluster.apis, ...cluster.workers].map((n) => n.url));
     const nodes = [...cluster.apis, ...cluster.workers];
+    const metrics = await scrapeMetrics(http, nodes.map((n) => n.url));
     const exits = await cluster.stop();
     return {
       options,
@@ -203,19 +203,26 @@ function checkWhileRunning(databaseUrl: string, everyMs: number) {
   const violations: Violation[] = [];
   let checks = 0;
   const stopped = new AbortController();
-  const loop = (async () => {
-    if (everyMs <= 0) return;
+  // Never rejects on its own (a run that failed may not stop it): a failed check ends the loop
+  // and is thrown by stop().
+  const loop = (async (): Promise<Error | undefined> => {
+    if (everyMs <= 0) return undefined;
     for (;;) {
       await delay(everyMs, undefined, { signal: stopped.signal }).catch(() => undefined);
-      if (stopped.signal.aborted) return;
-      violations.push(...(await checkInvariants(databaseUrl)));
+      if (stopped.signal.aborted) return undefined;
+      try {
+        violations.push(...(await checkInvariants(databaseUrl)));
+      } catch (error) {
+        return error instanceof Error ? error : new Error(String(error));
+      }
       checks += 1;
     }
   })();
   return {
     async stop() {
       stopped.abort();
-      await loop;
+      const failure = await loop;
+      if (failure !== undefined) throw failure;
       return { violations, checks };
     },
   };

@@ -13,7 +13,7 @@ import { createModel, type ModelConfig } from './model/pool.js';
 // PROPERTY_RUNS=1000 runs more sequences per property; PROPERTY_SEED (and PROPERTY_PATH, both
 // printed on a failure) replays one.
 
-const runs = Number(process.env.PROPERTY_RUNS ?? 100);
+const runs = Number(process.env.PROPERTY_RUNS ?? 60);
 const seed = process.env.PROPERTY_SEED === undefined ? undefined : Number(process.env.PROPERTY_SEED);
 const path = process.env.PROPERTY_PATH;
 const TTL_MS = 60_000;

@@ -30,8 +30,26 @@ describe('the invariant checker', () => {
         const released = await t.http.post(`/api/tokens/${lease.token_id}/release`).send({ user_id: userId });
         observations.push({ op: 'release', userId, tokenId: lease.token_id, status: released.status, leaseId: lease.lease_id });
       }
+      if (res.status < 300 && lease !== undefined) observations.push(await validate(userId, lease));
     }
   });
+
+  async function validate(userId: string, lease: { token_id: string; fence: number }): Promise<Observation> {
+    const sentAt = Date.now();
+    const res = await t.http.post(`/api/tokens/${lease.token_id}/validate`).send({ user_id: userId, fence: lease.fence });
+    return {
+      op: 'validate',
+      userId,
+      tokenId: lease.token_id,
+      fence: lease.fence,
+      sentAt,
+      receivedAt: Date.now(),
+      status: res.status,
+      valid: res.body.data.valid,
+      leaseId: res.body.data.lease_id,
+      reason: res.body.data.reason,
+    };
+  }
   afterAll(async () => {
     await t.close();
   });
@@ -64,6 +82,37 @@ describe('the invariant checker', () => {
         'usages no client was granted',
       ]),
     );
+  });
+
+  it('passes validations that agree with the usages, answered valid and invalid', async () => {
+    const validations = observations.filter((o): o is Extract<Observation, { op: 'validate' }> => o.op === 'validate');
+    expect(validations.map((o) => o.reason ?? 'valid')).toEqual([
+      'released',
+      'valid',
+      'valid',
+      'valid',
+    ]);
+    expect(await check()).toEqual([]);
+  });
+
+  it('catches validations that disagree with the usage they name', async () => {
+    const [released, held] = observations.filter((o) => o.op === 'validate');
+    if (released?.op !== 'validate' || held?.op !== 'validate') throw new Error('no validations');
+    const wrong: Observation[] = [
+      // A released lease reported valid, and with the wrong reason.
+      { ...released, valid: true, reason: undefined },
+      { ...released, reason: 'superseded' },
+      // A lease the client had been granted before asking, reported unknown.
+      { ...held, sentAt: held.sentAt + 5, valid: false, leaseId: undefined, reason: 'unknown_lease' },
+      // An active lease reported expired.
+      { ...held, valid: false, leaseId: undefined, reason: 'expired' },
+    ];
+
+    const violations = await check({ observations: [...observations, ...wrong] });
+
+    expect(violations).toHaveLength(1);
+    expect(violations[0]?.message).toBe('validations whose answer disagrees with the usage they name');
+    expect(violations[0]?.rows.map((r: any) => r.seen)).toEqual(wrong);
   });
 
   it('catches two open usages, overlap, a wrong status and a leak', async () => {

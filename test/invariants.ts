@@ -16,7 +16,9 @@ import type { UsageRow } from '../src/db/queries.js';
 //  5 client-agreement every lease a client saw granted is a usage with the same token, user and
 //                     fence; a release a client saw succeed ended that usage as released; a
 //                     renewal it saw is not undone; no usage exists that no client was granted
-//                     (when every answer was seen) and no refused activation left one behind
+//                     (when every answer was seen) and no refused activation left one behind;
+//                     every validation agrees with the usage it names (valid only while it was
+//                     that user's unexpired lease, each reason matching how the usage ended)
 
 export type InvariantName = 'at-most-one' | 'no-overlap' | 'status' | 'no-leak' | 'client-agreement';
 
@@ -50,6 +52,19 @@ export type Observation =
       readonly tokenId: string;
       readonly status: number;
       readonly lease?: { leaseId: string; expiresAt: string } | undefined;
+    }
+  | {
+      readonly op: 'validate';
+      readonly userId: string;
+      readonly tokenId: string;
+      readonly fence: number;
+      readonly sentAt: number;
+      readonly receivedAt: number;
+      readonly status: number;
+      /** The answer's data, when the status is 200. */
+      readonly valid?: boolean | undefined;
+      readonly leaseId?: string | undefined;
+      readonly reason?: string | undefined;
     };
 
 export interface CheckOptions {
@@ -273,7 +288,11 @@ async function clientAgreement(
     (o): o is Extract<Observation, { op: 'activate' }> => o.op === 'activate' && o.lease === undefined && o.status >= 400 && o.status < 500,
   );
   const usagesByUser = new Map<string, UsageRow[]>();
-  for (const u of usages) usagesByUser.set(u.user_id, [...(usagesByUser.get(u.user_id) ?? []), u]);
+  for (const u of usages) {
+    const list = usagesByUser.get(u.user_id);
+    if (list === undefined) usagesByUser.set(u.user_id, [u]);
+    else list.push(u);
+  }
   const leftBehind = refused.flatMap((o) =>
     (usagesByUser.get(o.userId) ?? [])
       .filter((u) => !seen.has(u.id) && u.started_at.getTime() >= o.sentAt - 50 && u.started_at.getTime() <= o.receivedAt + 50)
@@ -286,5 +305,76 @@ async function clientAgreement(
       rows: leftBehind,
     });
   }
+
+  const wrongValidations = validationsDisagreeing(observations, usages, granted);
+  if (wrongValidations.length > 0) {
+    found.push({
+      invariant: 'client-agreement',
+      message: 'validations whose answer disagrees with the usage they name',
+      rows: wrongValidations,
+    });
+  }
   return found;
+}
+
+type ValidateObservation = Extract<Observation, { op: 'validate' }>;
+
+/**
+ * Validations checked against the final rows. Only what the rows can prove is checked: a usage's
+ * ended_at is stamped before its ending transaction commits, so a validation may still see it
+ * open after that stamp; `valid` is checked against the expiry, not against ended_at.
+ */
+function validationsDisagreeing(
+  observations: readonly Observation[],
+  usages: readonly UsageRow[],
+  granted: ReadonlyArray<{ o: Extract<Observation, { op: 'activate' }>; lease: { tokenId: string; fence: number } }>,
+): Array<{ seen: ValidateObservation; row: UsageRow | null }> {
+  const slackMs = 50;
+  const byFence = new Map(usages.map((u) => [`${u.token_id}/${u.fence}`, u]));
+  const grantedAt = new Map<string, number>();
+  for (const { o, lease } of granted) {
+    const key = `${lease.tokenId}/${lease.fence}`;
+    grantedAt.set(key, Math.min(grantedAt.get(key) ?? Infinity, o.receivedAt));
+  }
+  const agrees = (o: ValidateObservation, row: UsageRow | undefined): boolean => {
+    if (o.valid === true) {
+      return (
+        row !== undefined &&
+        row.user_id === o.userId &&
+        row.id === o.leaseId &&
+        row.started_at.getTime() <= o.receivedAt + slackMs &&
+        row.expires_at.getTime() >= o.sentAt - slackMs
+      );
+    }
+    const endedBy = (reason: string) =>
+      row !== undefined &&
+      row.user_id === o.userId &&
+      row.end_reason === reason &&
+      (row.ended_at?.getTime() ?? Infinity) <= o.receivedAt + slackMs;
+    switch (o.reason) {
+      case 'unknown_lease':
+        // Rows are never deleted: a lease some client had been granted before asking exists.
+        // (Granted and asked within the same millisecond is given the benefit of the doubt.)
+        return (grantedAt.get(`${o.tokenId}/${o.fence}`) ?? Infinity) >= o.sentAt;
+      case 'not_holder':
+        return row !== undefined && row.user_id !== o.userId;
+      case 'released':
+      case 'cleared':
+        return endedBy(o.reason);
+      case 'superseded':
+        return endedBy('evicted');
+      case 'expired':
+        // Ran out before the answer. How it ended is not checked: a release, clear or eviction
+        // that decided before the expiry may commit after the validation read it as run out.
+        return row !== undefined && row.user_id === o.userId && row.expires_at.getTime() <= o.receivedAt + slackMs;
+      default:
+        return false;
+    }
+  };
+  return observations
+    .filter((o): o is ValidateObservation => o.op === 'validate' && o.status === 200)
+    .flatMap((o) => {
+      const row = byFence.get(`${o.tokenId}/${o.fence}`);
+      return agrees(o, row) ? [] : [{ seen: o, row: row ?? null }];
+    });
 }

@@ -1,11 +1,17 @@
 // Every SQL statement the service runs, so that locking can be reviewed in one file.
-// Activation lives in migrations/0001 as activate_lease(), because it needs a few steps with
-// fallbacks and must still cost one round trip; read its header for the locking order.
+// Activation lives in the migrations as activate_lease() (the latest version is in 0003),
+// because it needs a few steps with fallbacks and must still cost one round trip; read the
+// header in 0001 for the locking order.
 //
 // The locking order, everywhere: a token row is locked before any usage row of that token.
 // Every statement that ends a lease locks the token first and re-checks its conditions in the
 // UPDATE itself (on the newest row), so the release job, the sweep, clear and release can race
 // with each other and with activation and each lease still ends exactly once.
+//
+// Decisions (is it due? is it active?) use now(), the statement's time. The times a lease is
+// recorded to start and end use clock_timestamp(), read once the row is locked: now() is when
+// the transaction began, which can be before the commit that granted the lease being ended (an
+// end before its start) or that freed the token being taken (overlapping leases).
 
 import type { PoolClient, Queryable } from './pool.js';
 import { query } from './pool.js';
@@ -55,7 +61,7 @@ function endLockedLeases(locked: string, reason: string, guard = ''): string {
   return `
     WITH locked AS (${locked}),
     ended AS (
-      UPDATE usages u SET ended_at = now(), end_reason = ${reason}
+      UPDATE usages u SET ended_at = clock_timestamp(), end_reason = ${reason}
       FROM locked
       WHERE u.id = locked.usage_id AND u.ended_at IS NULL ${guard}
       RETURNING u.*

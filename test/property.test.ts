@@ -1,0 +1,82 @@
+import { randomUUID } from 'node:crypto';
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, it } from 'vitest';
+import { startTestService, type TestService } from './helpers.js';
+import { allCommands, type Real } from './model/commands.js';
+import { createModel, type ModelConfig } from './model/pool.js';
+
+// Model-based property tests: random sequences of activate, release, renew, validate, clear,
+// sweep, release jobs and clock advances, for a few users on a small pool, run against the real
+// service over PostgreSQL and against the model in test/model/pool.ts; every answer and the
+// whole state must agree after every step. A failure shrinks to a short script of commands.
+//
+// PROPERTY_RUNS=1000 runs more sequences per property; PROPERTY_SEED (and PROPERTY_PATH, both
+// printed on a failure) replays one.
+
+const runs = Number(process.env.PROPERTY_RUNS ?? 60);
+const seed = process.env.PROPERTY_SEED === undefined ? undefined : Number(process.env.PROPERTY_SEED);
+const path = process.env.PROPERTY_PATH;
+const TTL_MS = 60_000;
+const TOKENS = 3;
+const USERS = 5;
+// Generous: a run of commands takes tens of milliseconds, and shrinking a failure replays many.
+const timeoutMs = 120_000 + runs * 2_000;
+
+function modelProperty(config: ModelConfig, env: Record<string, string>) {
+  let t: TestService;
+  let tokenIds: string[];
+  const users = Array.from({ length: config.users }, () => randomUUID());
+
+  beforeAll(async () => {
+    t = await startTestService({ POOL_SIZE: String(config.tokens), LEASE_TTL_MS: String(config.ttlMs), ...env });
+    const listed = (await (await fetch(`${t.url}/api/tokens`)).json()) as { data: Array<{ id: string }> };
+    tokenIds = [...listed.data.map((token) => token.id), randomUUID()];
+  });
+  afterAll(async () => {
+    await t.close();
+  });
+
+  /** Every run starts from an idle pool whose fences start again at 1. */
+  async function setup() {
+    await t.db.pool.query(`
+      UPDATE tokens SET usage_id = NULL, last_fence = 0;
+      DELETE FROM usages;
+      DELETE FROM waiters;`);
+    const real: Real = { t, users, tokenIds, startedAt: Date.now() };
+    return { model: createModel(config), real };
+  }
+
+  return async () => {
+    await fc.assert(
+      fc.asyncProperty(fc.commands(allCommands(config.tokens, config.users), { size: 'medium', maxCommands: 40 }), (commands) =>
+        fc.asyncModelRun(setup, commands),
+      ),
+      { numRuns: runs, ...(seed === undefined ? {} : { seed }), ...(path === undefined ? {} : { path }) },
+    );
+  };
+}
+
+describe('the service answers as the model of the pool does', () => {
+  describe('with POOL_FULL_POLICY=reject and MAX_LEASE_MS', () => {
+    const maxLeaseMs = 70_000;
+    it(
+      'for any sequence of commands',
+      modelProperty(
+        { tokens: TOKENS, users: USERS, ttlMs: TTL_MS, maxLeaseMs, evictOldest: false },
+        { POOL_FULL_POLICY: 'reject', MAX_LEASE_MS: String(maxLeaseMs) },
+      ),
+      timeoutMs,
+    );
+  });
+
+  describe('with POOL_FULL_POLICY=evict_oldest', () => {
+    it(
+      'for any sequence of commands',
+      modelProperty(
+        { tokens: TOKENS, users: USERS, ttlMs: TTL_MS, maxLeaseMs: null, evictOldest: true },
+        { POOL_FULL_POLICY: 'evict_oldest' },
+      ),
+      timeoutMs,
+    );
+  });
+});

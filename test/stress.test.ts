@@ -1,0 +1,33 @@
+import { describe, expect, inject, it } from 'vitest';
+import { testDatabasePrefix } from './databases.js';
+import { describeViolations } from './invariants.js';
+import { testRedisPrefix } from './redis.js';
+import { defaultStressOptions, formatReport, runStress } from './stress/run.js';
+
+// The CI-sized `npm run stress`: 3 ROLE=api and 2 ROLE=worker processes, 10,000 leases granted
+// to a few hundred virtual users with one-second leases, then every invariant checked.
+
+describe('npm run stress, CI-sized', () => {
+  it('grants 10,000 leases across 3 API and 2 worker processes with every invariant intact', async () => {
+    const runId = inject('runId');
+    const report = await runStress({
+      ...defaultStressOptions(),
+      // Under the run's names, so the run's teardown removes them even if this test dies.
+      databaseName: `${testDatabasePrefix(runId)}stress`,
+      redisPrefix: testRedisPrefix(runId),
+    });
+    console.log(formatReport(report));
+
+    expect(report.violations, describeViolations(report.violations)).toEqual([]);
+    expect(report.counts.created).toBeGreaterThanOrEqual(10_000);
+    expect(report.options.apiProcesses).toBe(3);
+    expect(report.counts.unexpected).toEqual({});
+    expect(report.counts.lost).toEqual({});
+    expect(report.processErrors).toEqual([]);
+    expect(report.exits.map((e) => e.code)).toEqual([0, 0, 0, 0, 0]);
+    // Each way a lease ends happened: by its job, by the sweep and lazily by an activation.
+    expect(report.endedByMechanism['expired/job']).toBeGreaterThan(0);
+    expect(report.endedByMechanism['expired/sweep']).toBeGreaterThan(0);
+    expect(report.lazyExpiries).toBeGreaterThan(0);
+  }, 300_000);
+});

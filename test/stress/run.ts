@@ -1,0 +1,341 @@
+import { randomBytes } from 'node:crypto';
+import { setTimeout as delay } from 'node:timers/promises';
+import pg from 'pg';
+import { checkInvariants, describeViolations, type Violation } from '../invariants.js';
+import { startCluster, type Cluster } from './cluster.js';
+import { createHttpClient, type HttpClient } from './http.js';
+import { emptyCounts, generateLoad, type LoadCounts } from './load.js';
+
+// A stress run: a fresh deployment of several API and worker processes, many virtual users with
+// short leases, then a drain and every invariant checked against what the clients saw.
+
+export interface StressOptions {
+  readonly apiProcesses: number;
+  readonly workerProcesses: number;
+  readonly clients: number;
+  readonly usersPerClient: number;
+  /** Stop the load once this many leases were granted... */
+  readonly activations: number;
+  /** ...or once this long has passed (null: no limit). */
+  readonly durationMs: number | null;
+  readonly ttlMs: number;
+  readonly sweepIntervalMs: number;
+  readonly poolSize: number;
+  readonly policy: 'reject' | 'evict_oldest';
+  readonly waitRatio: number;
+  readonly maxWaitSeconds: number;
+  readonly clearEveryMs: number;
+  /** PostgreSQL connections per process: the server is shared, keep the total modest. */
+  readonly databasePoolMax: number;
+  /** How long past the last expiry and a sweep interval a lease may stay open after the run. */
+  readonly drainMarginMs: number;
+  /** Check invariants 1-3 this often while the load runs; 0 never. */
+  readonly checkEveryMs: number;
+  readonly seed: number;
+  readonly databaseName: string;
+  readonly redisUrl: string;
+  readonly redisPrefix: string;
+}
+
+export const defaultStressOptions = (): StressOptions => {
+  const runId = `${Date.now().toString(36)}${process.pid.toString(36)}`;
+  return {
+    apiProcesses: 3,
+    workerProcesses: 2,
+    clients: 48,
+    usersPerClient: 5,
+    activations: 10_000,
+    durationMs: null,
+    ttlMs: 1_000,
+    sweepIntervalMs: 300,
+    poolSize: 160,
+    policy: 'reject',
+    waitRatio: 0.03,
+    maxWaitSeconds: 1,
+    clearEveryMs: 5_000,
+    databasePoolMax: 5,
+    drainMarginMs: 2_000,
+    checkEveryMs: 5_000,
+    seed: Math.floor(Math.random() * 2 ** 31),
+    // Named like the test runs' databases, so a killed run is cleaned up by the next `npm test`.
+    databaseName: `tl_test_${runId}_stress_${randomBytes(3).toString('hex')}`,
+    redisUrl: process.env.TEST_REDIS_URL ?? 'redis://127.0.0.1:6379',
+    redisPrefix: `tl-test-${runId}-stress-${randomBytes(3).toString('hex')}`,
+  };
+};
+
+export interface StressReport {
+  readonly options: StressOptions;
+  readonly loadMs: number;
+  readonly drainMs: number;
+  readonly totalMs: number;
+  readonly counts: LoadCounts;
+  /** Usages in the database after the drain, by end_reason ('open' for none). */
+  readonly usagesByEndReason: Record<string, number>;
+  /** Expired usages ended by the activation that took their token (lazy expiry). */
+  readonly lazyExpiries: number;
+  /** token_lease_leases_ended_total summed over every process, by "reason/by". */
+  readonly endedByMechanism: Record<string, number>;
+  readonly sweepRuns: Record<string, number>;
+  readonly midRunChecks: number;
+  readonly violations: readonly Violation[];
+  /** Log lines at error or fatal from the service processes. */
+  readonly processErrors: ReadonlyArray<Record<string, unknown>>;
+  readonly exits: ReadonlyArray<{ role: string; code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+export async function runStress(
+  options: StressOptions,
+  progress: (line: string) => void = () => undefined,
+  signal?: AbortSignal,
+): Promise<StressReport> {
+  const started = Date.now();
+  const http = createHttpClient();
+  const adminApiKey = randomBytes(16).toString('hex');
+  let cluster: Cluster | undefined;
+  try {
+    progress(`starting ${options.apiProcesses} api and ${options.workerProcesses} worker processes`);
+    cluster = await startCluster(
+      {
+        databaseName: options.databaseName,
+        redisUrl: options.redisUrl,
+        redisPrefix: options.redisPrefix,
+        apiProcesses: options.apiProcesses,
+        workerProcesses: options.workerProcesses,
+        env: {
+          POOL_SIZE: String(options.poolSize),
+          LEASE_TTL_MS: String(options.ttlMs),
+          SWEEP_INTERVAL_MS: String(options.sweepIntervalMs),
+          POOL_FULL_POLICY: options.policy,
+          DATABASE_POOL_MAX: String(options.databasePoolMax),
+          ADMIN_API_KEY: adminApiKey,
+        },
+      },
+      http,
+    );
+    const db = cluster.databaseUrl;
+
+    const counts = emptyCounts();
+    const midRun = checkWhileRunning(db, options.checkEveryMs);
+    const loadStarted = Date.now();
+    const ticker = setInterval(() => progress(describeProgress(counts, Date.now() - loadStarted)), 5_000);
+    const load = await generateLoad(
+      http,
+      {
+        apiUrls: cluster.apis.map((n) => n.url),
+        clients: options.clients,
+        usersPerClient: options.usersPerClient,
+        activations: options.activations,
+        durationMs: options.durationMs,
+        waitRatio: options.waitRatio,
+        maxWaitSeconds: options.maxWaitSeconds,
+        clearEveryMs: options.clearEveryMs,
+        adminApiKey,
+        seed: options.seed,
+        signal,
+      },
+      counts,
+    ).finally(() => clearInterval(ticker));
+    const midRunResult = await midRun.stop();
+    progress(`load done: ${describeProgress(counts, load.elapsedMs)}`);
+
+    const drainStarted = Date.now();
+    await drain(db, options.sweepIntervalMs + options.drainMarginMs);
+    const drainMs = Date.now() - drainStarted;
+    progress(`drained in ${drainMs} ms; checking invariants`);
+
+    const violations = distinct([
+      ...midRunResult.violations,
+      ...(await checkInvariants(db, {
+        drained: { sweepIntervalMs: options.sweepIntervalMs, marginMs: options.drainMarginMs },
+        observations: load.observations,
+        everyAnswerSeen: Object.keys(counts.lost).length === 0,
+      })),
+    ]);
+    const usagesByEndReason = await countUsagesByEndReason(db);
+    const nodes = [...cluster.apis, ...cluster.workers];
+    const metrics = await scrapeMetrics(http, nodes.map((n) => n.url));
+    const exits = await cluster.stop();
+    return {
+      options,
+      loadMs: load.elapsedMs,
+      drainMs,
+      totalMs: Date.now() - started,
+      counts,
+      usagesByEndReason,
+      lazyExpiries: lazyExpiries(usagesByEndReason, metrics.ended),
+      endedByMechanism: metrics.ended,
+      sweepRuns: metrics.sweeps,
+      midRunChecks: midRunResult.checks,
+      violations,
+      processErrors: nodes.flatMap((n) =>
+        n.logs.filter((l) => l.level === 'error' || l.level === 'fatal' || l.level === 'raw').map((l) => ({ role: n.role, ...l })),
+      ),
+      exits,
+    };
+  } finally {
+    if (cluster !== undefined) {
+      await cluster.stop();
+      await cluster.destroy();
+    }
+    http.close();
+  }
+}
+
+/** A violation seen while running and again at the end is reported once. */
+function distinct(violations: readonly Violation[]): Violation[] {
+  const seen = new Set<string>();
+  return violations.filter((v) => {
+    const key = JSON.stringify(v);
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}
+
+function describeProgress(counts: LoadCounts, elapsedMs: number): string {
+  const seconds = Math.max(1, elapsedMs) / 1000;
+  return `${Math.round(seconds)} s: ${counts.created} activations, ${counts.requests} requests (${Math.round(counts.requests / seconds)}/s)`;
+}
+
+/** Checks invariants 1-3 every `everyMs` while the load runs (each in one snapshot). */
+function checkWhileRunning(databaseUrl: string, everyMs: number) {
+  const violations: Violation[] = [];
+  let checks = 0;
+  const stopped = new AbortController();
+  // Never rejects on its own (a run that failed may not stop it): a failed check ends the loop
+  // and is thrown by stop().
+  const loop = (async (): Promise<Error | undefined> => {
+    if (everyMs <= 0) return undefined;
+    for (;;) {
+      await delay(everyMs, undefined, { signal: stopped.signal }).catch(() => undefined);
+      if (stopped.signal.aborted) return undefined;
+      try {
+        violations.push(...(await checkInvariants(databaseUrl)));
+      } catch (error) {
+        return error instanceof Error ? error : new Error(String(error));
+      }
+      checks += 1;
+    }
+  })();
+  return {
+    async stop() {
+      stopped.abort();
+      const failure = await loop;
+      if (failure !== undefined) throw failure;
+      return { violations, checks };
+    },
+  };
+}
+
+/**
+ * Waits until every open lease has been ended, or until the last one's expiry plus `graceMs`
+ * has passed (then invariant 4 reports what is left).
+ */
+async function drain(databaseUrl: string, graceMs: number): Promise<void> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ deadline_ms: string | null }>(
+      `SELECT extract(epoch FROM max(expires_at) - now()) * 1000 AS deadline_ms
+       FROM usages WHERE ended_at IS NULL`,
+    );
+    const deadline = Date.now() + Math.max(0, Number(rows[0]?.deadline_ms ?? 0)) + graceMs;
+    for (;;) {
+      const open = await client.query('SELECT 1 FROM usages WHERE ended_at IS NULL LIMIT 1');
+      if (open.rows.length === 0 || Date.now() > deadline) return;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  } finally {
+    await client.end();
+  }
+}
+
+async function countUsagesByEndReason(databaseUrl: string): Promise<Record<string, number>> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ reason: string; n: number }>(
+      `SELECT coalesce(end_reason, 'open') AS reason, count(*)::int AS n FROM usages GROUP BY 1 ORDER BY 1`,
+    );
+    return Object.fromEntries(rows.map((r) => [r.reason, r.n]));
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Expired leases that an activation ended (lazy expiry: the token, or the user's next lease, was
+ * taken before a job or the sweep got to it). Activations do not count these in the metrics,
+ * every other path does, so they are what the metrics leave unexplained.
+ */
+function lazyExpiries(usagesByEndReason: Record<string, number>, ended: Record<string, number>): number {
+  const counted = Object.entries(ended)
+    .filter(([key]) => key.startsWith('expired/'))
+    .reduce((sum, [, n]) => sum + n, 0);
+  return (usagesByEndReason.expired ?? 0) - counted;
+}
+
+async function scrapeMetrics(http: HttpClient, urls: readonly string[]) {
+  const ended: Record<string, number> = {};
+  const sweeps: Record<string, number> = {};
+  for (const url of urls) {
+    const answer = await http.request('GET', `${url}/metrics`);
+    for (const line of String(answer.body).split('\n')) {
+      const endedMatch = /^token_lease_leases_ended_total\{reason="(\w+)",by="(\w+)"\} (\d+)/.exec(line);
+      if (endedMatch !== null) {
+        const key = `${endedMatch[1]}/${endedMatch[2]}`;
+        ended[key] = (ended[key] ?? 0) + Number(endedMatch[3]);
+      }
+      const sweepMatch = /^token_lease_sweep_runs_total\{result="(\w+)"\} (\d+)/.exec(line);
+      if (sweepMatch !== null) {
+        const key = sweepMatch[1] ?? '';
+        sweeps[key] = (sweeps[key] ?? 0) + Number(sweepMatch[2]);
+      }
+    }
+  }
+  return { ended, sweeps };
+}
+
+/** Whether a run found nothing wrong: no violation, no 5xx or other unexpected answer, clean exits. */
+export function stressPassed(report: StressReport): boolean {
+  return (
+    report.violations.length === 0 &&
+    Object.keys(report.counts.unexpected).length === 0 &&
+    Object.keys(report.counts.lost).length === 0 &&
+    report.processErrors.length === 0 &&
+    report.exits.every((e) => e.code === 0)
+  );
+}
+
+/** The report as the CLI prints it: counts first, then every violation. */
+export function formatReport(report: StressReport): string {
+  const { counts, options } = report;
+  const sum = (record: Record<string, number>) => Object.values(record).reduce((a, b) => a + b, 0);
+  const list = (record: Record<string, number>) =>
+    Object.keys(record).length === 0 ? 'none' : Object.entries(record).map(([k, v]) => `${k} ${v}`).join(', ');
+  const conflicts = counts.exhausted + sum(counts.releaseRefused) + sum(counts.renewRefused);
+  const lines = [
+    `stress: ${options.apiProcesses} api + ${options.workerProcesses} worker processes, ${options.clients} clients x ${options.usersPerClient} users, pool ${options.poolSize}, TTL ${options.ttlMs} ms, sweep every ${options.sweepIntervalMs} ms, policy ${options.policy}, seed ${options.seed}`,
+    `time: load ${(report.loadMs / 1000).toFixed(1)} s, drain ${(report.drainMs / 1000).toFixed(1)} s, total ${(report.totalMs / 1000).toFixed(1)} s`,
+    `requests: ${counts.requests} (${Math.round(counts.requests / Math.max(0.001, report.loadMs / 1000))}/s), no answer: ${list(counts.lost)}`,
+    `activations: ${counts.created} granted (201), ${counts.existing} existing (200), ${counts.exhausted} pool_exhausted (409)`,
+    `waits: ${counts.waits.sent} sent, ${counts.waits.served} served, ${counts.waits.timedOut} timed out, ${counts.waits.tooMany} too_many_waiters`,
+    `releases: ${counts.releases} (200); refused: ${list(counts.releaseRefused)}`,
+    `renewals: ${counts.renewals} (200); refused: ${list(counts.renewRefused)}`,
+    `validations: ${counts.valid} valid; invalid: ${list(counts.invalid)}`,
+    `clears: ${counts.clears}, ending ${counts.clearedTokens} leases`,
+    `409s: ${conflicts}`,
+    `usages by end_reason: ${list(report.usagesByEndReason)}`,
+    `expiries: ${report.usagesByEndReason.expired ?? 0} (lazy, by an activation: ${report.lazyExpiries}); evictions: ${report.usagesByEndReason.evicted ?? 0}`,
+    `leases ended by mechanism (reason/by): ${list(report.endedByMechanism)}`,
+    `sweep runs: ${list(report.sweepRuns)}`,
+    `unexpected answers: ${list(counts.unexpected)}`,
+    `process errors logged: ${report.processErrors.length}; exits: ${report.exits.map((e) => `${e.role} ${e.code ?? e.signal}`).join(', ')}`,
+    `invariant checks while running: ${report.midRunChecks}`,
+    `violations: ${report.violations.length}`,
+  ];
+  for (const line of report.processErrors.slice(0, 5)) lines.push(`  process error: ${JSON.stringify(line)}`);
+  if (report.violations.length > 0) lines.push(describeViolations(report.violations));
+  return lines.join('\n');
+}

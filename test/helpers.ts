@@ -32,6 +32,9 @@ export async function createTestDatabase(): Promise<TestDatabase> {
   const name = `${testDatabasePrefix(inject('runId'))}${uniqueName()}`;
   const url = await cloneTemplate(inject('templateDatabase'), name);
   const pool = new pg.Pool({ connectionString: url, max: 4 });
+  // pool.end() resolves before its clients have closed; DROP DATABASE ... WITH (FORCE) may then
+  // terminate one, and a pool without an error listener turns that into an uncaught exception.
+  pool.on('error', () => undefined);
   const label = `database ${name}`;
   open.add(label);
   return {

@@ -1,0 +1,203 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { createTestDatabase, startTestService, waitFor, type TestDatabase, type TestService } from './helpers.js';
+import { checkInvariants, describeViolations } from './invariants.js';
+import { everyActivationAnswered, startLoad, tally, type Answer, type Load } from './loadClients.js';
+import { startTcpProxy, type TcpProxy } from './tcpProxy.js';
+
+// Fault injection with load running: PostgreSQL connections cut, refused and black-holed through
+// a proxy the test controls. After each fault every answer must have been a documented one, no
+// request may have hung past its bound, and once the load has drained the invariants must hold
+// and nothing may be left behind (open leases, waiters, transactions, connections).
+
+const CONNECT_TIMEOUT_MS = 500;
+const STATEMENT_TIMEOUT_MS = 1_000;
+const POOL_MAX = 4;
+const LEASE_TTL_MS = 1_500;
+const SWEEP_INTERVAL_MS = 500;
+const WAIT_SECONDS = 1;
+
+// With PostgreSQL unreachable a request waits at most DATABASE_CONNECT_TIMEOUT_MS for a
+// connection, then at most DATABASE_STATEMENT_TIMEOUT_MS + 1 s (the client-side read timeout,
+// src/db/pool.ts) for a statement that gets no answer at all, and answers 503 unavailable.
+const UNAVAILABLE_BOUND_MS = CONNECT_TIMEOUT_MS + STATEMENT_TIMEOUT_MS + 1_000;
+// Two shared cores, other test files and other engineers' runs: the bound plus this is a hang.
+const SCHEDULING_SLACK_MS = 2_000;
+
+const cleanups: Array<() => Promise<void>> = [];
+afterEach(async () => {
+  for (const cleanup of cleanups.splice(0).reverse()) await cleanup();
+});
+
+interface Deployment {
+  readonly db: TestDatabase;
+  readonly proxy: TcpProxy;
+  readonly t: TestService;
+}
+
+/** The service in this process (ROLE=all: API, release worker and sweep), reaching PostgreSQL through the proxy. */
+async function serviceBehindProxy(): Promise<Deployment> {
+  const db = await createTestDatabase();
+  cleanups.push(() => db.drop());
+  const proxy = await startTcpProxy({ host: new URL(db.url).hostname, port: Number(new URL(db.url).port || 5432) });
+  cleanups.push(() => proxy.close());
+  const t = await startTestService(
+    {
+      ROLE: 'all',
+      DATABASE_URL: proxy.url(db.url),
+      DATABASE_POOL_MAX: String(POOL_MAX),
+      DATABASE_CONNECT_TIMEOUT_MS: String(CONNECT_TIMEOUT_MS),
+      DATABASE_STATEMENT_TIMEOUT_MS: String(STATEMENT_TIMEOUT_MS),
+      POOL_SIZE: '4',
+      LEASE_TTL_MS: String(LEASE_TTL_MS),
+      SWEEP_INTERVAL_MS: String(SWEEP_INTERVAL_MS),
+    },
+    { db },
+  );
+  cleanups.push(async () => {
+    // The service must be able to stop cleanly, so the network is whole again first.
+    proxy.accept();
+    proxy.resume();
+    await t.close();
+  });
+  return { db, proxy, t };
+}
+
+function loadOn(t: TestService): Load {
+  const load = startLoad({
+    baseUrls: [t.url],
+    clients: 6,
+    waitSeconds: WAIT_SECONDS,
+    // A waiter that fails makes two trips to the database: its attempt and leaving the queue.
+    deadlineMs: 2 * UNAVAILABLE_BOUND_MS + SCHEDULING_SLACK_MS,
+  });
+  cleanups.push(() => load.stop());
+  return load;
+}
+
+const granted = (a: Answer) => (a.op === 'activate' || a.op === 'wait') && a.status >= 200 && a.status < 300;
+const unavailable = (a: Answer) => a.status === 503 && a.code === 'unavailable';
+
+// The refusals these clients' requests can meet (they send only valid requests).
+const REFUSALS = new Set(['pool_exhausted', 'not_holder', 'lease_expired', 'lease_ended']);
+
+/** Answers other than success, a documented refusal, or 503 unavailable with its JSON body. */
+function undocumentedAnswers(answers: readonly Answer[]): Answer[] {
+  return answers.filter(
+    (a) =>
+      !a.wellFormed ||
+      !((a.status >= 200 && a.status < 300) || (a.status === 409 && REFUSALS.has(a.code ?? '')) || unavailable(a)),
+  );
+}
+
+/** Plain requests (not waiters) that took longer than a database failure may take. */
+function overBound(answers: readonly Answer[]): Answer[] {
+  return answers.filter((a) => a.op !== 'wait' && a.receivedAt - a.sentAt > UNAVAILABLE_BOUND_MS + SCHEDULING_SLACK_MS);
+}
+
+const count = async (db: TestDatabase, sql: string, values: unknown[] = []) =>
+  Number((await db.pool.query<{ n: string }>(sql, values)).rows[0]?.n);
+
+/**
+ * Waits for the run to drain (every lease ended by its job or the sweep, every waiter gone),
+ * then checks the invariants against what the clients saw. A lease still open after its TTL, the
+ * sweep interval and a margin is reported as a leak by the checker rather than as a timeout here.
+ */
+async function drainAndCheck(db: TestDatabase, load: Load, timing: { leaseTtlMs: number; sweepIntervalMs: number }) {
+  await load.stop();
+  const marginMs = 3_000;
+  await waitFor(async () => (await count(db, 'SELECT count(*) AS n FROM usages WHERE ended_at IS NULL')) === 0, {
+    timeoutMs: timing.leaseTtlMs + timing.sweepIntervalMs + marginMs,
+    what: 'every lease to end',
+  }).catch(() => undefined);
+  const violations = await checkInvariants(db.url, {
+    drained: { sweepIntervalMs: timing.sweepIntervalMs, marginMs },
+    observations: load.observations,
+    everyAnswerSeen: everyActivationAnswered(load.answers),
+  });
+  expect(violations, describeViolations(violations)).toEqual([]);
+  expect(await count(db, 'SELECT count(*) AS n FROM usages WHERE ended_at IS NULL'), 'open leases after draining').toBe(0);
+  await waitFor(async () => (await count(db, 'SELECT count(*) AS n FROM waiters')) === 0, {
+    timeoutMs: 10_000,
+    what: 'the waiting queue to empty',
+  });
+}
+
+/** No transaction left open and no more connections than the pool and the listener may hold. */
+async function expectNoLeakedConnections(db: TestDatabase): Promise<void> {
+  const sessions = await db.pool.query<{ application_name: string; state: string }>(
+    `SELECT application_name, state FROM pg_stat_activity
+     WHERE datname = current_database() AND pid <> pg_backend_pid() AND application_name LIKE 'token-lease%'`,
+  );
+  expect(sessions.rows.filter((s) => s.state.startsWith('idle in transaction'))).toEqual([]);
+  expect(sessions.rows.filter((s) => s.application_name === 'token-lease-all').length).toBeLessThanOrEqual(POOL_MAX);
+  expect(sessions.rows.filter((s) => s.application_name === 'token-lease-listener').length).toBeLessThanOrEqual(1);
+}
+
+function report(name: string, answers: readonly Answer[]): void {
+  const slowest = Math.max(0, ...answers.filter((a) => a.op !== 'wait').map((a) => a.receivedAt - a.sentAt));
+  const waiters = answers.filter((a) => a.op === 'wait');
+  console.log(
+    `${name}: ${answers.length} answers ${JSON.stringify(tally(answers))}; ` +
+      `waiters ${JSON.stringify(tally(waiters))}; slowest non-waiter ${slowest} ms`,
+  );
+}
+
+describe('PostgreSQL failing under load', () => {
+  it('connections cut and refused: 503 unavailable with a JSON body within the bound, then success again without a restart', async () => {
+    const { db, proxy, t } = await serviceBehindProxy();
+    const load = loadOn(t);
+    await load.until('leases granted', granted, { count: 10 });
+
+    const downAt = Date.now();
+    proxy.refuse();
+    proxy.cutAll();
+    await load.until('503 unavailable answers', unavailable, { since: downAt, count: 20 });
+    const ready = await fetch(`${t.url}/readyz`);
+    expect(ready.status).toBe(503);
+    expect(((await ready.json()) as any).error.code).toBe('not_ready');
+
+    const upAt = Date.now();
+    proxy.accept();
+    await load.until('a lease granted after the database came back', (a) => granted(a) && a.sentAt >= upAt, {
+      timeoutMs: 10_000,
+    });
+    // Flapping: a cut every few answers lands inside transactions, between a statement and
+    // its COMMIT, and between a commit and its answer.
+    for (let cut = 0; cut < 10; cut += 1) {
+      await load.until('a few answers', () => true, { since: Date.now(), count: 3 });
+      proxy.cutAll();
+    }
+    await load.until('more leases', granted, { since: Date.now(), count: 10 });
+
+    await drainAndCheck(db, load, { leaseTtlMs: LEASE_TTL_MS, sweepIntervalMs: SWEEP_INTERVAL_MS });
+    report('postgres cut', load.answers);
+    expect(undocumentedAnswers(load.answers)).toEqual([]);
+    expect(overBound(load.answers)).toEqual([]);
+    await expectNoLeakedConnections(db);
+  });
+
+  it('black-holed (nothing answers, nothing closes): 503 unavailable within the bound, then success again', async () => {
+    const { db, proxy, t } = await serviceBehindProxy();
+    const load = loadOn(t);
+    await load.until('leases granted', granted, { count: 10 });
+
+    const holeAt = Date.now();
+    proxy.blackhole();
+    // Long enough for requests that were mid-statement to reach the statement's read timeout.
+    await load.until('503 unavailable answers', unavailable, { since: holeAt, count: 20 });
+    await waitFor(() => Date.now() > holeAt + UNAVAILABLE_BOUND_MS + 500, { what: 'the black hole to outlast the bound' });
+
+    const healedAt = Date.now();
+    proxy.resume();
+    await load.until('a lease granted after the partition healed', (a) => granted(a) && a.sentAt >= healedAt, {
+      timeoutMs: 10_000,
+    });
+    await load.until('more leases', granted, { since: Date.now(), count: 10 });
+
+    await drainAndCheck(db, load, { leaseTtlMs: LEASE_TTL_MS, sweepIntervalMs: SWEEP_INTERVAL_MS });
+    report('postgres black hole', load.answers);
+    expect(undocumentedAnswers(load.answers)).toEqual([]);
+    expect(overBound(load.answers)).toEqual([]);
+    await expectNoLeakedConnections(db);
+  });
+});

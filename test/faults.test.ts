@@ -2,6 +2,8 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, startTestService, waitFor, type TestDatabase, type TestService } from './helpers.js';
 import { checkInvariants, describeViolations } from './invariants.js';
 import { everyActivationAnswered, startLoad, tally, type Answer, type Load } from './loadClients.js';
+import { spawnService } from './processes.js';
+import { startRedisServer } from './redisServer.js';
 import { startTcpProxy, type TcpProxy } from './tcpProxy.js';
 
 // Fault injection with load running: PostgreSQL connections cut, refused and black-holed through
@@ -199,5 +201,31 @@ describe('PostgreSQL failing under load', () => {
     expect(undocumentedAnswers(load.answers)).toEqual([]);
     expect(overBound(load.answers)).toEqual([]);
     await expectNoLeakedConnections(db);
+  });
+});
+
+describe('Redis failing under load', () => {
+  // Regression: BullMQ's graceful Worker.close() waits for its blocking connection to end, which
+  // a connection waiting between reconnect attempts never does (bullmq #4656), so a worker told to
+  // stop during a Redis outage hung until SHUTDOWN_TIMEOUT_MS and exited 1.
+  it('a worker stopped with SIGTERM while Redis is down still exits 0, at once', async () => {
+    const redis = await startRedisServer();
+    cleanups.push(() => redis.stop());
+    const db = await createTestDatabase();
+    cleanups.push(() => db.drop());
+    const worker = spawnService({ ROLE: 'worker', DATABASE_URL: db.url, REDIS_URL: redis.url, SHUTDOWN_TIMEOUT_MS: '8000' });
+    cleanups.push(async () => {
+      worker.kill('SIGKILL');
+      await worker.exited();
+    });
+    await worker.port();
+    await redis.stop();
+    await worker.logged('redis connection lost');
+
+    const stopping = Date.now();
+    worker.kill('SIGTERM');
+
+    expect(await worker.exited()).toEqual({ code: 0, signal: null });
+    expect(Date.now() - stopping).toBeLessThan(5_000);
   });
 });

@@ -8,7 +8,7 @@ import { logConnectionState, reconnectBackoff } from './redis.js';
 const jobData = z.object({ leaseId: z.guid(), expiresAt: z.string() });
 
 export interface ReleaseWorker {
-  /** Lets the running jobs finish, takes no new ones, closes the worker's connections. */
+  /** Lets the running jobs finish (for up to 5 s), then closes the worker's connections. */
   close(): Promise<void>;
 }
 
@@ -55,7 +55,17 @@ export function startReleaseWorker(deps: {
     return result.outcome;
   }
 
-  const worker = new Worker<ReleaseJobData, string>(RELEASE_QUEUE, release, {
+  // The jobs this process is running, so that close() can wait for them itself (see close()).
+  const running = new Set<Promise<string>>();
+  function tracked(job: Job<ReleaseJobData>, token?: string): Promise<string> {
+    const work = release(job, token);
+    running.add(work);
+    const done = () => running.delete(work);
+    work.then(done, done);
+    return work;
+  }
+
+  const worker = new Worker<ReleaseJobData, string>(RELEASE_QUEUE, tracked, {
     // Workers keep retrying commands while Redis is away (maxRetriesPerRequest: null is set by
     // BullMQ for its blocking connection), and reconnect forever.
     connection: { url: deps.redisUrl, maxRetriesPerRequest: null, retryStrategy: reconnectBackoff },
@@ -69,8 +79,35 @@ export function startReleaseWorker(deps: {
   });
 
   return {
+    // BullMQ's graceful close() waits for its blocking connection to end, and a connection
+    // waiting between reconnect attempts never does (Redis down: bullmq #4656), so a worker told
+    // to stop during an outage hung until SHUTDOWN_TIMEOUT_MS and exited 1. Instead: stop
+    // fetching (pause without waiting), wait a bounded time for the jobs running here, then close
+    // by force, which only disconnects. A job still running then is abandoned; once its lock
+    // expires it runs again elsewhere, which changes nothing but the lease it is due to end.
     async close() {
-      await worker.close();
+      await worker.pause(true);
+      await settleWithin(running, RUNNING_JOBS_GRACE_MS);
+      await worker.close(true);
     },
   };
+}
+
+/** How long close() waits for running jobs: each is a statement or two, unless Redis is away. */
+const RUNNING_JOBS_GRACE_MS = 5_000;
+
+/** Waits until `running` is empty (a fetch in flight may still add a job) or `ms` have passed. */
+async function settleWithin(running: ReadonlySet<Promise<unknown>>, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (running.size > 0 && Date.now() < deadline) {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, deadline - Date.now());
+    });
+    try {
+      await Promise.race([Promise.allSettled([...running]), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 }

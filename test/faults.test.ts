@@ -228,4 +228,70 @@ describe('Redis failing under load', () => {
     expect(await worker.exited()).toEqual({ code: 0, signal: null });
     expect(Date.now() - stopping).toBeLessThan(5_000);
   });
+
+  it('down, flushed, black-holed and cut: every activation still answers at once, every lease still ends', async () => {
+    const redis = await startRedisServer();
+    cleanups.push(() => redis.stop());
+    const proxy = await startTcpProxy({ host: '127.0.0.1', port: redis.port });
+    cleanups.push(() => proxy.close());
+    const ttlMs = 1_000;
+    const sweepIntervalMs = 1_000;
+    const t = await startTestService({
+      ROLE: 'all',
+      REDIS_URL: proxy.url(redis.url),
+      POOL_SIZE: '6',
+      LEASE_TTL_MS: String(ttlMs),
+      SWEEP_INTERVAL_MS: String(sweepIntervalMs),
+    });
+    cleanups.push(async () => {
+      await redis.start();
+      proxy.resume();
+      await t.close();
+    });
+    // Redis is not on the path of any answer (release jobs are added after it), so the
+    // deadline is the ordinary one for a loaded machine, whatever Redis does.
+    const load = startLoad({ baseUrls: [t.url], clients: 5, waitSeconds: WAIT_SECONDS, deadlineMs: 1_000 + SCHEDULING_SLACK_MS });
+    cleanups.push(() => load.stop());
+    const moreLeases = (what: string) => load.until(what, granted, { since: Date.now(), count: 10 });
+    await moreLeases('leases granted');
+
+    await redis.command('FLUSHALL');
+    await moreLeases('leases granted after FLUSHALL');
+
+    await redis.stop();
+    await moreLeases('leases granted with Redis down');
+    const whileDown = (await (await fetch(`${t.url}/readyz`)).json()) as any;
+    expect(whileDown.data.checks.redis).toBe('down');
+
+    await redis.start();
+    await waitFor(async () => ((await (await fetch(`${t.url}/readyz`)).json()) as any).data.checks.redis === 'up', {
+      timeoutMs: 10_000,
+      what: 'Redis to be reported up again',
+    });
+    await moreLeases('leases granted after Redis came back empty');
+
+    const holeAt = Date.now();
+    proxy.blackhole();
+    await moreLeases('leases granted with Redis black-holed');
+    // Past the producer's 1 s command timeout, so adds time out rather than wait.
+    await waitFor(() => Date.now() > holeAt + 2_500, { what: 'the black hole to outlast the command timeout' });
+    await moreLeases('leases granted with Redis black-holed for a while');
+    proxy.resume();
+    proxy.cutAll();
+    await moreLeases('leases granted after the Redis connections were cut');
+
+    // With Redis gone, and no activation coming to end them lazily, the sweep alone must end
+    // the leases still open (a re-added job could beat it after a mere flush).
+    await load.stop();
+    const openAtStop = await count(t.db, 'SELECT count(*) AS n FROM usages WHERE ended_at IS NULL');
+    await redis.stop();
+    await drainAndCheck(t.db, load, { leaseTtlMs: ttlMs, sweepIntervalMs });
+    report('redis faults', load.answers);
+    expect(load.answers.filter((a) => !a.wellFormed || a.status >= 500 || a.status === 0)).toEqual([]);
+    expect(undocumentedAnswers(load.answers)).toEqual([]);
+    const metrics = await (await fetch(`${t.url}/metrics`)).text();
+    const metric = (name: string) => Number(/ (\d+)$/.exec(metrics.split('\n').find((l) => l.startsWith(name)) ?? '')?.[1] ?? 0);
+    expect(metric('token_lease_release_enqueue_failures_total')).toBeGreaterThan(0);
+    if (openAtStop > 0) expect(metric('token_lease_leases_ended_total{reason="expired",by="sweep"}')).toBeGreaterThan(0);
+  });
 });

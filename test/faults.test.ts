@@ -97,6 +97,47 @@ async function expectNoLeakedConnections(db: TestDatabase): Promise<void> {
 }
 
 describe('PostgreSQL failing under load', () => {
+  // Regression: pg-pool takes its error listener off a client while the client is checked out,
+  // and withTransaction added none, so a connection reset inside a transaction (the sweep runs in
+  // one every SWEEP_INTERVAL_MS) was an unhandled 'error' event that ended the process.
+  it('a worker whose sweep transaction loses its connection keeps running', async () => {
+    const db = await createTestDatabase();
+    cleanups.push(() => db.drop());
+    const proxy = await startTcpProxy({ host: new URL(db.url).hostname, port: Number(new URL(db.url).port || 5432) });
+    cleanups.push(() => proxy.close());
+    const worker = spawnService({
+      ROLE: 'worker',
+      DATABASE_URL: proxy.url(db.url),
+      SWEEP_INTERVAL_MS: '50',
+      DATABASE_STATEMENT_TIMEOUT_MS: '5000',
+      LOG_LEVEL: 'debug',
+    });
+    cleanups.push(async () => {
+      worker.kill('SIGKILL');
+      await worker.exited();
+    });
+    await worker.port();
+    await worker.logged('sweep ran');
+
+    // Statements get no answer, so the next sweep is held inside its transaction; then every
+    // connection under it is reset.
+    const holeAt = Date.now();
+    proxy.blackhole();
+    await waitFor(() => Date.now() > holeAt + 500, { what: 'a sweep to be held in its transaction' });
+    const cutAt = Date.now();
+    proxy.cutAll();
+    proxy.resume();
+
+    await waitFor(
+      () => {
+        if (worker.child.exitCode !== null) throw new Error(`the worker exited ${worker.child.exitCode}: ${worker.stderr()}`);
+        return worker.logs.some((l) => l.msg === 'sweep ran' && Date.parse(String(l.time)) > cutAt);
+      },
+      { timeoutMs: 10_000, what: 'the worker to sweep again' },
+    );
+    expect(worker.child.exitCode).toBeNull();
+  });
+
   it('connections cut and refused: 503 unavailable with a JSON body within the bound, then success again without a restart', async () => {
     const { db, proxy, t } = await serviceBehindProxy();
     const load = loadOn(t);

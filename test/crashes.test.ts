@@ -63,12 +63,15 @@ const endedByJob = 'token_lease_leases_ended_total{reason="expired",by="job"}';
 
 describe('processes killed mid-run', () => {
   it('a worker SIGKILLed and restarted: answers are unaffected, every lease still ends', async () => {
-    const d = await deployment({ POOL_SIZE: '6' });
+    // A pool larger than the users, each user seldom touched: leases mostly run out and are
+    // ended by their release job, not lazily by the next activation (which would leave the
+    // worker nothing to show).
+    const d = await deployment({ POOL_SIZE: '40' });
     const [api, first] = await Promise.all([d.start('api'), d.start('worker')]);
-    const load = startLoad({ baseUrls: [api.url], clients: 4, waitSeconds: 1, deadlineMs: 5_000 });
+    const load = startLoad({ baseUrls: [api.url], clients: 4, usersPerClient: 8, waitSeconds: 1, deadlineMs: 5_000 });
     cleanups.push(() => load.stop());
     await load.until('leases granted', granted, { count: 10 });
-    await waitFor(async () => (await metric(first.url, endedByJob)) > 0, { timeoutMs: 10_000, what: 'the worker to end leases' });
+    await waitFor(async () => (await metric(first.url, endedByJob)) > 0, { timeoutMs: 15_000, what: 'the worker to end leases' });
 
     first.proc.kill('SIGKILL');
     await first.proc.exited();
@@ -78,7 +81,7 @@ describe('processes killed mid-run', () => {
     const second = await d.start('worker');
     await load.until('leases granted after the restart', granted, { since: Date.now(), count: 10 });
     await waitFor(async () => (await metric(second.url, endedByJob)) > 0, {
-      timeoutMs: 10_000,
+      timeoutMs: 15_000,
       what: 'the new worker to run release jobs',
     });
 

@@ -2,7 +2,10 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { startTestService, waitFor, type TestService } from './helpers.js';
+import { createPool } from '../src/db/pool.js';
+import { createLeases } from '../src/domain/leases.js';
+import { createMetrics } from '../src/metrics.js';
+import { backdate, startTestService, testLogger, waitFor, type TestService } from './helpers.js';
 import {
   hostileRequest,
   rawRequest,
@@ -63,6 +66,8 @@ function problemWith(request: Pick<HostileRequest, 'method' | 'path'>, reply: Re
   }
   if (!isWellFormedBody(body)) return `answered ${reply.status} with a body of another shape: ${JSON.stringify(body).slice(0, 200)}`;
   if (reply.status >= 400 && !('error' in (body as object))) return `answered ${reply.status} without an error`;
+  // This server runs without MAX_LEASE_MS, so no lease can reach it.
+  if ((body as { error?: { code?: unknown } }).error?.code === 'max_lease_reached') return 'answered max_lease_reached without MAX_LEASE_MS';
   return null;
 }
 
@@ -274,6 +279,44 @@ describe('requests the fuzzer found', () => {
         expect(res.body.error.code).toBe('pool_exhausted');
       }
     } finally {
+      await t.close();
+    }
+  });
+
+  // The fuzzer's tally showed 409 max_lease_reached from a server without MAX_LEASE_MS: renew
+  // found no open lease of the token, and before it looked up why, the same user's activation had
+  // been given that token again, so the lookup found an active lease and blamed the cap.
+  it('a renewal that races its user being given the token again renews the new lease', async () => {
+    const t = await startTestService({ POOL_SIZE: '1', LEASE_TTL_MS: '60000' });
+    const pool = createPool(
+      { connectionString: t.db.url, max: 2, statementTimeoutMs: 5_000, connectTimeoutMs: 5_000, applicationName: 'test' },
+      testLogger(),
+    );
+    try {
+      const userId = randomUUID();
+      const first = (await t.http.post('/api/tokens/activate').send({ user_id: userId })).body.data;
+      await backdate(t.db, 61_000, first.lease_id); // ran out, not yet ended
+      // The same database, with the user's next activation slipped in between renew's statements.
+      let second: { lease_id: string; token_id: string } | undefined;
+      const racing = new Proxy(pool, {
+        get(target, property, receiver) {
+          if (property !== 'query') return Reflect.get(target, property, receiver);
+          return async (config: { name?: string }, ...rest: unknown[]) => {
+            if (config.name === 'find-latest-usage' && second === undefined) {
+              second = (await t.http.post('/api/tokens/activate').send({ user_id: userId })).body.data;
+            }
+            return (target.query as (...args: unknown[]) => unknown)(config, ...rest);
+          };
+        },
+      });
+      const leases = createLeases({ pool: racing, leaseTtlMs: 60_000, log: testLogger(), metrics: createMetrics() });
+
+      const renewed = await leases.renew(first.token_id, userId);
+
+      expect(second?.token_id).toBe(first.token_id);
+      expect(renewed.leaseId).toBe(second?.lease_id);
+    } finally {
+      await pool.end();
       await t.close();
     }
   });

@@ -7,9 +7,10 @@ import { startRedisServer } from './redisServer.js';
 import { startTcpProxy, type TcpProxy } from './tcpProxy.js';
 
 // Fault injection with load running: PostgreSQL connections cut, refused and black-holed through
-// a proxy the test controls. After each fault every answer must have been a documented one, no
-// request may have hung past its bound, and once the load has drained the invariants must hold
-// and nothing may be left behind (open leases, waiters, transactions, connections).
+// a proxy the test controls; the service's own Redis flushed, killed, black-holed and cut. After
+// each fault every answer must have been a documented one, no request may have hung past its
+// bound, and once the load has drained the invariants must hold and nothing may be left behind
+// (open leases, waiters, transactions, connections). Process crashes are in crashes.test.ts.
 
 const CONNECT_TIMEOUT_MS = 500;
 const STATEMENT_TIMEOUT_MS = 1_000;

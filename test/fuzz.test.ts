@@ -6,19 +6,10 @@ import { createPool } from '../src/db/pool.js';
 import { createLeases } from '../src/domain/leases.js';
 import { createMetrics } from '../src/metrics.js';
 import { backdate, startTestService, testLogger, waitFor, type TestService } from './helpers.js';
-import {
-  hostileRequest,
-  rawRequest,
-  requestHead,
-  send,
-  sendRaw,
-  type HostileRequest,
-  type RawReply,
-  type Reply,
-  type World,
-} from './hostileRequests.js';
+import { hostileRequest, requestHead, send, type HostileRequest, type Reply, type World } from './hostileRequests.js';
 import { checkInvariants, describeViolations, type Observation } from './invariants.js';
 import { isWellFormedBody } from './loadClients.js';
+import { rawRequest, sendRaw, type RawReply } from './rawHttp.js';
 
 // Fuzzing: generated hostile requests against a running server, over Node's HTTP client and over
 // raw sockets. Every answer must be below 500; every answer the application wrote (it carries

@@ -1,6 +1,8 @@
+import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { count, drainAndCheck, granted, report, unavailable, undocumentedAnswers } from './faultChecks.js';
-import { createTestDatabase, startTestService, waitFor, type TestDatabase, type TestService } from './helpers.js';
+import { createTestDatabase, startTestService, usagesOf, waitFor, type TestDatabase, type TestService } from './helpers.js';
+import { checkInvariants, describeViolations } from './invariants.js';
 import { startLoad, type Answer, type Load } from './loadClients.js';
 import { spawnService } from './processes.js';
 import { startRedisServer } from './redisServer.js';
@@ -287,5 +289,75 @@ describe('Redis failing under load', () => {
     const metric = (name: string) => Number(/ (\d+)$/.exec(metrics.split('\n').find((l) => l.startsWith(name)) ?? '')?.[1] ?? 0);
     expect(metric('token_lease_release_enqueue_failures_total')).toBeGreaterThan(0);
     if (openAtStop > 0) expect(metric('token_lease_leases_ended_total{reason="expired",by="sweep"}')).toBeGreaterThan(0);
+  });
+});
+
+describe('found by fault injection', () => {
+  // The black-holed run found a token whose second usage started (by its started_at) before the
+  // first one ended. activate_lease stamped a new lease with now(), its transaction's start, but
+  // an activation can wait first (here on its user's advisory lock, held by another activation of
+  // the same user) while the token is released; it then took the token with a start time from
+  // before the release: overlapping history, and a lease shorter than LEASE_TTL_MS.
+  it('an activation that waited for its user’s lock starts its lease when it takes the token', async () => {
+    const t = await startTestService({ POOL_SIZE: '1', LEASE_TTL_MS: '60000' });
+    const lock = await t.db.pool.connect();
+    try {
+      const holder = randomUUID();
+      const waiter = randomUUID();
+      const first = (await t.http.post('/api/tokens/activate').send({ user_id: holder })).body.data;
+      // Another activation of the waiter's holds the waiter's lock (class 1, migrations/0002).
+      await lock.query('BEGIN');
+      await lock.query('SELECT pg_advisory_xact_lock(1, hashtext($1::uuid::text))', [waiter]);
+      const waiting = t.http.post('/api/tokens/activate').send({ user_id: waiter }).then((res) => res);
+      await waitFor(
+        async () =>
+          (await t.db.pool.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'")).rows.length > 0,
+        { what: 'the activation to wait for the lock' },
+      );
+      expect((await t.http.post(`/api/tokens/${first.token_id}/release`).send({ user_id: holder })).status).toBe(200);
+      await lock.query('COMMIT');
+
+      const second = (await waiting).body.data;
+      expect(second.token_id).toBe(first.token_id);
+      const violations = await checkInvariants(t.db.url);
+      expect(violations, describeViolations(violations)).toEqual([]);
+      const [released] = await usagesOf(t.db, 'id = $1', [first.lease_id]);
+      expect(Date.parse(second.activated_at)).toBeGreaterThanOrEqual(released?.ended_at?.getTime() ?? Infinity);
+      expect(Date.parse(second.expires_at) - Date.parse(second.activated_at)).toBe(60_000);
+    } finally {
+      lock.release();
+      await t.close();
+    }
+  });
+
+  // The same wait with POOL_FULL_POLICY=evict_oldest: a lease granted while the activation waited
+  // was evicted with an ended_at before its started_at, which usages_ends_after_start refuses: 500.
+  it('an activation that waited for its user’s lock evicts a lease granted meanwhile', async () => {
+    const t = await startTestService({ POOL_SIZE: '1', LEASE_TTL_MS: '60000', POOL_FULL_POLICY: 'evict_oldest' });
+    const lock = await t.db.pool.connect();
+    try {
+      const waiter = randomUUID();
+      await t.http.post('/api/tokens/activate').send({ user_id: randomUUID() });
+      await lock.query('BEGIN');
+      await lock.query('SELECT pg_advisory_xact_lock(1, hashtext($1::uuid::text))', [waiter]);
+      const waiting = t.http.post('/api/tokens/activate').send({ user_id: waiter }).then((res) => res);
+      await waitFor(
+        async () =>
+          (await t.db.pool.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'")).rows.length > 0,
+        { what: 'the activation to wait for the lock' },
+      );
+      const meanwhile = (await t.http.post('/api/tokens/activate').send({ user_id: randomUUID() })).body.data;
+      await lock.query('COMMIT');
+
+      const res = await waiting;
+      expect(res.status, JSON.stringify(res.body)).toBe(201);
+      const [evicted] = await usagesOf(t.db, 'id = $1', [meanwhile.lease_id]);
+      expect(evicted?.end_reason).toBe('evicted');
+      const violations = await checkInvariants(t.db.url);
+      expect(violations, describeViolations(violations)).toEqual([]);
+    } finally {
+      lock.release();
+      await t.close();
+    }
   });
 });

@@ -51,11 +51,14 @@ export async function activateLease(
 
 // The tail shared by every statement that ends leases. `locked` must select (id, usage_id) of
 // the tokens to free, locked FOR UPDATE; `guard` narrows the UPDATE on the newest usage row.
+// ended_at is read from the clock once the token is locked, not from now() (the transaction's
+// start, possibly before the lease was even granted), so that a usage never ends before it
+// started and the token's next lease never starts before it ended (migrations/0003).
 function endLockedLeases(locked: string, reason: string, guard = ''): string {
   return `
     WITH locked AS (${locked}),
     ended AS (
-      UPDATE usages u SET ended_at = now(), end_reason = ${reason}
+      UPDATE usages u SET ended_at = clock_timestamp(), end_reason = ${reason}
       FROM locked
       WHERE u.id = locked.usage_id AND u.ended_at IS NULL ${guard}
       RETURNING u.*

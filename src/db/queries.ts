@@ -57,6 +57,9 @@ export async function activateLease(
 
 // The tail shared by every statement that ends leases. `locked` must select (id, usage_id) of
 // the tokens to free, locked FOR UPDATE; `guard` narrows the UPDATE on the newest usage row.
+// ended_at is read from the clock once the token is locked, not from now() (the transaction's
+// start, possibly before the lease was even granted), so that a usage never ends before it
+// started and the token's next lease never starts before it ended (migrations/0003).
 function endLockedLeases(locked: string, reason: string, guard = ''): string {
   return `
     WITH locked AS (${locked}),

@@ -20,6 +20,13 @@ export async function withTransaction<T>(
       throw fromPgError(error);
     }
     let broken: Error | undefined;
+    // pg-pool takes its own error listener off a client while it is checked out: without one
+    // here, a connection that breaks mid-transaction is an unhandled 'error' event, which ends
+    // the process. The statement in flight fails with the same error and is handled below.
+    const onError = (error: Error) => {
+      broken = error;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const result = await work(client);
@@ -38,6 +45,7 @@ export async function withTransaction<T>(
     } finally {
       // A client whose connection broke is destroyed, not returned to the pool.
       client.release(broken);
+      client.off('error', onError);
     }
   }
 }

@@ -88,6 +88,8 @@ const INVALID_REASONS: Record<EndReason, InvalidReason> = {
 };
 
 const SWEEP_BATCH = 1_000;
+// A renewal that keeps losing the race with activations of the same user answers 409 conflict.
+const RENEW_ATTEMPTS = 3;
 
 export function createLeases(deps: LeasesDeps) {
   const { pool, log, metrics } = deps;
@@ -167,24 +169,41 @@ export function createLeases(deps: LeasesDeps) {
    * and schedules its release at the new time; the old job, when it fires, finds it not due.
    */
   async function renew(tokenId: string, userId: string): Promise<Lease> {
-    const renewed = await sql.renewLease(pool, {
-      tokenId,
-      userId,
-      ttlMs: deps.leaseTtlMs,
-      maxLeaseMs: deps.maxLeaseMs ?? null,
-    });
-    if (renewed !== null) {
-      const lease = toLease(renewed);
-      deps.scheduler?.scheduleRelease(lease, renewed.remaining_ms);
-      return lease;
-    }
-    const latest = await latestUsage(tokenId, userId);
-    if (latest === null) throw notHolder('not_held');
-    if (latest.active) {
-      throw new ConflictError('max_lease_reached', 'the lease has reached MAX_LEASE_MS and cannot be renewed', {
-        expires_at: latest.expires_at.toISOString(),
+    for (let attempt = 1; ; attempt += 1) {
+      const renewed = await sql.renewLease(pool, {
+        tokenId,
+        userId,
+        ttlMs: deps.leaseTtlMs,
+        maxLeaseMs: deps.maxLeaseMs ?? null,
       });
+      if (renewed !== null) {
+        const lease = toLease(renewed);
+        deps.scheduler?.scheduleRelease(lease, renewed.remaining_ms);
+        return lease;
+      }
+      const latest = await latestUsage(tokenId, userId);
+      if (latest === null) throw notHolder('not_held');
+      if (!latest.active) return refuseRenewal(latest);
+      if (atMaxLease(latest)) {
+        throw new ConflictError('max_lease_reached', 'the lease has reached MAX_LEASE_MS and cannot be renewed', {
+          expires_at: latest.expires_at.toISOString(),
+        });
+      }
+      // Not renewable a moment ago, active and below its cap now: the user was given this token
+      // again in between (a concurrent activation). That lease is the one to renew.
+      if (attempt >= RENEW_ATTEMPTS) {
+        throw new ConflictError('conflict', 'the change conflicts with a concurrent one; retry');
+      }
     }
+  }
+
+  function atMaxLease(usage: UsageRow): boolean {
+    const maxLeaseMs = deps.maxLeaseMs ?? null;
+    return maxLeaseMs !== null && usage.started_at.getTime() + maxLeaseMs <= usage.expires_at.getTime();
+  }
+
+  /** Why a lease that is no longer active cannot be renewed. */
+  function refuseRenewal(latest: UsageRow): never {
     if (latest.end_reason === null || latest.end_reason === 'expired') {
       throw new ConflictError('lease_expired', 'the lease has expired; activate again', {
         reason: 'expired',

@@ -82,14 +82,14 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
     .route('/api/tokens/activate')
     .post(async (req, res) => {
       const body = parse(userBody, req.body, 'body');
-      const { wait } = parse(activateQuery, req.query, 'query');
+      const { waitMs } = parse(activateQuery, req.query, 'query');
       // A waiting client that disconnects gives up its place in the queue.
       const gone = new AbortController();
       res.on('close', () => {
         if (!res.writableEnded) gone.abort();
       });
       const { created, lease } = await leases.activate(body.user_id, {
-        waitMs: (wait ?? 0) * 1000,
+        waitMs,
         signal: gone.signal,
       });
       if (created) res.status(201).location(`/api/tokens/${lease.tokenId}`);

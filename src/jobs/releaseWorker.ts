@@ -5,13 +5,10 @@ import type { Logger } from '../logger.js';
 import { RELEASE_QUEUE, type ReleaseJobData } from './queue.js';
 import { logConnectionState, reconnectBackoff } from './redis.js';
 
-/** How long a closing worker may wait for its running jobs and for Redis. */
-const CLOSE_GRACE_MS = 5_000;
-
 const jobData = z.object({ leaseId: z.guid(), expiresAt: z.string() });
 
 export interface ReleaseWorker {
-  /** Lets the running jobs finish, takes no new ones, closes the worker's connections. */
+  /** Lets the running jobs finish (for up to 5 s), then closes the worker's connections. */
   close(): Promise<void>;
 }
 
@@ -25,8 +22,6 @@ export function startReleaseWorker(deps: {
   concurrency: number;
   leases: Leases;
   log: Logger;
-  /** Whether Redis answers right now (any connection to the same server tells). */
-  redisReachable: () => boolean;
 }): ReleaseWorker {
   const { leases, log } = deps;
 
@@ -60,7 +55,17 @@ export function startReleaseWorker(deps: {
     return result.outcome;
   }
 
-  const worker = new Worker<ReleaseJobData, string>(RELEASE_QUEUE, release, {
+  // The jobs this process is running, so that close() can wait for them itself (see close()).
+  const running = new Set<Promise<string>>();
+  function tracked(job: Job<ReleaseJobData>, token?: string): Promise<string> {
+    const work = release(job, token);
+    running.add(work);
+    const done = () => running.delete(work);
+    work.then(done, done);
+    return work;
+  }
+
+  const worker = new Worker<ReleaseJobData, string>(RELEASE_QUEUE, tracked, {
     // Workers keep retrying commands while Redis is away (maxRetriesPerRequest: null is set by
     // BullMQ for its blocking connection), and reconnect forever.
     connection: { url: deps.redisUrl, maxRetriesPerRequest: null, retryStrategy: reconnectBackoff },
@@ -74,26 +79,35 @@ export function startReleaseWorker(deps: {
   });
 
   return {
+    // BullMQ's graceful close() waits for its blocking connection to end, and a connection
+    // waiting between reconnect attempts never does (Redis down: bullmq #4656), so a worker told
+    // to stop during an outage hung until SHUTDOWN_TIMEOUT_MS and exited 1. Instead: stop
+    // fetching (pause without waiting), wait a bounded time for the jobs running here, then close
+    // by force, which only disconnects. A job still running then is abandoned; once its lock
+    // expires it runs again elsewhere, which changes nothing but the lease it is due to end.
     async close() {
-      const closed = worker.close();
-      // With Redis unreachable, close() waits for commands that can never be sent (and no job
-      // can be marked done anyway): drop the connections at once, or after a grace period if
-      // Redis seemed up, so that shutdown still ends in time.
-      const graceMs = deps.redisReachable() ? CLOSE_GRACE_MS : 0;
-      let timer: NodeJS.Timeout | undefined;
-      const late = new Promise<'late'>((resolve) => {
-        timer = setTimeout(() => resolve('late'), graceMs);
-      });
-      const outcome = await Promise.race([closed, late]);
-      clearTimeout(timer);
-      if (outcome === 'late') {
-        log.warn({ graceMs }, 'release worker did not close in time; disconnecting');
-        // Its jobs stay in Redis: a job it was running is retried once its lock expires.
-        // Neither close() nor disconnect() settles while Redis is unreachable, so neither is
-        // awaited; disconnecting stops the reconnection attempts.
-        closed.catch(() => undefined);
-        worker.disconnect().catch(() => undefined);
-      }
+      await worker.pause(true);
+      await settleWithin(running, RUNNING_JOBS_GRACE_MS);
+      await worker.close(true);
     },
   };
+}
+
+/** How long close() waits for running jobs: each is a statement or two, unless Redis is away. */
+const RUNNING_JOBS_GRACE_MS = 5_000;
+
+/** Waits until `running` is empty (a fetch in flight may still add a job) or `ms` have passed. */
+async function settleWithin(running: ReadonlySet<Promise<unknown>>, ms: number): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (running.size > 0 && Date.now() < deadline) {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, deadline - Date.now());
+    });
+    try {
+      await Promise.race([Promise.allSettled([...running]), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 }

@@ -89,7 +89,6 @@ export async function startService(config: Config, log: Logger): Promise<Service
         concurrency: config.releaseConcurrency,
         leases,
         log,
-        redisReachable: () => producer.status === 'ready',
       });
       shutdown.add('release worker', () => worker.close());
       const sweeper = startSweeper({

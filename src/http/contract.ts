@@ -142,7 +142,7 @@ export function openApiDocument(version: string) {
       '/api/tokens/activate': {
         post: {
           summary: 'Lease a token (or get the lease the user holds)',
-          parameters: queryParameters(activateQuery),
+          parameters: queryParameters(activateQuery.in),
           requestBody: body(userBody),
           responses: {
             '200': answer('The unexpired lease the user already holds', leaseSchema),

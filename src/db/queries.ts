@@ -316,8 +316,21 @@ const TOKEN_COLUMNS = `
   FROM tokens t
   LEFT JOIN usages u ON u.id = t.usage_id AND u.expires_at > now()`;
 
-export async function listTokens(db: Queryable): Promise<TokenRow[]> {
-  return query<TokenRow>(db, 'list-tokens', `${TOKEN_COLUMNS} ORDER BY t.position`);
+export interface ListedTokenRow extends TokenRow {
+  /** Until the lease expires, by the database clock, rounded down; null for a free token. */
+  remaining_ms: number | null;
+}
+
+export async function listTokens(db: Queryable): Promise<ListedTokenRow[]> {
+  return query<ListedTokenRow>(
+    db,
+    'list-tokens',
+    `SELECT t.id, u.id AS lease_id, u.user_id, u.fence, u.started_at, u.expires_at,
+            floor(extract(epoch FROM u.expires_at - now()) * 1000)::float8 AS remaining_ms
+     FROM tokens t
+     LEFT JOIN usages u ON u.id = t.usage_id AND u.expires_at > now()
+     ORDER BY t.position`,
+  );
 }
 
 export async function findToken(db: Queryable, tokenId: string): Promise<TokenRow | null> {
@@ -345,6 +358,11 @@ export async function listUsages(
      LIMIT $3`,
     [args.tokenId, args.beforeFence, args.limit],
   );
+}
+
+/** Sends a notification to every session LISTENing on `channel`, when the transaction commits. */
+export async function notify(db: Queryable, args: { channel: string; payload: string }): Promise<void> {
+  await query(db, 'notify', 'SELECT pg_notify($1, $2)', [args.channel, args.payload]);
 }
 
 export async function ping(db: Queryable): Promise<void> {

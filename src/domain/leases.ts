@@ -8,6 +8,7 @@ import type { Pool } from '../db/pool.js';
 import * as sql from '../db/queries.js';
 import type { EndReason, UsageRow } from '../db/queries.js';
 import { withTransaction } from '../db/tx.js';
+import type { LeaseChanges } from './changes.js';
 import { ClientGoneError, type WaitingRoom } from './waiting.js';
 
 export type { EndReason };
@@ -39,6 +40,15 @@ export type ExpireOutcome =
   | { readonly outcome: 'not_due'; readonly expiresAt: Date; readonly remainingMs: number }
   | { readonly outcome: 'gone' };
 
+export interface TokenList {
+  readonly tokens: TokenState[];
+  /**
+   * Time until the earliest of these leases runs out, by the database clock, rounded down: the
+   * list changes by itself then. Null when no token is leased.
+   */
+  readonly nextExpiryInMs: number | null;
+}
+
 export interface HistoryPage {
   readonly tokenId: string;
   readonly usages: Usage[];
@@ -64,6 +74,8 @@ export interface LeasesDeps {
   readonly scheduler?: ReleaseScheduler | undefined;
   /** Where activations with a wait go when the pool is full; without it they are refused. */
   readonly waitingRoom?: WaitingRoom | undefined;
+  /** Told of every change to what the token list shows, before the request that made it is answered. */
+  readonly changes?: Pick<LeaseChanges, 'changed'> | undefined;
 }
 
 export type Validation =
@@ -91,6 +103,7 @@ const SWEEP_BATCH = 1_000;
 
 export function createLeases(deps: LeasesDeps) {
   const { pool, log, metrics } = deps;
+  const changed = () => deps.changes?.changed();
 
   function countEnded(usages: readonly UsageRow[], by: string): void {
     for (const usage of usages) {
@@ -136,6 +149,7 @@ export function createLeases(deps: LeasesDeps) {
       log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
     }
     if (row.outcome === 'created') {
+      changed();
       deps.scheduler?.scheduleRelease(lease, deps.leaseTtlMs);
       if (options.signal?.aborted === true) {
         // The waiting client left as its lease was granted: give the token straight back.
@@ -153,6 +167,7 @@ export function createLeases(deps: LeasesDeps) {
   async function release(tokenId: string, userId: string): Promise<Usage> {
     const ended = await sql.releaseLease(pool, { tokenId, userId });
     if (ended !== null) {
+      changed();
       countEnded([ended], 'release');
       if (ended.end_reason === 'released') return toUsage(ended);
       throw notHolder('expired');
@@ -174,6 +189,7 @@ export function createLeases(deps: LeasesDeps) {
       maxLeaseMs: deps.maxLeaseMs ?? null,
     });
     if (renewed !== null) {
+      changed();
       const lease = toLease(renewed);
       deps.scheduler?.scheduleRelease(lease, renewed.remaining_ms);
       return lease;
@@ -216,9 +232,15 @@ export function createLeases(deps: LeasesDeps) {
     return latest;
   }
 
-  async function listTokens(): Promise<TokenState[]> {
+  async function listTokens(): Promise<TokenList> {
     const rows = await sql.listTokens(pool);
-    return rows.map(toTokenState);
+    let nextExpiryInMs: number | null = null;
+    for (const row of rows) {
+      if (row.remaining_ms !== null && (nextExpiryInMs === null || row.remaining_ms < nextExpiryInMs)) {
+        nextExpiryInMs = row.remaining_ms;
+      }
+    }
+    return { tokens: rows.map(toTokenState), nextExpiryInMs };
   }
 
   async function getToken(tokenId: string): Promise<TokenState> {
@@ -248,6 +270,7 @@ export function createLeases(deps: LeasesDeps) {
   /** Ends every open lease; those already past their expiry end as expired, not cleared. */
   async function clear(): Promise<{ cleared: number; expired: number }> {
     const ended = await sql.clearLeases(pool);
+    if (ended.length > 0) changed();
     countEnded(ended, 'clear');
     const cleared = ended.filter((u) => u.end_reason === 'cleared').length;
     log.info({ cleared, expired: ended.length - cleared }, 'leases cleared');
@@ -309,7 +332,10 @@ export function createLeases(deps: LeasesDeps) {
       await sql.lockPoolSeeding(tx);
       return sql.topUpPool(tx, size);
     });
-    if (created > 0) log.info({ created, size }, 'token pool topped up');
+    if (created > 0) {
+      changed();
+      log.info({ created, size }, 'token pool topped up');
+    }
     return created;
   }
 

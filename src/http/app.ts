@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import express, { type Express, type RequestHandler } from 'express';
+import type { LeaseChanges } from '../domain/changes.js';
 import type { Leases } from '../domain/leases.js';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
@@ -16,6 +17,8 @@ export interface AppDeps {
   readonly serveApi?: boolean;
   /** Reports Redis for /readyz; absent when this process does not use Redis. */
   readonly redisPing?: (() => Promise<void>) | undefined;
+  /** Lets GET /api/tokens answer from memory while nothing has changed; absent: never cached. */
+  readonly changes?: Pick<LeaseChanges, 'version' | 'isHeard'> | undefined;
 }
 
 const BODY_LIMIT = '16kb';
@@ -66,7 +69,7 @@ export function createApp(deps: AppDeps): Express {
     .all(methodNotAllowed(['GET']));
 
   if (deps.serveApi ?? true) {
-    app.use(tokenRoutes({ leases: deps.leases, adminApiKey: deps.adminApiKey }));
+    app.use(tokenRoutes({ leases: deps.leases, adminApiKey: deps.adminApiKey, changes: deps.changes }));
   }
   app.use(notFound);
   app.use(errorHandler(log));

@@ -1,8 +1,10 @@
 import { Router } from 'express';
+import type { LeaseChanges } from '../domain/changes.js';
 import type { Lease, Leases, TokenState, Usage } from '../domain/leases.js';
 import { NotFoundError } from '../errors.js';
 import { requireAdmin } from './auth.js';
 import { methodNotAllowed } from './errors.js';
+import { createListCache, LIST_MAX_AGE_MS } from './listCache.js';
 import {
   activateQuery,
   encodeCursor,
@@ -57,15 +59,29 @@ function parseTokenId(raw: unknown): string {
   return parsed.data;
 }
 
-export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefined }): Router {
+const JSON_TYPE = 'application/json; charset=utf-8';
+
+export function tokenRoutes(deps: {
+  leases: Leases;
+  adminApiKey: string | undefined;
+  changes?: Pick<LeaseChanges, 'version' | 'isHeard'> | undefined;
+}): Router {
   const { leases } = deps;
   const router = Router();
+
+  const list = createListCache({
+    changes: deps.changes,
+    maxAgeMs: LIST_MAX_AGE_MS,
+    async load() {
+      const { tokens, nextExpiryInMs } = await leases.listTokens();
+      return { body: Buffer.from(JSON.stringify({ data: tokens.map(tokenJson) })), validForMs: nextExpiryInMs };
+    },
+  });
 
   router
     .route('/api/tokens')
     .get(async (_req, res) => {
-      const tokens = await leases.listTokens();
-      res.json({ data: tokens.map(tokenJson) });
+      res.set('Content-Type', JSON_TYPE).send(await list.get());
     })
     .all(methodNotAllowed(['GET']));
 

@@ -21,8 +21,6 @@ export interface AppDeps {
   readonly changes?: Pick<LeaseChanges, 'version' | 'isHeard'> | undefined;
 }
 
-const BODY_LIMIT = '16kb';
-const JSON_TYPES = ['application/json', 'application/*+json'];
 const READY_CHECK_TIMEOUT_MS = 1_000;
 
 /** Builds the HTTP app; it does not listen (main/ does, tests use supertest). */
@@ -33,9 +31,6 @@ export function createApp(deps: AppDeps): Express {
   app.set('etag', false);
 
   app.use(observe(log, metrics));
-  app.use(requireJsonBody);
-  // strict: false lets valid JSON that is not an object reach zod, which names the problem (422).
-  app.use(express.json({ limit: BODY_LIMIT, strict: false, type: JSON_TYPES }));
 
   app
     .route('/healthz')
@@ -69,7 +64,7 @@ export function createApp(deps: AppDeps): Express {
     .all(methodNotAllowed(['GET']));
 
   if (deps.serveApi ?? true) {
-    app.use(tokenRoutes({ leases: deps.leases, adminApiKey: deps.adminApiKey, changes: deps.changes }));
+    tokenRoutes(app, { leases: deps.leases, adminApiKey: deps.adminApiKey, changes: deps.changes });
   }
   app.use(notFound);
   app.use(errorHandler(log));
@@ -93,17 +88,6 @@ async function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
     clearTimeout(timer);
   }
 }
-
-/** A body that is not JSON gets a 415 rather than being ignored and reported as missing fields. */
-const requireJsonBody: RequestHandler = (req, _res, next) => {
-  const length = req.headers['content-length'];
-  const hasBody =
-    req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
-  if (hasBody && req.is(JSON_TYPES) === false) {
-    throw new AppError('unsupported_media_type', 415, 'send the body as application/json');
-  }
-  next();
-};
 
 /** Request ids, the duration histogram and one log line per request (4xx info, 5xx error). */
 function observe(log: Logger, metrics: Metrics): RequestHandler {

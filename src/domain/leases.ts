@@ -100,6 +100,8 @@ const INVALID_REASONS: Record<EndReason, InvalidReason> = {
 };
 
 const SWEEP_BATCH = 1_000;
+/** Leases one release job ends at most, besides its own. */
+const EXPIRY_BATCH = 1_000;
 
 export function createLeases(deps: LeasesDeps) {
   const { pool, log, metrics } = deps;
@@ -278,12 +280,26 @@ export function createLeases(deps: LeasesDeps) {
   }
 
   /**
-   * The release job's work: ends the lease if it is still open and due. A duplicate, retried or
-   * late job, or one for a lease that was released, cleared or evicted, changes nothing
-   * (`gone`). A lease that is open but not due yet (renewed, or the job ran early by the
-   * database clock) answers `not_due` with the time left, so the job can wait that long.
+   * The release job's work: ends the lease if it is still open and due, and with it every other
+   * lease that is due (see endDueLeasesWith). A duplicate, retried or late job, or one for a
+   * lease that was released, cleared, evicted or already ended by another job, changes nothing
+   * of its own (`gone`). A lease that is open but not due yet (renewed, or the job ran early by
+   * the database clock) answers `not_due` with the time left, so the job can wait that long.
    */
   async function expireLease(leaseId: string): Promise<ExpireOutcome> {
+    const { ended, own } = await sql.endDueLeasesWith(pool, { leaseId, limit: EXPIRY_BATCH });
+    countEnded(ended, 'job');
+    if (ended.length > 1) log.debug({ leaseId, ended: ended.length }, 'due leases ended by one release job');
+    const mine = ended.find((usage) => usage.id === leaseId);
+    if (mine !== undefined) return { outcome: 'ended', usage: toUsage(mine) };
+    if (own === null || own.ended_at !== null) return { outcome: 'gone' };
+    if (!own.due) return { outcome: 'not_due', expiresAt: own.expires_at, remainingMs: own.remaining_ms };
+    // Due, but its token was locked by someone else (who is ending or taking it right now), or
+    // beyond this batch: end it on its own, waiting for the lock, as before.
+    return expireOneLease(leaseId);
+  }
+
+  async function expireOneLease(leaseId: string): Promise<ExpireOutcome> {
     const ended = await sql.endLeaseIfDue(pool, leaseId);
     if (ended !== null) {
       countEnded([ended], 'job');

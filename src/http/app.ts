@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
 import express, { type Express, type RequestHandler } from 'express';
 import type { LeaseChanges } from '../domain/changes.js';
 import type { Leases } from '../domain/leases.js';
@@ -89,25 +90,42 @@ async function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
   }
 }
 
-/** Request ids, the duration histogram and one log line per request (4xx info, 5xx error). */
+/**
+ * Request ids, the duration histogram and one log line per request (4xx info, 5xx error). It runs
+ * on every request, so it keeps to plain Node calls (performance.now, setHeader) and one
+ * histogram child per (method, route, status): prom-client would otherwise hash the label set on
+ * every observation.
+ */
 function observe(log: Logger, metrics: Metrics): RequestHandler {
+  const durations = new Map<string, Observer>();
+  const durationOf = (method: string, route: string, status: number): Observer => {
+    const key = `${method} ${status} ${route}`;
+    let child = durations.get(key);
+    if (child === undefined) {
+      child = metrics.httpDuration.labels({ method, route, status });
+      durations.set(key, child);
+    }
+    return child;
+  };
   return (req, res, next) => {
-    const started = process.hrtime.bigint();
-    const reqId = req.get('x-request-id') ?? randomUUID();
-    res.set('X-Request-Id', reqId);
+    const started = performance.now();
+    const given = req.headers['x-request-id'];
+    const reqId = typeof given === 'string' ? given : randomUUID();
+    res.setHeader('X-Request-Id', reqId);
     res.on('finish', () => {
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const ms = performance.now() - started;
       const routePath = (req.route as { path?: unknown } | undefined)?.path;
       const route = typeof routePath === 'string' ? routePath : 'unmatched';
-      metrics.httpDuration.observe({ method: req.method, route, status: res.statusCode }, seconds);
+      durationOf(req.method, route, res.statusCode).observe(ms / 1e3);
       const level = res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'info' : 'debug';
       if (log.isLevelEnabled(level)) {
-        log[level](
-          { reqId, method: req.method, url: req.originalUrl, status: res.statusCode, ms: seconds * 1e3 },
-          'request',
-        );
+        log[level]({ reqId, method: req.method, url: req.originalUrl, status: res.statusCode, ms }, 'request');
       }
     });
     next();
   };
+}
+
+interface Observer {
+  observe(value: number): void;
 }

@@ -31,6 +31,8 @@ interface Entry extends Rendered {
 }
 
 export interface ListCache {
+  /** The answer kept in memory, if it is current; else undefined (then call get()). */
+  current(): Buffer | undefined;
   /** The answer, from memory when it is current, else from `load`. */
   get(): Promise<Buffer>;
 }
@@ -57,12 +59,19 @@ export function createListCache(deps: {
     return fresh;
   }
 
+  function current(askedAt: number): Buffer | undefined {
+    if (changes === undefined || !changes.isHeard() || entry === undefined) return undefined;
+    return entry.version === changes.version() && askedAt < entry.staleAt ? entry.body : undefined;
+  }
+
   return {
+    current: () => current(now()),
     async get() {
       if (changes === undefined || !changes.isHeard()) return (await deps.load()).body;
       const askedAt = now();
       const version = changes.version();
-      if (entry !== undefined && entry.version === version && askedAt < entry.staleAt) return entry.body;
+      const kept = current(askedAt);
+      if (kept !== undefined) return kept;
       // Requests that find nothing current share one query, as long as nothing changes meanwhile.
       if (loading === undefined || loadingVersion !== version) {
         loadingVersion = version;

@@ -84,8 +84,12 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens')
-    .get(async (_req, res) => {
-      res.set('Content-Type', JSON_TYPE).send(await list.get());
+    // Not async: a current answer is sent without a promise or a turn of the microtask queue.
+    .get((_req, res, next) => {
+      const send = (body: Buffer) => res.setHeader('Content-Type', JSON_TYPE).send(body);
+      const body = list.current();
+      if (body !== undefined) send(body);
+      else list.get().then(send, next);
     })
     .all(methodNotAllowed(['GET']));
 

@@ -12,9 +12,9 @@ import { GROUPS, type Group } from './scenarios.js';
 const HELP = `Usage: npm run bench -- [options]
 
   --only GROUPS       comma-separated, from: ${GROUPS.join(', ')} (default: all)
-  --rounds N          times each scenario and its baseline run, alternating (default 2)
-  --duration S        seconds measured per scenario and round (default 8)
-  --warmup S          seconds of unmeasured load before each measurement (default 2)
+  --rounds N          times each scenario and its baseline run, alternating (default 3)
+  --duration S        seconds measured per scenario and round (default 5)
+  --warmup S          seconds of unmeasured load before each measurement (default 1)
   --connections N     HTTP connections, and raw SQL concurrency (default 50)
   --large-pool N      tokens in the large pool (default 1000000)
   --expiry-leases N   leases in the expiry scenario (default 2000)
@@ -29,9 +29,9 @@ Creates databases tl_bench_<run>_* and Redis keys tl-bench-<run>-*, and removes 
 const { values } = parseArgs({
   options: {
     only: { type: 'string' },
-    rounds: { type: 'string', default: '2' },
-    duration: { type: 'string', default: '8' },
-    warmup: { type: 'string', default: '2' },
+    rounds: { type: 'string', default: '3' },
+    duration: { type: 'string', default: '5' },
+    warmup: { type: 'string', default: '1' },
     connections: { type: 'string', default: '50' },
     'large-pool': { type: 'string', default: '1000000' },
     'expiry-leases': { type: 'string', default: '2000' },

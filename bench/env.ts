@@ -111,6 +111,23 @@ export function rssOf(pid: number): number {
   return Number(execFileSync('ps', ['-o', 'rss=', '-p', String(pid)]).toString().trim()) * 1024;
 }
 
+/**
+ * CPU time (user + system) another process has used, in seconds; undefined where /proc is not
+ * available. Per operation it is a steadier figure than a rate on a shared machine: other work
+ * slows a process down but hardly changes what each request costs it.
+ */
+export function cpuSecondsOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may contain spaces) start at state; utime and stime
+    // are the 14th and 15th fields of the line, in clock ticks (100 a second on Linux).
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return undefined;
+  }
+}
+
 export interface ServiceProcess {
   readonly url: string;
   readonly pid: number;

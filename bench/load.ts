@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { root } from './env.js';
 
 // The parent's side of the HTTP load generator. autocannon runs in a child process of its own, so
 // that the load it generates is not measured against the bench's own event loop.
@@ -46,22 +46,30 @@ export interface LoadResult {
   readonly latencyMs: { readonly p50: number; readonly p99: number; readonly max: number };
 }
 
+// Only node: imports here: the worker process loads this module too.
+const root = fileURLToPath(new URL('..', import.meta.url));
 const workerPath = fileURLToPath(new URL('./loadWorker.ts', import.meta.url));
 
-/** Runs one load in a fresh child process and returns what it measured. */
-export async function runLoad(spec: LoadSpec): Promise<LoadResult> {
+/** The line the worker prints when the warm-up is over and the measured run starts. */
+export const MEASURING = 'measuring';
+
+/**
+ * Runs one load in a fresh child process and returns what it measured. `onMeasuring` is called
+ * as the measured run starts (after the warm-up).
+ */
+export async function runLoad(spec: LoadSpec, onMeasuring?: () => void): Promise<LoadResult> {
   const child = spawn(process.execPath, ['--import', 'tsx', workerPath], {
     cwd: root,
     stdio: ['pipe', 'pipe', 'inherit'],
   });
-  let out = '';
-  child.stdout.setEncoding('utf8');
-  child.stdout.on('data', (chunk: string) => {
-    out += chunk;
+  const lines: string[] = [];
+  createInterface({ input: child.stdout }).on('line', (line) => {
+    if (line === MEASURING) onMeasuring?.();
+    else lines.push(line);
   });
   child.stdin.end(JSON.stringify(spec));
-  const [code] = (await once(child, 'exit')) as [number | null];
+  // 'close', not 'exit': the last line may still be in the pipe when the process exits.
+  const [code] = (await once(child, 'close')) as [number | null];
   if (code !== 0) throw new Error(`load generator exited with ${code}`);
-  const line = out.trim().split('\n').at(-1) ?? '';
-  return JSON.parse(line) as LoadResult;
+  return JSON.parse(lines.at(-1) ?? '') as LoadResult;
 }

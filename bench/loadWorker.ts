@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import autocannon from 'autocannon';
-import type { LoadResult, LoadSpec } from './load.js';
+import { MEASURING, type LoadResult, type LoadSpec } from './load.js';
 
 // The load generator's process: reads one LoadSpec on stdin, runs autocannon for the warm-up
 // (discarded) and then for the measured time, and prints one LoadResult as a JSON line.
@@ -113,5 +113,6 @@ process.stdin.setEncoding('utf8');
 for await (const chunk of process.stdin) input += chunk as string;
 const spec = JSON.parse(input) as LoadSpec;
 if (spec.warmupSec > 0) await run(spec, spec.warmupSec);
+process.stdout.write(`${MEASURING}\n`);
 const result = await run(spec, spec.durationSec);
 process.stdout.write(`${JSON.stringify(result)}\n`);

@@ -15,6 +15,8 @@ export interface Row {
   readonly maxMs: number | undefined;
   /** (max - min) / median of the rounds' figures. */
   readonly spread: number | undefined;
+  /** CPU time of the process under test per operation (median over rounds). */
+  readonly cpuMsPerOp: number | undefined;
   readonly errors: number;
   readonly ratio: number | undefined;
   readonly ratioText: string | undefined;
@@ -47,6 +49,7 @@ export function summarise(measurements: readonly Measurement[], sizes: Sizes): R
       const xs = ms.map(pick).filter((x): x is number => x !== undefined);
       return xs.length === 0 ? undefined : xs;
     };
+    const cpus = optional((m) => m.cpuMsPerOp);
     const p50s = optional((m) => m.p50Ms);
     const p99s = optional((m) => m.p99Ms);
     const maxes = optional((m) => m.maxMs);
@@ -57,8 +60,7 @@ export function summarise(measurements: readonly Measurement[], sizes: Sizes): R
     const errors = ms.reduce((sum, m) => sum + m.errors, 0);
 
     const versus = spec.target?.baseline ?? spec.compareWith;
-    const base = versus === undefined ? undefined : values.get(versus);
-    const ratio = base === undefined || base === 0 ? undefined : value / base;
+    const ratio = versus === undefined ? undefined : ratioTo(ms, byKey.get(versus) ?? [], values.get(versus));
     const baseLabel = versus === undefined ? '' : shortName(versus);
     let met: boolean | undefined;
     const target = spec.target;
@@ -81,6 +83,7 @@ export function summarise(measurements: readonly Measurement[], sizes: Sizes): R
       p99Ms,
       maxMs,
       spread: spreadOf(figures),
+      cpuMsPerOp: cpus === undefined ? undefined : median(cpus),
       errors,
       ratio,
       ratioText: ratio === undefined ? undefined : `${ratio.toFixed(2)} x ${baseLabel}`,
@@ -89,6 +92,19 @@ export function summarise(measurements: readonly Measurement[], sizes: Sizes): R
     });
   }
   return rows;
+}
+
+/**
+ * The median of the per-round ratios: a noisy moment that hits one round (both sides of it, or
+ * only one) moves one ratio, not the result. Without common rounds, the ratio of the medians.
+ */
+function ratioTo(ms: readonly Measurement[], baseline: readonly Measurement[], baseMedian: number | undefined) {
+  const perRound = ms.flatMap((m) => {
+    const base = baseline.find((b) => b.round === m.round)?.value;
+    return base === undefined || base === 0 ? [] : [m.value / base];
+  });
+  if (perRound.length > 0) return median(perRound);
+  return baseMedian === undefined || baseMedian === 0 ? undefined : median(ms.map((m) => m.value)) / baseMedian;
 }
 
 function shortName(key: ScenarioKey): string {
@@ -119,12 +135,13 @@ function figure(row: Row): string {
 
 /** A Markdown table: readable in a terminal, pasted as is into the README. */
 export function formatTable(rows: readonly Row[]): string {
-  const header = ['scenario', 'result', 'p50', 'p99', 'vs baseline', 'target', 'met', 'spread', 'errors'];
+  const header = ['scenario', 'result', 'p50', 'p99', 'CPU/op', 'vs baseline', 'target', 'met', 'spread', 'errors'];
   const lines = rows.map((row) => [
     row.label,
     figure(row),
     ms(row.p50Ms),
     ms(row.p99Ms),
+    row.cpuMsPerOp === undefined ? '' : `${row.cpuMsPerOp.toFixed(2)} ms`,
     row.ratioText ?? '',
     row.targetText ?? '',
     row.met === undefined ? '' : row.met ? 'yes' : '**no**',

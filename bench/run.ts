@@ -6,6 +6,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
   BENCH_ADMIN_KEY,
+  cpuSecondsOf,
   createBenchDatabase,
   deleteRedisKeys,
   dropBenchDatabases,
@@ -15,7 +16,7 @@ import {
   withDatabaseClient,
   type ServiceProcess,
 } from './env.js';
-import { runLoad, type LoadKind, type LoadResult } from './load.js';
+import { runLoad, type LoadKind } from './load.js';
 import { EXPIRY_MAX_LATENESS_MS, type Group, type ScenarioKey } from './scenarios.js';
 import { runSqlCycle } from './sqlCycle.js';
 import { percentile } from './stats.js';
@@ -55,6 +56,8 @@ export interface Measurement {
   readonly p99Ms?: number;
   readonly maxMs?: number;
   readonly errors: number;
+  /** CPU time the process under test spent per operation (Linux only). */
+  readonly cpuMsPerOp?: number;
   readonly samples?: number;
   readonly note?: string;
 }
@@ -69,6 +72,8 @@ const HELD_FOR_READS = 50;
 
 interface Target {
   readonly url: string;
+  /** The process that serves it, for its CPU time. */
+  readonly pid?: number | undefined;
 }
 
 export async function runBench(options: BenchOptions): Promise<Measurement[]> {
@@ -97,7 +102,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       },
     });
     services.push(service);
-    return { databaseUrl, url: service.url, service };
+    return { databaseUrl, url: service.url, pid: service.pid, service };
   }
 
   const lazily = <T>(make: () => Promise<T>) => {
@@ -119,20 +124,30 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     startTarget('expiry', { POOL_SIZE: String(options.expiryLeases), LEASE_TTL_MS: String(options.expiryTtlMs) }),
   );
 
-  const load = (target: Target, kind: LoadKind, expect: number[]) =>
-    runLoad({
-      ...kind,
-      url: target.url,
-      connections: options.connections,
-      warmupSec: options.warmupSec,
-      durationSec: options.durationSec,
-      expect,
-    });
-
-  function record(key: ScenarioKey, round: number, result: LoadResult, per: 'requests' | 'cycles') {
-    const value = (per === 'cycles' ? result.cycles : result.requests) / result.seconds;
+  /** Loads `target` after a warm-up and records the figure, per request or per cycle. */
+  async function measure(key: ScenarioKey, round: number, target: Target, kind: LoadKind, expect: number[]) {
+    let cpuBefore: number | undefined;
+    const result = await runLoad(
+      {
+        ...kind,
+        url: target.url,
+        connections: options.connections,
+        warmupSec: options.warmupSec,
+        durationSec: options.durationSec,
+        expect,
+      },
+      () => {
+        cpuBefore = target.pid === undefined ? undefined : cpuSecondsOf(target.pid);
+      },
+    );
+    const cpuAfter = target.pid === undefined ? undefined : cpuSecondsOf(target.pid);
+    const per = kind.kind === 'cycle' ? 'cycles' : 'requests';
+    const ops = per === 'cycles' ? result.cycles : result.requests;
+    const value = ops / result.seconds;
+    const cpuMsPerOp =
+      cpuBefore !== undefined && cpuAfter !== undefined && ops > 0 ? ((cpuAfter - cpuBefore) * 1000) / ops : undefined;
     const { p50, p99, max } = result.latencyMs;
-    measurements.push({ key, round, value, p50Ms: p50, p99Ms: p99, maxMs: max, errors: result.errors });
+    measurements.push({ key, round, value, p50Ms: p50, p99Ms: p99, maxMs: max, errors: result.errors, cpuMsPerOp });
     say(`  ${key}: ${Math.round(value)} ${per}/s, p99 ${p99} ms, ${result.errors} errors`);
   }
 
@@ -148,14 +163,15 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     });
     const { p50, p99, max } = result.latencyMs;
     const value = result.cycles / result.seconds;
-    measurements.push({ key, round, value, p50Ms: p50, p99Ms: p99, maxMs: max, errors: result.errors });
+    const cpuMsPerOp = result.cycles > 0 ? result.cpuMs / result.cycles : undefined;
+    measurements.push({ key, round, value, p50Ms: p50, p99Ms: p99, maxMs: max, errors: result.errors, cpuMsPerOp });
     say(`  ${key}: ${Math.round(value)} cycles/s, p99 ${p99.toFixed(1)} ms, ${result.errors} errors`);
   }
 
   async function httpCycle(key: ScenarioKey, round: number, target: Target & { databaseUrl: string }) {
     await clear(target.url);
     await vacuum(target.databaseUrl);
-    record(key, round, await load(target, { kind: 'cycle' }, [200, 201]), 'cycles');
+    await measure(key, round, target, { kind: 'cycle' }, [200, 201]);
     await clear(target.url);
   }
 
@@ -177,7 +193,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       await clear(m.url);
       await hold(m.url, MAIN_POOL);
       await vacuum(m.databaseUrl);
-      record('exhausted', round, await load(m, { kind: 'activate' }, [409]), 'requests');
+      await measure('exhausted', round, m, { kind: 'activate' }, [409]);
       await clear(m.url);
     },
     async list(round) {
@@ -190,12 +206,12 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       for (const kind of ['node', 'express'] as const) {
         const bare = await startBareServer(kind, bodyFile);
         try {
-          record(kind === 'node' ? 'bare-node' : 'bare-express', round, await load(bare, { kind: 'get', path: '/api/tokens' }, [200]), 'requests');
+          await measure(kind === 'node' ? 'bare-node' : 'bare-express', round, bare, { kind: 'get', path: '/api/tokens' }, [200]);
         } finally {
           await bare.stop();
         }
       }
-      record('list', round, await load(m, { kind: 'get', path: '/api/tokens' }, [200]), 'requests');
+      await measure('list', round, m, { kind: 'get', path: '/api/tokens' }, [200]);
       await clear(m.url);
     },
     async reads(round) {
@@ -204,8 +220,8 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       const held = await hold(m.url, HELD_FOR_READS);
       await vacuum(m.databaseUrl);
       const paths = held.map((lease) => `/api/tokens/${lease.tokenId}`);
-      record('token', round, await load(m, { kind: 'get-any', paths }, [200]), 'requests');
-      record('validate', round, await load(m, { kind: 'validate', leases: held }, [200]), 'requests');
+      await measure('token', round, m, { kind: 'get-any', paths }, [200]);
+      await measure('validate', round, m, { kind: 'validate', leases: held }, [200]);
       await clear(m.url);
     },
     async expiry(round) {
@@ -216,18 +232,25 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     },
   };
 
-  async function measureExpiry(target: Target & { databaseUrl: string }, round: number): Promise<Measurement> {
-    const { expiryLeases: leases, expiryTtlMs: ttlMs } = options;
-    const since = await withDatabaseClient(target.databaseUrl, async (c) => (await c.query<{ now: Date }>('SELECT now()')).rows[0]?.now);
-    // Activations spread evenly over one TTL, so expiries are staggered the same way.
+  /**
+   * Grants `count` leases spread evenly over one TTL (so their expiries are staggered the same
+   * way), waits until all have ended, and returns each one's lateness (ended_at - expires_at, by
+   * the database clock) and the activations that failed.
+   */
+  async function expiryBurst(target: Target & { databaseUrl: string }, count: number) {
+    const ttlMs = options.expiryTtlMs;
+    const since = await withDatabaseClient(
+      target.databaseUrl,
+      async (c) => (await c.query<{ now: Date }>('SELECT now()')).rows[0]?.now,
+    );
     const created = await runLoad({
       kind: 'activate',
       url: target.url,
       connections: Math.min(options.connections, 20),
       warmupSec: 0,
       durationSec: 60,
-      amount: leases,
-      overallRate: Math.max(1, Math.round(leases / (ttlMs / 1000))),
+      amount: count,
+      overallRate: Math.max(1, Math.round(count / (ttlMs / 1000))),
       expect: [201],
     });
     const deadline = Date.now() + ttlMs + 15_000;
@@ -248,10 +271,17 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       );
       return rows.map((r) => r.ms);
     });
+    return { lateness, failed: created.errors + (count - lateness.length) };
+  }
+
+  async function measureExpiry(target: Target & { databaseUrl: string }, round: number): Promise<Measurement> {
+    // Warm-up: a tenth of the burst, so that the first use of the worker's connections and
+    // code (a one-off after the process starts) is not counted as lateness.
+    await expiryBurst(target, Math.max(10, Math.round(options.expiryLeases / 10)));
+    const { lateness, failed } = await expiryBurst(target, options.expiryLeases);
     const p50 = percentile(lateness, 0.5);
     const p99 = percentile(lateness, 0.99);
     const max = lateness.at(-1) ?? 0;
-    const errors = created.errors + (leases - lateness.length);
     say(`  expiry: ${lateness.length} leases, p50 ${p50.toFixed(0)} ms, p99 ${p99.toFixed(0)} ms, max ${max.toFixed(0)} ms`);
     return {
       key: 'expiry',
@@ -260,7 +290,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       p50Ms: p50,
       p99Ms: p99,
       maxMs: max,
-      errors,
+      errors: failed,
       samples: lateness.length,
       note: max > EXPIRY_MAX_LATENESS_MS ? 'a lease ended more than 1 s late' : undefined,
     };
@@ -322,6 +352,7 @@ async function startBareServer(kind: 'node' | 'express', bodyFile: string) {
   const [line] = (await once(createInterface({ input: child.stdout }), 'line')) as [string];
   return {
     url: `http://127.0.0.1:${Number(line)}`,
+    pid: child.pid,
     async stop() {
       child.kill('SIGTERM');
       await exited;

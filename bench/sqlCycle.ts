@@ -16,6 +16,8 @@ export interface SqlCycleResult {
   readonly errors: number;
   /** Per statement, as the HTTP runs report per request. */
   readonly latencyMs: { readonly p50: number; readonly p99: number; readonly max: number };
+  /** CPU time this (Node) process spent while measuring; PostgreSQL's is not included. */
+  readonly cpuMs: number;
 }
 
 export async function runSqlCycle(options: {
@@ -72,8 +74,10 @@ export async function runSqlCycle(options: {
     await sleep(options.warmupSec * 1000);
     measuring = true;
     const started = performance.now();
+    const cpuBefore = process.cpuUsage();
     await sleep(options.durationSec * 1000);
     measuring = false;
+    const cpu = process.cpuUsage(cpuBefore);
     const seconds = (performance.now() - started) / 1000;
     stopped = true;
     await Promise.all(loops);
@@ -82,6 +86,7 @@ export async function runSqlCycle(options: {
       seconds,
       cycles,
       errors,
+      cpuMs: (cpu.user + cpu.system) / 1000,
       latencyMs: {
         p50: percentile(latencies, 0.5),
         p99: percentile(latencies, 0.99),

@@ -5,6 +5,11 @@ export function percentile(sorted: readonly number[], q: number): number {
   return sorted[rank] ?? 0;
 }
 
+/** The middle value; the mean of the two middle ones for an even count; 0 when empty. */
 export function median(values: readonly number[]): number {
-  return percentile([...values].sort((a, b) => a - b), 0.5);
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  if (sorted.length === 0) return 0;
+  if (sorted.length % 2 === 1) return sorted[middle] ?? 0;
+  return ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
 }

@@ -75,10 +75,10 @@ export function createListCache(deps: {
       // Requests that find nothing current share one query, as long as nothing changes meanwhile.
       if (loading === undefined || loadingVersion !== version) {
         loadingVersion = version;
-        const current = load(version).finally(() => {
-          if (loading === current) loading = undefined;
+        const started = load(version).finally(() => {
+          if (loading === started) loading = undefined;
         });
-        loading = current;
+        loading = started;
       }
       const shared = await loading;
       // A shared query that began before this request may have seen a lease active that ran out

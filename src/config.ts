@@ -35,6 +35,7 @@ export const envSchema = z
     ),
     POOL_FULL_POLICY: z.enum(['reject', 'evict_oldest']).default('reject'),
     MAX_WAITERS: z.coerce.number().int().min(0).max(100_000).default(1000),
+    LIST_CACHE_MAX_AGE_MS: z.coerce.number().int().min(0).max(60_000).default(250),
     ADMIN_API_KEY: z.preprocess(
       emptyAsUndefined,
       z.string().min(16, 'must be at least 16 characters').optional(),
@@ -70,6 +71,7 @@ export const envSchema = z
     maxLeaseMs: e.MAX_LEASE_MS ?? null,
     poolFullPolicy: e.POOL_FULL_POLICY,
     maxWaiters: e.MAX_WAITERS,
+    listCacheMaxAgeMs: e.LIST_CACHE_MAX_AGE_MS,
     adminApiKey: e.ADMIN_API_KEY,
     logLevel: e.LOG_LEVEL,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,

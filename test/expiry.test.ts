@@ -330,3 +330,27 @@ describe('when Redis fails', () => {
     expect(await metric(t, /^token_lease_sweep_runs_total\{result="ran"\}/)).toBeGreaterThan(before);
   });
 });
+
+describe('a release job under a burst of expiries', () => {
+  it('ends every lease that is due, not only its own, and leaves the others alone', async () => {
+    // ROLE=api: no worker, so only the calls below end leases.
+    const t = await start({ ROLE: 'api', POOL_SIZE: '3', LEASE_TTL_MS: '60000' });
+    const a = await activate(t);
+    const b = await activate(t);
+    const c = await activate(t);
+    await backdate(t.db, 61_000, a.lease_id);
+    await backdate(t.db, 61_000, b.lease_id);
+
+    expect(await t.service.leases.expireLease(a.lease_id)).toMatchObject({ outcome: 'ended' });
+
+    const ended = await usagesOf(t.db, 'ended_at IS NOT NULL');
+    expect(ended.map((u) => [u.id, u.end_reason]).sort()).toEqual(
+      [[a.lease_id, 'expired'], [b.lease_id, 'expired']].sort(),
+    );
+    expect(await metric(t, /^token_lease_leases_ended_total\{reason="expired",by="job"\}/)).toBe(2);
+    // b's own job then finds it ended; c's job, early, is told how long to wait.
+    expect(await t.service.leases.expireLease(b.lease_id)).toEqual({ outcome: 'gone' });
+    expect(await t.service.leases.expireLease(c.lease_id)).toMatchObject({ outcome: 'not_due' });
+    expect(await usagesOf(t.db, 'ended_at IS NULL')).toHaveLength(1);
+  });
+});

@@ -1,33 +1,47 @@
 import pg from 'pg';
 import type { Logger } from '../logger.js';
+import { notify } from './queries.js';
 
 export interface Notifications {
-  /** Calls `listener` on every notification, and after every reconnection (some may be lost). */
-  subscribe(listener: () => void): () => void;
+  /**
+   * Calls `listener` with the payload of every notification on `channel`, and with null after
+   * every reconnection (notifications sent meanwhile may be lost).
+   */
+  subscribe(channel: string, listener: (payload: string | null) => void): () => void;
+  /** Sends a notification on `channel`; rejects while the connection is down. */
+  notify(channel: string, payload: string): Promise<void>;
+  /** True while the connection is up and listening: only then does every notification arrive. */
+  isListening(): boolean;
   close(): Promise<void>;
 }
 
 const RECONNECT_MAX_MS = 5_000;
 
+/** The channels the service uses: the first is fed by triggers (migrations/0002). */
+export const WAITERS_CHANNEL = 'token_lease_waiters';
+export const CHANGES_CHANNEL = 'token_lease_changes';
+
 /**
- * LISTENs on one channel over a dedicated connection (outside the pool), reconnecting with
+ * LISTENs on a few channels over a dedicated connection (outside the pool), reconnecting with
  * backoff. Listeners must not depend on it alone: notifications sent while it reconnects are lost,
  * so it calls them once it is back, and callers keep a periodic re-check as well.
  */
 export function listenForNotifications(options: {
   connectionString: string;
-  channel: string;
+  channels: readonly string[];
   log: Logger;
 }): Notifications {
   const { log } = options;
-  const listeners = new Set<() => void>();
+  const listeners = new Map<string, Set<(payload: string | null) => void>>(
+    options.channels.map((channel) => [channel, new Set()]),
+  );
   let client: pg.Client | undefined;
   let closed = false;
   let attempt = 0;
   let retry: NodeJS.Timeout | undefined;
 
-  const notify = () => {
-    for (const listener of listeners) listener();
+  const dispatch = (channel: string, payload: string | null) => {
+    for (const listener of listeners.get(channel) ?? []) listener(payload);
   };
 
   async function connect(): Promise<void> {
@@ -37,7 +51,7 @@ export function listenForNotifications(options: {
       application_name: 'token-lease-listener',
       keepAlive: true,
     });
-    next.on('notification', notify);
+    next.on('notification', (message) => dispatch(message.channel, message.payload ?? ''));
     next.on('error', (err) => {
       log.warn({ err }, 'notification connection failed');
     });
@@ -49,7 +63,9 @@ export function listenForNotifications(options: {
     });
     try {
       await next.connect();
-      await next.query(`LISTEN ${pg.escapeIdentifier(options.channel)}`);
+      for (const channel of options.channels) {
+        await next.query(`LISTEN ${pg.escapeIdentifier(channel)}`);
+      }
     } catch (err) {
       log.warn({ err, attempt }, 'notification connection could not be opened');
       await next.end().catch(() => undefined);
@@ -65,7 +81,7 @@ export function listenForNotifications(options: {
     client = next;
     if (attempt > 0) log.info('notification connection restored');
     attempt = 0;
-    notify();
+    for (const channel of options.channels) dispatch(channel, null);
   }
 
   function scheduleReconnect(): void {
@@ -78,10 +94,17 @@ export function listenForNotifications(options: {
   void connect();
 
   return {
-    subscribe(listener) {
-      listeners.add(listener);
-      return () => listeners.delete(listener);
+    subscribe(channel, listener) {
+      const set = listeners.get(channel);
+      if (set === undefined) throw new Error(`not listening on ${channel}`);
+      set.add(listener);
+      return () => set.delete(listener);
     },
+    async notify(channel, payload) {
+      if (client === undefined) throw new Error('the notification connection is down');
+      await notify(client, { channel, payload });
+    },
+    isListening: () => client !== undefined,
     async close() {
       closed = true;
       clearTimeout(retry);

@@ -60,7 +60,8 @@ export async function activateLease(
 // ended_at is read from the clock once the token is locked, not from now() (the transaction's
 // start, possibly before the lease was even granted), so that a usage never ends before it
 // started and the token's next lease never starts before it ended (migrations/0003).
-function endLockedLeases(locked: string, reason: string, guard = ''): string {
+// The ended usages are the CTE `ended`.
+function endLockedLeasesWith(locked: string, reason: string, guard = ''): string {
   return `
     WITH locked AS (${locked}),
     ended AS (
@@ -73,7 +74,11 @@ function endLockedLeases(locked: string, reason: string, guard = ''): string {
       UPDATE tokens t SET usage_id = NULL
       FROM ended
       WHERE t.id = ended.token_id AND t.usage_id = ended.id
-    )
+    )`;
+}
+
+function endLockedLeases(locked: string, reason: string, guard = ''): string {
+  return `${endLockedLeasesWith(locked, reason, guard)}
     SELECT * FROM ended`;
 }
 
@@ -83,9 +88,59 @@ const END_LEASE_IF_DUE = endLockedLeases(
   'AND u.expires_at <= now()',
 );
 
+// SKIP LOCKED: a token someone else has locked is being ended or taken right now. `limit` is
+// the parameter that bounds the batch.
+const dueLeases = (limit: string) =>
+  `SELECT t.id, t.usage_id FROM usages u JOIN tokens t ON t.usage_id = u.id
+   WHERE u.ended_at IS NULL AND u.expires_at <= now()
+   ORDER BY u.expires_at
+   LIMIT ${limit}
+   FOR UPDATE OF t SKIP LOCKED`;
+
+const END_DUE_LEASES = endLockedLeases(dueLeases('$1'), `'expired'`, 'AND u.expires_at <= now()');
+
 /** Ends one lease whose time is up; null when it already ended or is not due (renewed). */
 export async function endLeaseIfDue(db: Queryable, leaseId: string): Promise<UsageRow | null> {
   return maybeOne(await query<UsageRow>(db, 'end-lease-if-due', END_LEASE_IF_DUE, [leaseId]));
+}
+
+// A release job ends every lease that is due, its own among them, in one statement: under a
+// burst of expiries the first job to run ends them all, and the jobs queued behind it find their
+// lease already ended, so lateness does not grow with the job backlog. SKIP LOCKED as in the
+// sweep: a token someone else has locked is being ended or taken right now. `own` is the job's
+// lease as it was before this statement (a CTE's changes are invisible to the rest of it).
+const END_DUE_LEASES_WITH = `
+  ${endLockedLeasesWith(dueLeases('$2'), `'expired'`, 'AND u.expires_at <= now()')}
+  SELECT 'ended' AS kind, e.*, NULL::boolean AS due, NULL::int AS remaining_ms FROM ended e
+  UNION ALL
+  SELECT 'own', o.*, o.expires_at <= now(),
+         greatest(0, ceil(extract(epoch FROM o.expires_at - now()) * 1000))::int
+  FROM usages o WHERE o.id = $1`;
+
+export interface OwnLeaseRow extends UsageRow {
+  /** Its time is up (by the database clock, at the statement). */
+  due: boolean;
+  remaining_ms: number;
+}
+
+/**
+ * Ends up to `limit` leases whose time is up, oldest expiry first, and reads `leaseId` as it was
+ * before (null if there is no such lease).
+ */
+export async function endDueLeasesWith(
+  db: Queryable,
+  args: { leaseId: string; limit: number },
+): Promise<{ ended: UsageRow[]; own: OwnLeaseRow | null }> {
+  const rows = await query<OwnLeaseRow & { kind: 'ended' | 'own' }>(
+    db,
+    'end-due-leases-with',
+    END_DUE_LEASES_WITH,
+    [args.leaseId, args.limit],
+  );
+  return {
+    ended: rows.filter((row) => row.kind === 'ended'),
+    own: rows.find((row) => row.kind === 'own') ?? null,
+  };
 }
 
 /** An open lease's expiry and the time left until it, by the database clock; null once ended. */
@@ -129,17 +184,6 @@ export async function listOpenLeases(
     [args.afterTokenId, args.limit],
   );
 }
-
-// SKIP LOCKED: a token someone else has locked is being ended or taken right now.
-const END_DUE_LEASES = endLockedLeases(
-  `SELECT t.id, t.usage_id FROM usages u JOIN tokens t ON t.usage_id = u.id
-   WHERE u.ended_at IS NULL AND u.expires_at <= now()
-   ORDER BY u.expires_at
-   LIMIT $1
-   FOR UPDATE OF t SKIP LOCKED`,
-  `'expired'`,
-  'AND u.expires_at <= now()',
-);
 
 /** Ends up to `limit` leases whose time is up, oldest expiry first. */
 export async function endDueLeases(db: Queryable, limit: number): Promise<UsageRow[]> {
@@ -325,8 +369,21 @@ const TOKEN_COLUMNS = `
   FROM tokens t
   LEFT JOIN usages u ON u.id = t.usage_id AND u.expires_at > now()`;
 
-export async function listTokens(db: Queryable): Promise<TokenRow[]> {
-  return query<TokenRow>(db, 'list-tokens', `${TOKEN_COLUMNS} ORDER BY t.position`);
+export interface ListedTokenRow extends TokenRow {
+  /** Until the lease expires, by the database clock, rounded down; null for a free token. */
+  remaining_ms: number | null;
+}
+
+export async function listTokens(db: Queryable): Promise<ListedTokenRow[]> {
+  return query<ListedTokenRow>(
+    db,
+    'list-tokens',
+    `SELECT t.id, u.id AS lease_id, u.user_id, u.fence, u.started_at, u.expires_at,
+            floor(extract(epoch FROM u.expires_at - now()) * 1000)::float8 AS remaining_ms
+     FROM tokens t
+     LEFT JOIN usages u ON u.id = t.usage_id AND u.expires_at > now()
+     ORDER BY t.position`,
+  );
 }
 
 export async function findToken(db: Queryable, tokenId: string): Promise<TokenRow | null> {
@@ -354,6 +411,11 @@ export async function listUsages(
      LIMIT $3`,
     [args.tokenId, args.beforeFence, args.limit],
   );
+}
+
+/** Sends a notification to every session LISTENing on `channel`, when the transaction commits. */
+export async function notify(db: Queryable, args: { channel: string; payload: string }): Promise<void> {
+  await query(db, 'notify', 'SELECT pg_notify($1, $2)', [args.channel, args.payload]);
 }
 
 export async function ping(db: Queryable): Promise<void> {

@@ -8,6 +8,7 @@ import type { Pool } from '../db/pool.js';
 import * as sql from '../db/queries.js';
 import type { EndReason, UsageRow } from '../db/queries.js';
 import { withTransaction } from '../db/tx.js';
+import type { LeaseChanges } from './changes.js';
 import { ClientGoneError, type WaitingRoom } from './waiting.js';
 
 export type { EndReason };
@@ -39,6 +40,15 @@ export type ExpireOutcome =
   | { readonly outcome: 'not_due'; readonly expiresAt: Date; readonly remainingMs: number }
   | { readonly outcome: 'gone' };
 
+export interface TokenList {
+  readonly tokens: TokenState[];
+  /**
+   * Time until the earliest of these leases runs out, by the database clock, rounded down: the
+   * list changes by itself then. Null when no token is leased.
+   */
+  readonly nextExpiryInMs: number | null;
+}
+
 export interface HistoryPage {
   readonly tokenId: string;
   readonly usages: Usage[];
@@ -64,6 +74,8 @@ export interface LeasesDeps {
   readonly scheduler?: ReleaseScheduler | undefined;
   /** Where activations with a wait go when the pool is full; without it they are refused. */
   readonly waitingRoom?: WaitingRoom | undefined;
+  /** Told of every change to what the token list shows, before the request that made it is answered. */
+  readonly changes?: Pick<LeaseChanges, 'changed'> | undefined;
 }
 
 export type Validation =
@@ -90,9 +102,12 @@ const INVALID_REASONS: Record<EndReason, InvalidReason> = {
 const SWEEP_BATCH = 1_000;
 // A renewal that keeps losing the race with activations of the same user answers 409 conflict.
 const RENEW_ATTEMPTS = 3;
+/** Leases one release job ends at most, besides its own. */
+const EXPIRY_BATCH = 1_000;
 
 export function createLeases(deps: LeasesDeps) {
   const { pool, log, metrics } = deps;
+  const changed = () => deps.changes?.changed();
 
   function countEnded(usages: readonly UsageRow[], by: string): void {
     for (const usage of usages) {
@@ -138,6 +153,7 @@ export function createLeases(deps: LeasesDeps) {
       log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
     }
     if (row.outcome === 'created') {
+      changed();
       deps.scheduler?.scheduleRelease(lease, deps.leaseTtlMs);
       if (options.signal?.aborted === true) {
         // The waiting client left as its lease was granted: give the token straight back.
@@ -155,6 +171,7 @@ export function createLeases(deps: LeasesDeps) {
   async function release(tokenId: string, userId: string): Promise<Usage> {
     const ended = await sql.releaseLease(pool, { tokenId, userId });
     if (ended !== null) {
+      changed();
       countEnded([ended], 'release');
       if (ended.end_reason === 'released') return toUsage(ended);
       throw notHolder('expired');
@@ -177,6 +194,7 @@ export function createLeases(deps: LeasesDeps) {
         maxLeaseMs: deps.maxLeaseMs ?? null,
       });
       if (renewed !== null) {
+        changed();
         const lease = toLease(renewed);
         deps.scheduler?.scheduleRelease(lease, renewed.remaining_ms);
         return lease;
@@ -235,9 +253,15 @@ export function createLeases(deps: LeasesDeps) {
     return latest;
   }
 
-  async function listTokens(): Promise<TokenState[]> {
+  async function listTokens(): Promise<TokenList> {
     const rows = await sql.listTokens(pool);
-    return rows.map(toTokenState);
+    let nextExpiryInMs: number | null = null;
+    for (const row of rows) {
+      if (row.remaining_ms !== null && (nextExpiryInMs === null || row.remaining_ms < nextExpiryInMs)) {
+        nextExpiryInMs = row.remaining_ms;
+      }
+    }
+    return { tokens: rows.map(toTokenState), nextExpiryInMs };
   }
 
   async function getToken(tokenId: string): Promise<TokenState> {
@@ -267,6 +291,7 @@ export function createLeases(deps: LeasesDeps) {
   /** Ends every open lease; those already past their expiry end as expired, not cleared. */
   async function clear(): Promise<{ cleared: number; expired: number }> {
     const ended = await sql.clearLeases(pool);
+    if (ended.length > 0) changed();
     countEnded(ended, 'clear');
     const cleared = ended.filter((u) => u.end_reason === 'cleared').length;
     log.info({ cleared, expired: ended.length - cleared }, 'leases cleared');
@@ -274,12 +299,26 @@ export function createLeases(deps: LeasesDeps) {
   }
 
   /**
-   * The release job's work: ends the lease if it is still open and due. A duplicate, retried or
-   * late job, or one for a lease that was released, cleared or evicted, changes nothing
-   * (`gone`). A lease that is open but not due yet (renewed, or the job ran early by the
-   * database clock) answers `not_due` with the time left, so the job can wait that long.
+   * The release job's work: ends the lease if it is still open and due, and with it every other
+   * lease that is due (see endDueLeasesWith). A duplicate, retried or late job, or one for a
+   * lease that was released, cleared, evicted or already ended by another job, changes nothing
+   * of its own (`gone`). A lease that is open but not due yet (renewed, or the job ran early by
+   * the database clock) answers `not_due` with the time left, so the job can wait that long.
    */
   async function expireLease(leaseId: string): Promise<ExpireOutcome> {
+    const { ended, own } = await sql.endDueLeasesWith(pool, { leaseId, limit: EXPIRY_BATCH });
+    countEnded(ended, 'job');
+    if (ended.length > 1) log.debug({ leaseId, ended: ended.length }, 'due leases ended by one release job');
+    const mine = ended.find((usage) => usage.id === leaseId);
+    if (mine !== undefined) return { outcome: 'ended', usage: toUsage(mine) };
+    if (own === null || own.ended_at !== null) return { outcome: 'gone' };
+    if (!own.due) return { outcome: 'not_due', expiresAt: own.expires_at, remainingMs: own.remaining_ms };
+    // Due, but its token was locked by someone else (who is ending or taking it right now), or
+    // beyond this batch: end it on its own, waiting for the lock, as before.
+    return expireOneLease(leaseId);
+  }
+
+  async function expireOneLease(leaseId: string): Promise<ExpireOutcome> {
     const ended = await sql.endLeaseIfDue(pool, leaseId);
     if (ended !== null) {
       countEnded([ended], 'job');
@@ -328,7 +367,10 @@ export function createLeases(deps: LeasesDeps) {
       await sql.lockPoolSeeding(tx);
       return sql.topUpPool(tx, size);
     });
-    if (created > 0) log.info({ created, size }, 'token pool topped up');
+    if (created > 0) {
+      changed();
+      log.info({ created, size }, 'token pool topped up');
+    }
     return created;
   }
 

@@ -1,11 +1,14 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { performance } from 'node:perf_hooks';
 import express, { type Express, type RequestHandler } from 'express';
+import type { LeaseChanges } from '../domain/changes.js';
 import type { Leases } from '../domain/leases.js';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { openApiDocument } from './contract.js';
+import { LIST_MAX_AGE_MS } from './listCache.js';
 import { errorHandler, methodNotAllowed, notFound } from './errors.js';
 import { tokenRoutes } from './routes.js';
 
@@ -18,10 +21,12 @@ export interface AppDeps {
   readonly serveApi?: boolean;
   /** Reports Redis for /readyz; absent when this process does not use Redis. */
   readonly redisPing?: (() => Promise<void>) | undefined;
+  /** Lets GET /api/tokens answer from memory while nothing has changed; absent: never cached. */
+  readonly changes?: Pick<LeaseChanges, 'version' | 'isHeard'> | undefined;
+  /** How long GET /api/tokens may be answered from memory at most; 0: never (no cache). */
+  readonly listCacheMaxAgeMs?: number;
 }
 
-const BODY_LIMIT = '16kb';
-const JSON_TYPES = ['application/json', 'application/*+json'];
 const READY_CHECK_TIMEOUT_MS = 1_000;
 
 /** Builds the HTTP app; it does not listen (main/ does, tests use supertest). */
@@ -32,9 +37,6 @@ export function createApp(deps: AppDeps): Express {
   app.set('etag', false);
 
   app.use(observe(log, metrics));
-  app.use(requireJsonBody);
-  // strict: false lets valid JSON that is not an object reach zod, which names the problem (422).
-  app.use(express.json({ limit: BODY_LIMIT, strict: false, type: JSON_TYPES }));
 
   app
     .route('/healthz')
@@ -76,7 +78,12 @@ export function createApp(deps: AppDeps): Express {
         res.type('application/json').send(openApi);
       })
       .all(methodNotAllowed(['GET']));
-    app.use(tokenRoutes({ leases: deps.leases, adminApiKey: deps.adminApiKey }));
+    tokenRoutes(app, {
+      leases: deps.leases,
+      adminApiKey: deps.adminApiKey,
+      changes: deps.changes,
+      listCacheMaxAgeMs: deps.listCacheMaxAgeMs ?? LIST_MAX_AGE_MS,
+    });
   }
   app.use(notFound);
   app.use(errorHandler(log));
@@ -101,34 +108,36 @@ async function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
   }
 }
 
-/** A body that is not JSON gets a 415 rather than being ignored and reported as missing fields. */
-const requireJsonBody: RequestHandler = (req, _res, next) => {
-  const length = req.headers['content-length'];
-  const hasBody =
-    req.headers['transfer-encoding'] !== undefined || (length !== undefined && length !== '0');
-  if (hasBody && req.is(JSON_TYPES) === false) {
-    throw new AppError('unsupported_media_type', 415, 'send the body as application/json');
-  }
-  next();
-};
-
-/** Request ids, the duration histogram and one log line per request (4xx info, 5xx error). */
+/**
+ * Request ids, the duration histogram and one log line per request (4xx info, 5xx error). It runs
+ * on every request, so it keeps to plain Node calls (performance.now, setHeader) and one
+ * histogram child per (method, route, status): prom-client would otherwise hash the label set on
+ * every observation.
+ */
 function observe(log: Logger, metrics: Metrics): RequestHandler {
+  const durations = new Map<string, Observer>();
+  const durationOf = (method: string, route: string, status: number): Observer => {
+    const key = `${method} ${status} ${route}`;
+    let child = durations.get(key);
+    if (child === undefined) {
+      child = metrics.httpDuration.labels({ method, route, status });
+      durations.set(key, child);
+    }
+    return child;
+  };
   return (req, res, next) => {
-    const started = process.hrtime.bigint();
-    const reqId = req.get('x-request-id') ?? randomUUID();
-    res.set('X-Request-Id', reqId);
+    const started = performance.now();
+    const given = req.headers['x-request-id'];
+    const reqId = typeof given === 'string' ? given : randomUUID();
+    res.setHeader('X-Request-Id', reqId);
     res.on('finish', () => {
-      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      const ms = performance.now() - started;
       const routePath = (req.route as { path?: unknown } | undefined)?.path;
       const route = typeof routePath === 'string' ? routePath : 'unmatched';
-      metrics.httpDuration.observe({ method: req.method, route, status: res.statusCode }, seconds);
+      durationOf(req.method, route, res.statusCode).observe(ms / 1e3);
       const level = res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'info' : 'debug';
       if (log.isLevelEnabled(level)) {
-        log[level](
-          { reqId, method: req.method, url: req.originalUrl, status: res.statusCode, ms: seconds * 1e3 },
-          'request',
-        );
+        log[level]({ reqId, method: req.method, url: req.originalUrl, status: res.statusCode, ms }, 'request');
       }
     });
     next();
@@ -140,4 +149,8 @@ function packageVersion(): string {
   const text = readFileSync(new URL('../../package.json', import.meta.url), 'utf8');
   const { version } = JSON.parse(text) as { version?: unknown };
   return typeof version === 'string' ? version : '0.0.0';
+}
+
+interface Observer {
+  observe(value: number): void;
 }

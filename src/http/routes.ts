@@ -1,7 +1,9 @@
-import { Router } from 'express';
+import type { Express } from 'express';
+import type { LeaseChanges } from '../domain/changes.js';
 import type { Lease, Leases, TokenState, Usage } from '../domain/leases.js';
 import { NotFoundError } from '../errors.js';
 import { requireAdmin } from './auth.js';
+import { parseJsonBody, requireJsonBody } from './body.js';
 import type {
   HistoryJson,
   LeaseJson,
@@ -12,6 +14,7 @@ import type {
   ValidationJson,
 } from './contract.js';
 import { methodNotAllowed } from './errors.js';
+import { createListCache } from './listCache.js';
 import {
   activateQuery,
   encodeCursor,
@@ -66,21 +69,44 @@ function parseTokenId(raw: unknown): string {
   return parsed.data;
 }
 
-export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefined }): Router {
+const JSON_TYPE = 'application/json; charset=utf-8';
+
+/** Adds the token API's routes to the app itself: a nested router costs every request a second walk. */
+export function tokenRoutes(
+  router: Pick<Express, 'route'>,
+  deps: {
+    leases: Leases;
+    adminApiKey: string | undefined;
+    changes?: Pick<LeaseChanges, 'version' | 'isHeard'> | undefined;
+    listCacheMaxAgeMs: number;
+  },
+): void {
   const { leases } = deps;
-  const router = Router();
+
+  const list = createListCache({
+    // Without a maximum age there is no cache: every request reads the pool.
+    changes: deps.listCacheMaxAgeMs > 0 ? deps.changes : undefined,
+    maxAgeMs: deps.listCacheMaxAgeMs,
+    async load() {
+      const { tokens, nextExpiryInMs } = await leases.listTokens();
+      return { body: Buffer.from(JSON.stringify({ data: tokens.map(tokenJson) })), validForMs: nextExpiryInMs };
+    },
+  });
 
   router
     .route('/api/tokens')
-    .get(async (_req, res) => {
-      const tokens = await leases.listTokens();
-      res.json({ data: tokens.map(tokenJson) });
+    // Not async: a current answer is sent without a promise or a turn of the microtask queue.
+    .get((_req, res, next) => {
+      const send = (body: Buffer) => res.setHeader('Content-Type', JSON_TYPE).send(body);
+      const body = list.current();
+      if (body !== undefined) send(body);
+      else list.get().then(send, next);
     })
     .all(methodNotAllowed(['GET']));
 
   router
     .route('/api/tokens/activate')
-    .post(async (req, res) => {
+    .post(requireJsonBody, parseJsonBody, async (req, res) => {
       const body = parse(userBody, req.body, 'body');
       const { waitMs } = parse(activateQuery, req.query, 'query');
       // A waiting client that disconnects gives up its place in the queue.
@@ -99,7 +125,7 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
 
   router
     .route('/api/tokens/clear')
-    .post(requireAdmin(deps.adminApiKey), async (_req, res) => {
+    .post(requireJsonBody, parseJsonBody, requireAdmin(deps.adminApiKey), async (_req, res) => {
       const { cleared } = await leases.clear();
       res.json({ data: { cleared_tokens: cleared } });
     })
@@ -147,7 +173,7 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
 
   router
     .route('/api/tokens/:id/release')
-    .post(async (req, res) => {
+    .post(requireJsonBody, parseJsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(userBody, req.body, 'body');
       const usage = await leases.release(id, body.user_id);
@@ -158,7 +184,7 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
 
   router
     .route('/api/tokens/:id/renew')
-    .post(async (req, res) => {
+    .post(requireJsonBody, parseJsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(userBody, req.body, 'body');
       const lease = await leases.renew(id, body.user_id);
@@ -168,7 +194,7 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
 
   router
     .route('/api/tokens/:id/validate')
-    .post(async (req, res) => {
+    .post(requireJsonBody, parseJsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(validateBody, req.body, 'body');
       const result = await leases.validate(id, body.user_id, body.fence);
@@ -179,5 +205,4 @@ export function tokenRoutes(deps: { leases: Leases; adminApiKey: string | undefi
     })
     .all(methodNotAllowed(['POST']));
 
-  return router;
 }

@@ -1,7 +1,9 @@
 import type { Config } from '../config.js';
 import { ensureDatabase, migrate } from '../db/migrate.js';
 import { createPool } from '../db/pool.js';
-import { listenForNotifications } from '../db/notifications.js';
+import { randomUUID } from 'node:crypto';
+import { CHANGES_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
+import { createLeaseChanges, type LeaseChanges } from '../domain/changes.js';
 import { createLeases, type Leases } from '../domain/leases.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { createApp } from '../http/app.js';
@@ -58,16 +60,32 @@ export async function startService(config: Config, log: Logger): Promise<Service
     });
     shutdown.add('release queue', () => releases.close());
 
-    // Waiting clients are woken through LISTEN/NOTIFY, on a connection of its own.
+    // API processes hear of freed tokens (for waiting clients) and of each other's changes (for
+    // the cached token list) through LISTEN/NOTIFY, on a connection of their own.
     let waitingRoom: WaitingRoom | undefined;
-    if (config.role !== 'worker' && config.maxWaiters > 0) {
-      const wakeUps = listenForNotifications({
+    let changes: LeaseChanges | undefined;
+    if (config.role !== 'worker') {
+      const notifications = listenForNotifications({
         connectionString: config.databaseUrl,
-        channel: 'token_lease_waiters',
+        channels: [WAITERS_CHANNEL, CHANGES_CHANNEL],
         log,
       });
-      shutdown.add('notification connection', () => wakeUps.close());
-      waitingRoom = createWaitingRoom({ pool, wakeUps, maxWaiters: config.maxWaiters, log });
+      shutdown.add('notification connection', () => notifications.close());
+      const announced = createLeaseChanges({
+        channel: {
+          subscribe: (listener) => notifications.subscribe(CHANGES_CHANNEL, listener),
+          publish: (payload) => notifications.notify(CHANGES_CHANNEL, payload),
+          isListening: () => notifications.isListening(),
+        },
+        processId: randomUUID(),
+        log,
+      });
+      shutdown.add('change announcements', () => announced.close());
+      changes = announced;
+      if (config.maxWaiters > 0) {
+        const wakeUps = { subscribe: (wake: () => void) => notifications.subscribe(WAITERS_CHANNEL, () => wake()) };
+        waitingRoom = createWaitingRoom({ pool, wakeUps, maxWaiters: config.maxWaiters, log });
+      }
     }
 
     const leases = createLeases({
@@ -79,6 +97,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       metrics,
       scheduler: releases,
       waitingRoom,
+      changes,
     });
     await leases.seedPool(config.poolSize);
 
@@ -123,6 +142,8 @@ export async function startService(config: Config, log: Logger): Promise<Service
       adminApiKey: config.adminApiKey,
       serveApi: config.role !== 'worker',
       redisPing: () => releases.ping(),
+      changes,
+      listCacheMaxAgeMs: config.listCacheMaxAgeMs,
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());

@@ -1,0 +1,109 @@
+import { spawnSync } from 'node:child_process';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { benchmark } from './bench.js';
+import { dropBenchDatabases, deleteRedisKeys, root } from './env.js';
+import { GROUPS, type Group } from './scenarios.js';
+
+// npm run bench [-- options]: see --help.
+
+const HELP = `Usage: npm run bench -- [options]
+
+  --only GROUPS       comma-separated, from: ${GROUPS.join(', ')} (default: all)
+  --rounds N          times each scenario and its baseline run, alternating (default 3)
+  --duration S        seconds measured per scenario and round (default 5)
+  --warmup S          seconds of unmeasured load before each measurement (default 1)
+  --connections N     HTTP connections, and raw SQL concurrency (default 50)
+  --large-pool N      tokens in the large pool (default 1000000)
+  --expiry-leases N   leases in the expiry scenario (default 2000)
+  --entry dist|src    run the compiled build (default; built first) or the sources via tsx
+  --json FILE         where to write every measurement (default bench/results/<run>.json)
+
+Environment: BENCH_DATABASE_URL (any database on the PostgreSQL server to use; default
+postgres://postgres@127.0.0.1:5432/postgres), BENCH_REDIS_URL (default redis://127.0.0.1:6379).
+Creates databases tl_bench_<run>_* and Redis keys tl-bench-<run>-*, and removes them at the end.
+`;
+
+const { values } = parseArgs({
+  options: {
+    only: { type: 'string' },
+    rounds: { type: 'string', default: '3' },
+    duration: { type: 'string', default: '5' },
+    warmup: { type: 'string', default: '1' },
+    connections: { type: 'string', default: '50' },
+    'large-pool': { type: 'string', default: '1000000' },
+    'expiry-leases': { type: 'string', default: '2000' },
+    entry: { type: 'string', default: 'dist' },
+    json: { type: 'string' },
+    help: { type: 'boolean', default: false },
+  },
+});
+
+if (values.help) {
+  process.stdout.write(HELP);
+  process.exit(0);
+}
+
+function positive(name: string, raw: string): number {
+  const n = Number(raw);
+  if (!Number.isFinite(n) || n <= 0) {
+    process.stderr.write(`--${name} must be a positive number\n${HELP}`);
+    process.exit(2);
+  }
+  return n;
+}
+
+const groups = (values.only?.split(',') ?? [...GROUPS]).map((g) => g.trim());
+const unknown = groups.filter((g) => !(GROUPS as readonly string[]).includes(g));
+if (unknown.length > 0 || (values.entry !== 'dist' && values.entry !== 'src')) {
+  process.stderr.write(`unknown group or entry: ${[...unknown, values.entry].join(', ')}\n${HELP}`);
+  process.exit(2);
+}
+
+if (values.entry === 'dist') {
+  const tsc = createRequire(import.meta.url).resolve('typescript/bin/tsc');
+  const build = spawnSync(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: root, stdio: 'inherit' });
+  if (build.status !== 0) process.exit(1);
+}
+
+const runId = `${Date.now().toString(36)}${process.pid.toString(36)}`;
+const databaseServerUrl = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
+const redisUrl = process.env.BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const databasePrefix = `tl_bench_${runId}_`;
+const redisPrefix = `tl-bench-${runId}`;
+const resultsDir = join(root, 'bench', 'results');
+mkdirSync(resultsDir, { recursive: true });
+
+// Ctrl-C reaches the services too (same process group) and they shut down; what they leave
+// behind is removed here.
+process.once('SIGINT', () => {
+  process.stderr.write('interrupted: removing the run\'s databases and Redis keys\n');
+  void Promise.allSettled([
+    dropBenchDatabases(databaseServerUrl, databasePrefix),
+    deleteRedisKeys(redisUrl, `${redisPrefix}-*`),
+  ]).then(() => process.exit(130));
+});
+
+const report = await benchmark({
+  groups: groups as Group[],
+  rounds: positive('rounds', values.rounds),
+  durationSec: positive('duration', values.duration),
+  warmupSec: Number(values.warmup),
+  connections: positive('connections', values.connections),
+  largePool: positive('large-pool', values['large-pool']),
+  expiryLeases: positive('expiry-leases', values['expiry-leases']),
+  expiryTtlMs: 2_000,
+  entry: values.entry,
+  databaseServerUrl,
+  redisUrl,
+  databasePrefix,
+  redisPrefix,
+  workDir: join(resultsDir, runId),
+  progress: (line) => process.stderr.write(`${line}\n`),
+});
+
+const jsonFile = values.json ?? join(resultsDir, `${runId}.json`);
+writeFileSync(jsonFile, `${JSON.stringify(report, null, 2)}\n`);
+process.stdout.write(`${report.text}\n\nmeasurements: ${jsonFile}\n`);

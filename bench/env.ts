@@ -1,0 +1,209 @@
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { closeSync, openSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { fileURLToPath } from 'node:url';
+import { Redis } from 'ioredis';
+import pg from 'pg';
+import { migrate } from '../src/db/migrate.js';
+import { createLogger } from '../src/logger.js';
+
+// What the bench runs against: its own databases on the shared PostgreSQL server, its own Redis
+// key prefix, and the service as a separate OS process started the way `npm start` starts it.
+
+export const root = fileURLToPath(new URL('..', import.meta.url));
+
+export const BENCH_ADMIN_KEY = 'bench-admin-key-0123456789';
+
+export function withDatabase(serverUrl: string, name: string): string {
+  const url = new URL(serverUrl);
+  url.pathname = `/${name}`;
+  return url.toString();
+}
+
+async function withAdmin<T>(serverUrl: string, work: (admin: pg.Client) => Promise<T>): Promise<T> {
+  const admin = new pg.Client({ connectionString: withDatabase(serverUrl, 'postgres') });
+  await admin.connect();
+  try {
+    return await work(admin);
+  } finally {
+    await admin.end();
+  }
+}
+
+/** Creates and migrates a database of its own; the service then finds it ready. */
+export async function createBenchDatabase(serverUrl: string, name: string): Promise<string> {
+  await withAdmin(serverUrl, (admin) => admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`));
+  const url = withDatabase(serverUrl, name);
+  await migrate(url, createLogger({ level: 'warn' }));
+  return url;
+}
+
+export async function dropBenchDatabases(serverUrl: string, prefix: string): Promise<void> {
+  await withAdmin(serverUrl, async (admin) => {
+    const { rows } = await admin.query<{ datname: string }>(
+      'SELECT datname FROM pg_database WHERE starts_with(datname, $1)',
+      [prefix],
+    );
+    for (const { datname } of rows) {
+      await admin.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(datname)} WITH (FORCE)`);
+    }
+  });
+}
+
+/** Runs statements on a database outside the service (seeding, VACUUM, reading rows back). */
+export async function withDatabaseClient<T>(url: string, work: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return await work(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * Autovacuum may be off (it is on the CI machines), and a cycle run leaves thousands of dead
+ * token versions at the head of the free-token index: every run starts from a vacuumed table.
+ */
+export async function vacuum(url: string): Promise<void> {
+  await withDatabaseClient(url, async (client) => {
+    await client.query('VACUUM (ANALYZE) tokens, usages, waiters');
+  });
+}
+
+/** Deletes every key matching `pattern` (a SCAN MATCH pattern). */
+export async function deleteRedisKeys(redisUrl: string, pattern: string): Promise<void> {
+  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
+  try {
+    let cursor = '0';
+    do {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
+      cursor = next;
+      if (keys.length > 0) await redis.unlink(...keys);
+    } while (cursor !== '0');
+  } finally {
+    redis.disconnect();
+  }
+}
+
+/** A port that was free a moment ago, for a child that must be told its port up front. */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const address = server.address();
+  const port = typeof address === 'object' && address !== null ? address.port : 0;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Resident set size of another process, in bytes (Linux /proc, else ps). */
+export function rssOf(pid: number): number {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const kb = /^VmRSS:\s+(\d+) kB/m.exec(status)?.[1];
+    if (kb !== undefined) return Number(kb) * 1024;
+  } catch {
+    // not Linux: fall through to ps
+  }
+  return Number(execFileSync('ps', ['-o', 'rss=', '-p', String(pid)]).toString().trim()) * 1024;
+}
+
+/**
+ * CPU time (user + system) another process has used, in seconds; undefined where /proc is not
+ * available. Per operation it is a steadier figure than a rate on a shared machine: other work
+ * slows a process down but hardly changes what each request costs it.
+ */
+export function cpuSecondsOf(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // Fields after the command name (which may contain spaces) start at state; utime and stime
+    // are the 14th and 15th fields of the line, in clock ticks (100 a second on Linux).
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return undefined;
+  }
+}
+
+export interface ServiceProcess {
+  readonly url: string;
+  readonly pid: number;
+  rss(): number;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts the service: `dist` runs the compiled build exactly as `npm start` does (the bench
+ * builds it first); `src` runs the TypeScript sources through tsx (the smoke test, no build).
+ * Its log goes to `logFile`, as a production log would go to a file or a collector.
+ */
+export async function startServiceProcess(options: {
+  entry: 'dist' | 'src';
+  env: Record<string, string>;
+  logFile: string;
+}): Promise<ServiceProcess> {
+  const port = await freePort();
+  const args =
+    options.entry === 'dist'
+      ? [fileURLToPath(new URL('../dist/main/index.js', import.meta.url))]
+      : ['--import', 'tsx', fileURLToPath(new URL('../src/main/index.ts', import.meta.url))];
+  const log = openSync(options.logFile, 'a');
+  let child: ChildProcess;
+  try {
+    child = spawn(process.execPath, args, {
+      cwd: root,
+      env: {
+        PATH: process.env.PATH ?? '',
+        NODE_ENV: 'production',
+        HOST: '127.0.0.1',
+        PORT: String(port),
+        ADMIN_API_KEY: BENCH_ADMIN_KEY,
+        ...options.env,
+      },
+      stdio: ['ignore', log, log],
+    });
+  } finally {
+    closeSync(log);
+  }
+  const exited = once(child, 'exit');
+  const url = `http://127.0.0.1:${port}`;
+  await waitUntilHealthy(url, child, options.logFile);
+  const pid = child.pid ?? 0;
+  return {
+    url,
+    pid,
+    rss: () => rssOf(pid),
+    async stop() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+      try {
+        await exited;
+      } finally {
+        clearTimeout(timer);
+      }
+    },
+  };
+}
+
+async function waitUntilHealthy(url: string, child: ChildProcess, logFile: string): Promise<void> {
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    if (child.exitCode !== null) {
+      throw new Error(`the service exited with ${child.exitCode} at start; see ${logFile}`);
+    }
+    try {
+      const res = await fetch(`${url}/readyz`);
+      if (res.ok) return;
+    } catch {
+      // not listening yet
+    }
+    if (Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new Error(`the service did not become ready within 60 s; see ${logFile}`);
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}

@@ -1,0 +1,361 @@
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import {
+  BENCH_ADMIN_KEY,
+  cpuSecondsOf,
+  createBenchDatabase,
+  deleteRedisKeys,
+  dropBenchDatabases,
+  root,
+  startServiceProcess,
+  vacuum,
+  withDatabaseClient,
+  type ServiceProcess,
+} from './env.js';
+import { runLoad, type LoadKind } from './load.js';
+import { EXPIRY_MAX_LATENESS_MS, type Group, type ScenarioKey } from './scenarios.js';
+import { runSqlCycle } from './sqlCycle.js';
+import { percentile } from './stats.js';
+
+// Runs the selected groups, round after round (so that a baseline and the scenario compared with
+// it are measured minutes, not hours, apart, and a noisy moment hits both), and returns every
+// measurement. Each group prepares the state it needs before each of its runs.
+
+export interface BenchOptions {
+  readonly groups: readonly Group[];
+  readonly rounds: number;
+  readonly warmupSec: number;
+  readonly durationSec: number;
+  readonly connections: number;
+  readonly largePool: number;
+  readonly expiryLeases: number;
+  readonly expiryTtlMs: number;
+  readonly entry: 'dist' | 'src';
+  /** Any database on the PostgreSQL server to use. */
+  readonly databaseServerUrl: string;
+  readonly redisUrl: string;
+  /** Every database the run creates starts with this, and is dropped at the end. */
+  readonly databasePrefix: string;
+  /** Every Redis key the run's services write starts with this, and is deleted at the end. */
+  readonly redisPrefix: string;
+  /** Service logs and captured bodies go here. */
+  readonly workDir: string;
+  readonly progress: (line: string) => void;
+}
+
+export interface Measurement {
+  readonly key: ScenarioKey;
+  readonly round: number;
+  /** Per second (cycles or requests), or ms for expiry, or bytes for rss. */
+  readonly value: number;
+  readonly p50Ms?: number;
+  readonly p99Ms?: number;
+  readonly maxMs?: number;
+  readonly errors: number;
+  /** CPU time the process under test spent per operation (Linux only). */
+  readonly cpuMsPerOp?: number;
+  readonly samples?: number;
+  readonly note?: string;
+}
+
+/** The service's pool settings, which the raw SQL baseline copies. */
+export const SERVICE_POOL_MAX = 10;
+const MAIN_POOL = 100;
+// No release job may fall due during the run: thousands of them firing at once would load the
+// machine in the middle of another scenario. Expiry is measured on a service of its own.
+const LONG_TTL_MS = 3_600_000;
+const HELD_FOR_READS = 50;
+
+interface Target {
+  readonly url: string;
+  /** The process that serves it, for its CPU time. */
+  readonly pid?: number | undefined;
+}
+
+export async function runBench(options: BenchOptions): Promise<Measurement[]> {
+  const measurements: Measurement[] = [];
+  const services: ServiceProcess[] = [];
+  const say = options.progress;
+  mkdirSync(options.workDir, { recursive: true });
+
+  async function startTarget(
+    name: string,
+    env: Record<string, string>,
+    setup?: (databaseUrl: string) => Promise<void>,
+  ): Promise<Target & { databaseUrl: string; service: ServiceProcess }> {
+    const databaseUrl = await createBenchDatabase(options.databaseServerUrl, `${options.databasePrefix}${name}`);
+    await setup?.(databaseUrl);
+    const service = await startServiceProcess({
+      entry: options.entry,
+      logFile: join(options.workDir, `service-${name}.log`),
+      env: {
+        DATABASE_URL: databaseUrl,
+        DATABASE_POOL_MAX: String(SERVICE_POOL_MAX),
+        REDIS_URL: options.redisUrl,
+        REDIS_PREFIX: `${options.redisPrefix}-${name}`,
+        ROLE: 'all',
+        ...env,
+      },
+    });
+    services.push(service);
+    return { databaseUrl, url: service.url, pid: service.pid, service };
+  }
+
+  const lazily = <T>(make: () => Promise<T>) => {
+    let made: Promise<T> | undefined;
+    return () => (made ??= make());
+  };
+  const main = lazily(() => startTarget('main', { POOL_SIZE: String(MAIN_POOL), LEASE_TTL_MS: String(LONG_TTL_MS) }));
+  const large = lazily(() =>
+    startTarget('large', { POOL_SIZE: String(options.largePool), LEASE_TTL_MS: String(LONG_TTL_MS) }, async (url) => {
+      say(`seeding ${options.largePool} tokens`);
+      await withDatabaseClient(url, (client) =>
+        client.query('INSERT INTO tokens (created_at) SELECT now() FROM generate_series(1, $1::int)', [
+          options.largePool,
+        ]),
+      );
+    }),
+  );
+  const expiry = lazily(() =>
+    startTarget('expiry', { POOL_SIZE: String(options.expiryLeases), LEASE_TTL_MS: String(options.expiryTtlMs) }),
+  );
+
+  /** Loads `target` after a warm-up and records the figure, per request or per cycle. */
+  async function measure(key: ScenarioKey, round: number, target: Target, kind: LoadKind, expect: number[]) {
+    let cpuBefore: number | undefined;
+    const result = await runLoad(
+      {
+        ...kind,
+        url: target.url,
+        connections: options.connections,
+        warmupSec: options.warmupSec,
+        durationSec: options.durationSec,
+        expect,
+      },
+      () => {
+        cpuBefore = target.pid === undefined ? undefined : cpuSecondsOf(target.pid);
+      },
+    );
+    const cpuAfter = target.pid === undefined ? undefined : cpuSecondsOf(target.pid);
+    const per = kind.kind === 'cycle' ? 'cycles' : 'requests';
+    const ops = per === 'cycles' ? result.cycles : result.requests;
+    const value = ops / result.seconds;
+    const cpuMsPerOp =
+      cpuBefore !== undefined && cpuAfter !== undefined && ops > 0 ? ((cpuAfter - cpuBefore) * 1000) / ops : undefined;
+    const { p50, p99, max } = result.latencyMs;
+    measurements.push({ key, round, value, p50Ms: p50, p99Ms: p99, maxMs: max, errors: result.errors, cpuMsPerOp });
+    say(`  ${key}: ${Math.round(value)} ${per}/s, p99 ${p99} ms, ${result.errors} errors`);
+  }
+
+  async function sqlCycle(key: ScenarioKey, round: number, databaseUrl: string) {
+    await vacuum(databaseUrl);
+    const result = await runSqlCycle({
+      databaseUrl,
+      poolMax: SERVICE_POOL_MAX,
+      concurrency: options.connections,
+      warmupSec: options.warmupSec,
+      durationSec: options.durationSec,
+      leaseTtlMs: LONG_TTL_MS,
+    });
+    const { p50, p99, max } = result.latencyMs;
+    const value = result.cycles / result.seconds;
+    const cpuMsPerOp = result.cycles > 0 ? result.cpuMs / result.cycles : undefined;
+    measurements.push({ key, round, value, p50Ms: p50, p99Ms: p99, maxMs: max, errors: result.errors, cpuMsPerOp });
+    say(`  ${key}: ${Math.round(value)} cycles/s, p99 ${p99.toFixed(1)} ms, ${result.errors} errors`);
+  }
+
+  async function httpCycle(key: ScenarioKey, round: number, target: Target & { databaseUrl: string }) {
+    await clear(target.url);
+    await vacuum(target.databaseUrl);
+    await measure(key, round, target, { kind: 'cycle' }, [200, 201]);
+    await clear(target.url);
+  }
+
+  const groups: Record<Group, (round: number) => Promise<void>> = {
+    async cycle(round) {
+      const m = await main();
+      await clear(m.url);
+      await sqlCycle('sql-cycle', round, m.databaseUrl);
+      await httpCycle('http-cycle', round, m);
+    },
+    async large(round) {
+      const l = await large();
+      await clear(l.url);
+      await sqlCycle('sql-cycle-large', round, l.databaseUrl);
+      await httpCycle('http-cycle-large', round, l);
+    },
+    async exhausted(round) {
+      const m = await main();
+      await clear(m.url);
+      await hold(m.url, MAIN_POOL);
+      await vacuum(m.databaseUrl);
+      await measure('exhausted', round, m, { kind: 'activate' }, [409]);
+      await clear(m.url);
+    },
+    async list(round) {
+      const m = await main();
+      await clear(m.url);
+      await hold(m.url, HELD_FOR_READS);
+      await vacuum(m.databaseUrl);
+      const bodyFile = join(options.workDir, 'tokens.json');
+      writeFileSync(bodyFile, Buffer.from(await (await fetch(`${m.url}/api/tokens`)).arrayBuffer()));
+      for (const kind of ['node', 'express'] as const) {
+        const bare = await startBareServer(kind, bodyFile);
+        try {
+          await measure(kind === 'node' ? 'bare-node' : 'bare-express', round, bare, { kind: 'get', path: '/api/tokens' }, [200]);
+        } finally {
+          await bare.stop();
+        }
+      }
+      await measure('list', round, m, { kind: 'get', path: '/api/tokens' }, [200]);
+      await clear(m.url);
+    },
+    async reads(round) {
+      const m = await main();
+      await clear(m.url);
+      const held = await hold(m.url, HELD_FOR_READS);
+      await vacuum(m.databaseUrl);
+      const paths = held.map((lease) => `/api/tokens/${lease.tokenId}`);
+      await measure('token', round, m, { kind: 'get-any', paths }, [200]);
+      await measure('validate', round, m, { kind: 'validate', leases: held }, [200]);
+      await clear(m.url);
+    },
+    async expiry(round) {
+      const e = await expiry();
+      await clear(e.url);
+      await vacuum(e.databaseUrl);
+      measurements.push(await measureExpiry(e, round));
+    },
+  };
+
+  /**
+   * Grants `count` leases spread evenly over one TTL (so their expiries are staggered the same
+   * way), waits until all have ended, and returns each one's lateness (ended_at - expires_at, by
+   * the database clock) and the activations that failed.
+   */
+  async function expiryBurst(target: Target & { databaseUrl: string }, count: number) {
+    const ttlMs = options.expiryTtlMs;
+    const since = await withDatabaseClient(
+      target.databaseUrl,
+      async (c) => (await c.query<{ now: Date }>('SELECT now()')).rows[0]?.now,
+    );
+    const created = await runLoad({
+      kind: 'activate',
+      url: target.url,
+      connections: Math.min(options.connections, 20),
+      warmupSec: 0,
+      durationSec: 60,
+      amount: count,
+      overallRate: Math.max(1, Math.round(count / (ttlMs / 1000))),
+      expect: [201],
+    });
+    const deadline = Date.now() + ttlMs + 15_000;
+    const lateness = await withDatabaseClient(target.databaseUrl, async (client) => {
+      for (;;) {
+        const { rows } = await client.query<{ open: number }>(
+          'SELECT count(*)::int AS open FROM usages WHERE started_at >= $1 AND ended_at IS NULL',
+          [since],
+        );
+        if ((rows[0]?.open ?? 0) === 0 || Date.now() > deadline) break;
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      // A lease still open at the deadline counts with the lateness it has so far.
+      const { rows } = await client.query<{ ms: number }>(
+        `SELECT (extract(epoch FROM coalesce(ended_at, now()) - expires_at) * 1000)::float8 AS ms
+         FROM usages WHERE started_at >= $1 ORDER BY 1`,
+        [since],
+      );
+      return rows.map((r) => r.ms);
+    });
+    return { lateness, failed: created.errors + (count - lateness.length) };
+  }
+
+  async function measureExpiry(target: Target & { databaseUrl: string }, round: number): Promise<Measurement> {
+    // Warm-up: a tenth of the burst, so that the first use of the worker's connections and
+    // code (a one-off after the process starts) is not counted as lateness.
+    await expiryBurst(target, Math.max(10, Math.round(options.expiryLeases / 10)));
+    const { lateness, failed } = await expiryBurst(target, options.expiryLeases);
+    const p50 = percentile(lateness, 0.5);
+    const p99 = percentile(lateness, 0.99);
+    const max = lateness.at(-1) ?? 0;
+    say(`  expiry: ${lateness.length} leases, p50 ${p50.toFixed(0)} ms, p99 ${p99.toFixed(0)} ms, max ${max.toFixed(0)} ms`);
+    return {
+      key: 'expiry',
+      round,
+      value: p99,
+      p50Ms: p50,
+      p99Ms: p99,
+      maxMs: max,
+      errors: failed,
+      samples: lateness.length,
+      note: max > EXPIRY_MAX_LATENESS_MS ? 'a lease ended more than 1 s late' : undefined,
+    };
+  }
+
+  try {
+    for (let round = 1; round <= options.rounds; round += 1) {
+      for (const group of options.groups) {
+        say(`round ${round}/${options.rounds}: ${group}`);
+        await groups[group](round);
+      }
+    }
+    const m = options.groups.some((g) => g !== 'large' && g !== 'expiry') ? await main() : undefined;
+    if (m !== undefined) {
+      measurements.push({ key: 'rss', round: options.rounds, value: m.service.rss(), errors: 0 });
+    }
+    return measurements;
+  } finally {
+    await Promise.allSettled(services.map((s) => s.stop()));
+    await dropBenchDatabases(options.databaseServerUrl, options.databasePrefix);
+    await deleteRedisKeys(options.redisUrl, `${options.redisPrefix}-*`);
+  }
+}
+
+/** Ends every lease (the admin clear), so each run starts from a free pool. */
+async function clear(url: string): Promise<void> {
+  const res = await fetch(`${url}/api/tokens/clear`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${BENCH_ADMIN_KEY}` },
+  });
+  if (!res.ok) throw new Error(`clear answered ${res.status}`);
+}
+
+/** Leases `count` tokens to new users; returns the leases. */
+async function hold(url: string, count: number) {
+  const leases: Array<{ tokenId: string; userId: string; fence: number }> = [];
+  for (let i = 0; i < count; i += 1) {
+    const userId = crypto.randomUUID();
+    const res = await fetch(`${url}/api/tokens/activate`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ user_id: userId }),
+    });
+    if (res.status !== 201) throw new Error(`activation answered ${res.status}`);
+    const { data } = (await res.json()) as { data: { token_id: string; fence: number } };
+    leases.push({ tokenId: data.token_id, userId, fence: data.fence });
+  }
+  return leases;
+}
+
+const bareServerPath = fileURLToPath(new URL('./bareServer.ts', import.meta.url));
+
+async function startBareServer(kind: 'node' | 'express', bodyFile: string) {
+  const child = spawn(process.execPath, ['--import', 'tsx', bareServerPath, kind, bodyFile], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const exited = once(child, 'exit');
+  const [line] = (await once(createInterface({ input: child.stdout }), 'line')) as [string];
+  return {
+    url: `http://127.0.0.1:${Number(line)}`,
+    pid: child.pid,
+    async stop() {
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
+}

@@ -1,0 +1,102 @@
+import { randomUUID } from 'node:crypto';
+import { performance } from 'node:perf_hooks';
+import { createPool } from '../src/db/pool.js';
+import { activateLease, releaseLease } from '../src/db/queries.js';
+import { createLogger } from '../src/logger.js';
+import { percentile } from './stats.js';
+
+// The raw SQL cycle: the allocation and release statements the service runs (imported from
+// src/db/queries.ts, so they cannot drift apart), through node-postgres with the service's pool
+// settings and the HTTP runs' concurrency, with no HTTP, Express or Redis in between. It is
+// the ceiling an activate + release cycle over HTTP is compared with.
+
+export interface SqlCycleResult {
+  readonly seconds: number;
+  readonly cycles: number;
+  readonly errors: number;
+  /** Per statement, as the HTTP runs report per request. */
+  readonly latencyMs: { readonly p50: number; readonly p99: number; readonly max: number };
+  /** CPU time this (Node) process spent while measuring; PostgreSQL's is not included. */
+  readonly cpuMs: number;
+}
+
+export async function runSqlCycle(options: {
+  databaseUrl: string;
+  poolMax: number;
+  concurrency: number;
+  warmupSec: number;
+  durationSec: number;
+  leaseTtlMs: number;
+}): Promise<SqlCycleResult> {
+  const pool = createPool(
+    {
+      connectionString: options.databaseUrl,
+      max: options.poolMax,
+      statementTimeoutMs: 5_000,
+      connectTimeoutMs: 5_000,
+      applicationName: 'token-lease-bench',
+    },
+    createLogger({ level: 'silent' }),
+  );
+  const latencies: number[] = [];
+  let measuring = false;
+  let cycles = 0;
+  let errors = 0;
+  let stopped = false;
+
+  async function timed<T>(statement: () => Promise<T>): Promise<T> {
+    const started = performance.now();
+    const result = await statement();
+    if (measuring) latencies.push(performance.now() - started);
+    return result;
+  }
+
+  async function loop(): Promise<void> {
+    while (!stopped) {
+      const userId = randomUUID();
+      try {
+        const row = await timed(() =>
+          activateLease(pool, { userId, ttlMs: options.leaseTtlMs, evictOldest: false, waiterId: null }),
+        );
+        if (row.outcome !== 'created' || row.token_id === null) throw new Error(`activation ${row.outcome}`);
+        const tokenId = row.token_id;
+        const ended = await timed(() => releaseLease(pool, { tokenId, userId }));
+        if (ended?.end_reason !== 'released') throw new Error('release ended nothing');
+        if (measuring) cycles += 1;
+      } catch {
+        if (measuring) errors += 1;
+      }
+    }
+  }
+
+  try {
+    const loops = Array.from({ length: options.concurrency }, () => loop());
+    await sleep(options.warmupSec * 1000);
+    measuring = true;
+    const started = performance.now();
+    const cpuBefore = process.cpuUsage();
+    await sleep(options.durationSec * 1000);
+    measuring = false;
+    const cpu = process.cpuUsage(cpuBefore);
+    const seconds = (performance.now() - started) / 1000;
+    stopped = true;
+    await Promise.all(loops);
+    latencies.sort((a, b) => a - b);
+    return {
+      seconds,
+      cycles,
+      errors,
+      cpuMs: (cpu.user + cpu.system) / 1000,
+      latencyMs: {
+        p50: percentile(latencies, 0.5),
+        p99: percentile(latencies, 0.99),
+        max: latencies.at(-1) ?? 0,
+      },
+    };
+  } finally {
+    stopped = true;
+    await pool.end();
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

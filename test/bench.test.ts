@@ -1,0 +1,50 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { inject, describe, expect, it } from 'vitest';
+import { benchmark } from '../bench/bench.js';
+import { GROUPS, SCENARIOS } from '../bench/scenarios.js';
+import { testDatabasePrefix, uniqueName } from './databases.js';
+import { testRedisPrefix, testRedisUrl } from './redis.js';
+
+// The benchmark's own smoke test: every scenario runs for about a second, at a tiny size, and
+// the table comes out with a row for each. It asserts no timing: figures from a test run mean
+// nothing (npm run bench measures; see the README's Performance section).
+
+describe('npm run bench', () => {
+  it('runs every scenario and prints one table with a row for each', async () => {
+    const workDir = mkdtempSync(join(tmpdir(), 'tl-bench-smoke-'));
+    try {
+      const report = await benchmark({
+        groups: GROUPS,
+        rounds: 1,
+        warmupSec: 0,
+        durationSec: 1,
+        connections: 4,
+        largePool: 1_000,
+        expiryLeases: 20,
+        expiryTtlMs: 2_000,
+        entry: 'src',
+        databaseServerUrl: process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+        redisUrl: testRedisUrl,
+        // Under the test run's prefixes, so its teardown removes whatever a failure leaves.
+        databasePrefix: `${testDatabasePrefix(inject('runId'))}bench_${uniqueName()}_`,
+        redisPrefix: testRedisPrefix(inject('runId')),
+        workDir,
+        progress: () => undefined,
+      });
+
+      expect(report.rows.map((r) => r.key)).toEqual(SCENARIOS.map((s) => s.key));
+      for (const row of report.rows) {
+        // Lateness may round to 0 ms; every other figure is a rate or a size.
+        if (row.key === 'expiry') expect(row.value, row.label).toBeGreaterThanOrEqual(0);
+        else expect(row.value, row.label).toBeGreaterThan(0);
+        expect(row.errors, row.label).toBe(0);
+        expect(report.text).toContain(`| ${row.label}`);
+      }
+      expect(report.text).toMatch(/^targets met: \d+ of \d+/m);
+    } finally {
+      rmSync(workDir, { recursive: true, force: true });
+    }
+  }, 180_000);
+});

@@ -1,3 +1,5 @@
+import { STATUS_CODES } from 'node:http';
+import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   backdate,
@@ -270,6 +272,23 @@ describe('the token API', () => {
       expect(res.body.error.code).toEqual(expect.any(String));
     });
 
+    it.each([
+      ['a request line that is not HTTP', 'NOT HTTP AT ALL\r\n\r\n', 400, 'bad_request'],
+      ['headers over 16 KiB', `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
+      ['an Expect other than 100-continue', 'GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n', 417, 'expectation_failed'],
+    ])('answers %s with a JSON error too', async (_what, request, status, code) => {
+      const answer = await rawRequest(t.url, request);
+      expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}`);
+      const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { error: { code: string } };
+      expect(body.error.code).toBe(code);
+    });
+
+    it('echoes a plain X-Request-Id and replaces a long or odd one', async () => {
+      expect((await t.http.get('/healthz').set('X-Request-Id', 'abc-123')).headers['x-request-id']).toBe('abc-123');
+      const long = await t.http.get('/healthz').set('X-Request-Id', 'x'.repeat(500));
+      expect(long.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    });
+
     it('serves /healthz and /readyz', async () => {
       expect((await t.http.get('/healthz')).body).toEqual({ data: { status: 'ok' } });
       const ready = await t.http.get('/readyz');
@@ -406,3 +425,15 @@ describe('history', () => {
     expect(usages.map((u) => u.lease_id)).toEqual(rows.map((r) => r.id).reverse());
   });
 });
+
+/** Writes `request` as is on a new connection and reads the answer until the server closes it. */
+function rawRequest(baseUrl: string, request: string): Promise<string> {
+  const { port } = new URL(baseUrl);
+  return new Promise((resolve, reject) => {
+    const socket = connect(Number(port), '127.0.0.1', () => socket.write(request));
+    let answer = '';
+    socket.on('data', (chunk: Buffer) => (answer += chunk.toString()));
+    socket.on('end', () => resolve(answer));
+    socket.on('error', reject);
+  });
+}

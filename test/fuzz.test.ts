@@ -14,7 +14,9 @@ import { rawRequest, sendRaw, type RawReply } from './rawHttp.js';
 // Fuzzing: generated hostile requests against a running server, over Node's HTTP client and over
 // raw sockets. Every answer must be below 500; every answer the application wrote (it carries
 // X-Request-Id) must be JSON of the documented shape, {"error":{"code","message","details"}} for
-// every 4xx; answers Node's own HTTP parser writes (malformed HTTP) need only be below 500. After
+// every 4xx; answers to what Node's own HTTP parser refuses (malformed HTTP; the server answers
+// those with a JSON error too, see answerProtocolErrors) need only be 4xx, since the connection
+// is closed at once and a reset can cut the answer short. After
 // the run the server must still be healthy and serve a normal activation, and the invariants must
 // hold. FUZZ_RUNS and FUZZ_RAW_RUNS size the run, FUZZ_SEED replays one.
 
@@ -41,7 +43,7 @@ const count = (tally: Tally, key: string) => {
 function problemWith(request: Pick<HostileRequest, 'method' | 'path'>, reply: Reply | RawReply): string | null {
   if (reply.status >= 500) return `answered ${reply.status}`;
   const fromApplication = reply.headers['x-request-id'] !== undefined;
-  // Node's own parser (malformed HTTP, oversized headers, unmet Expect) answers without a body.
+  // Refused by Node's own parser (malformed HTTP, oversized headers, unmet Expect): see above.
   if (!fromApplication) return reply.status >= 400 ? null : `answered ${reply.status} without passing through the application`;
   // No body: HEAD, 204 (OPTIONS), 304 (If-None-Match: * on a GET, as RFC 9110 13.1.2 asks).
   if (request.method.toUpperCase() === 'HEAD' || reply.status === 204 || reply.status === 304) return null;

@@ -28,6 +28,7 @@ export interface AppDeps {
 }
 
 const READY_CHECK_TIMEOUT_MS = 1_000;
+const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
 /** Builds the HTTP app; it does not listen (main/ does, tests use supertest). */
 export function createApp(deps: AppDeps): Express {
@@ -127,8 +128,9 @@ function observe(log: Logger, metrics: Metrics): RequestHandler {
   };
   return (req, res, next) => {
     const started = performance.now();
+    // A client's request id is echoed and logged only if it is short and plain.
     const given = req.headers['x-request-id'];
-    const reqId = typeof given === 'string' ? given : randomUUID();
+    const reqId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     res.setHeader('X-Request-Id', reqId);
     res.on('finish', () => {
       const ms = performance.now() - started;

@@ -1,3 +1,5 @@
+import { STATUS_CODES, type Server } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { AppError, NotFoundError, PoolExhaustedError } from '../errors.js';
 import type { Logger } from '../logger.js';
@@ -77,4 +79,48 @@ export function methodNotAllowed(allowed: readonly string[]): RequestHandler {
       allowed: allow.split(', '),
     });
   };
+}
+
+function rawJsonAnswer(status: number, code: string, message: string): string {
+  const body = JSON.stringify({ error: { code, message, details: {} } });
+  return [
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}`,
+    'Content-Type: application/json; charset=utf-8',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    'Connection: close',
+    '',
+    body,
+  ].join('\r\n');
+}
+
+/**
+ * Requests Node's HTTP parser refuses never reach Express; Node would answer them with an empty
+ * 400, 417 or 431. These answer them with the same JSON error body as every other error.
+ */
+export function answerProtocolErrors(server: Server): void {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const answer =
+      err.code === 'HPE_HEADER_OVERFLOW'
+        ? rawJsonAnswer(431, 'headers_too_large', 'the request headers are too large')
+        : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+          ? rawJsonAnswer(408, 'request_timeout', 'the request took too long to arrive')
+          : rawJsonAnswer(400, 'bad_request', 'the request is not valid HTTP');
+    socket.end(answer);
+  });
+  server.on('checkExpectation', (_req, res) => {
+    const body = JSON.stringify({
+      error: { code: 'expectation_failed', message: 'only Expect: 100-continue is supported', details: {} },
+    });
+    res
+      .writeHead(417, {
+        'Content-Type': 'application/json; charset=utf-8',
+        'Content-Length': Buffer.byteLength(body),
+        Connection: 'close',
+      })
+      .end(body);
+  });
 }

@@ -1,6 +1,7 @@
 import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { Express } from 'express';
+import { answerProtocolErrors } from '../http/errors.js';
 import type { Logger } from '../logger.js';
 
 export interface Listening {
@@ -12,6 +13,7 @@ export interface Listening {
 
 export async function listen(app: Express, options: { host: string; port: number }, log: Logger): Promise<Listening> {
   const server = app.listen(options.port, options.host);
+  answerProtocolErrors(server);
   await once(server, 'listening');
   const address = server.address();
   const port = typeof address === 'object' && address !== null ? address.port : options.port;

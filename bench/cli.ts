@@ -4,7 +4,8 @@ import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { benchmark } from './bench.js';
-import { dropBenchDatabases, deleteRedisKeys, root } from './env.js';
+import { deleteRedisKeys } from '../test/redis.js';
+import { dropBenchDatabases, root } from './env.js';
 import { GROUPS, type Group } from './scenarios.js';
 
 // npm run bench [-- options]: see --help.

@@ -3,10 +3,10 @@ import { once } from 'node:events';
 import { closeSync, openSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { Redis } from 'ioredis';
 import pg from 'pg';
 import { migrate } from '../src/db/migrate.js';
 import { createLogger } from '../src/logger.js';
+
 
 // What the bench runs against: its own databases on the shared PostgreSQL server, its own Redis
 // key prefix, and the service as a separate OS process started the way `npm start` starts it.
@@ -70,21 +70,6 @@ export async function vacuum(url: string): Promise<void> {
   await withDatabaseClient(url, async (client) => {
     await client.query('VACUUM (ANALYZE) tokens, usages, waiters');
   });
-}
-
-/** Deletes every key matching `pattern` (a SCAN MATCH pattern). */
-export async function deleteRedisKeys(redisUrl: string, pattern: string): Promise<void> {
-  const redis = new Redis(redisUrl, { maxRetriesPerRequest: 1 });
-  try {
-    let cursor = '0';
-    do {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000);
-      cursor = next;
-      if (keys.length > 0) await redis.unlink(...keys);
-    } while (cursor !== '0');
-  } finally {
-    redis.disconnect();
-  }
 }
 
 /** A port that was free a moment ago, for a child that must be told its port up front. */

@@ -8,7 +8,6 @@ import {
   BENCH_ADMIN_KEY,
   cpuSecondsOf,
   createBenchDatabase,
-  deleteRedisKeys,
   dropBenchDatabases,
   root,
   startServiceProcess,
@@ -16,6 +15,7 @@ import {
   withDatabaseClient,
   type ServiceProcess,
 } from './env.js';
+import { deleteRedisKeys } from '../test/redis.js';
 import { runLoad, type LoadKind } from './load.js';
 import { EXPIRY_MAX_LATENESS_MS, type Group, type ScenarioKey } from './scenarios.js';
 import { runSqlCycle } from './sqlCycle.js';

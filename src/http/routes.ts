@@ -3,7 +3,7 @@ import type { LeaseChanges } from '../domain/changes.js';
 import type { Lease, Leases, TokenState, Usage } from '../domain/leases.js';
 import { NotFoundError } from '../errors.js';
 import { requireAdmin } from './auth.js';
-import { parseJsonBody, requireJsonBody } from './body.js';
+import { jsonBody } from './body.js';
 import type {
   HistoryJson,
   LeaseJson,
@@ -106,7 +106,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/activate')
-    .post(requireJsonBody, parseJsonBody, async (req, res) => {
+    .post(...jsonBody, async (req, res) => {
       const body = parse(userBody, req.body, 'body');
       const { waitMs } = parse(activateQuery, req.query, 'query');
       // A waiting client that disconnects gives up its place in the queue.
@@ -125,7 +125,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/clear')
-    .post(requireJsonBody, parseJsonBody, requireAdmin(deps.adminApiKey), async (_req, res) => {
+    .post(...jsonBody, requireAdmin(deps.adminApiKey), async (_req, res) => {
       const { cleared } = await leases.clear();
       res.json({ data: { cleared_tokens: cleared } });
     })
@@ -173,7 +173,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/:id/release')
-    .post(requireJsonBody, parseJsonBody, async (req, res) => {
+    .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(userBody, req.body, 'body');
       const usage = await leases.release(id, body.user_id);
@@ -184,7 +184,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/:id/renew')
-    .post(requireJsonBody, parseJsonBody, async (req, res) => {
+    .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(userBody, req.body, 'body');
       const lease = await leases.renew(id, body.user_id);
@@ -194,7 +194,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/:id/validate')
-    .post(requireJsonBody, parseJsonBody, async (req, res) => {
+    .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(validateBody, req.body, 'body');
       const result = await leases.validate(id, body.user_id, body.fence);

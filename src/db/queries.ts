@@ -55,6 +55,10 @@ export async function activateLease(
   return one(rows);
 }
 
+/** Whole milliseconds from now() until `expiry`, rounded up, never negative (a job delay). */
+const msUntil = (expiry: string) =>
+  `greatest(0, ceil(extract(epoch FROM ${expiry} - now()) * 1000))::int`;
+
 // The tail shared by every statement that ends leases. `locked` must select (id, usage_id) of
 // the tokens to free, locked FOR UPDATE; `guard` narrows the UPDATE on the newest usage row.
 // ended_at is read from the clock once the token is locked, not from now() (the transaction's
@@ -114,7 +118,7 @@ const END_DUE_LEASES_WITH = `
   SELECT 'ended' AS kind, e.*, NULL::boolean AS due, NULL::int AS remaining_ms FROM ended e
   UNION ALL
   SELECT 'own', o.*, o.expires_at <= now(),
-         greatest(0, ceil(extract(epoch FROM o.expires_at - now()) * 1000))::int
+         ${msUntil('o.expires_at')}
   FROM usages o WHERE o.id = $1`;
 
 export interface OwnLeaseRow extends UsageRow {
@@ -153,7 +157,7 @@ export async function findOpenLeaseExpiry(
       db,
       'find-open-lease-expiry',
       `SELECT expires_at,
-              greatest(0, ceil(extract(epoch FROM expires_at - now()) * 1000))::int AS remaining_ms
+              ${msUntil('expires_at')} AS remaining_ms
        FROM usages WHERE id = $1 AND ended_at IS NULL`,
       [leaseId],
     ),
@@ -176,7 +180,7 @@ export async function listOpenLeases(
     db,
     'list-open-leases',
     `SELECT u.*,
-            greatest(0, ceil(extract(epoch FROM u.expires_at - now()) * 1000))::int AS remaining_ms
+            ${msUntil('u.expires_at')} AS remaining_ms
      FROM usages u
      WHERE u.ended_at IS NULL AND ($1::uuid IS NULL OR u.token_id > $1::uuid)
      ORDER BY u.token_id
@@ -225,7 +229,7 @@ const RENEW_LEASE = `
   WHERE u.token_id = $1 AND u.user_id = $2 AND u.ended_at IS NULL AND u.expires_at > now()
     AND ($4::int IS NULL OR u.started_at + $4::int * interval '1 millisecond' > u.expires_at)
   RETURNING u.*,
-    greatest(0, ceil(extract(epoch FROM u.expires_at - now()) * 1000))::int AS remaining_ms`;
+    ${msUntil('u.expires_at')} AS remaining_ms`;
 
 export async function renewLease(
   db: Queryable,

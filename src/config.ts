@@ -29,6 +29,7 @@ export const envSchema = z
     LEASE_TTL_MS: milliseconds(120_000, 100).pipe(z.number().max(2_147_483_647)),
     SWEEP_INTERVAL_MS: milliseconds(30_000, 10),
     RELEASE_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(50),
+    RELEASE_JOB_BATCH_MS: milliseconds(50, 0).pipe(z.number().max(1_000)),
     MAX_LEASE_MS: z.preprocess(
       emptyAsUndefined,
       z.coerce.number().int().min(100).max(2_147_483_647).optional(),
@@ -68,6 +69,7 @@ export const envSchema = z
     leaseTtlMs: e.LEASE_TTL_MS,
     sweepIntervalMs: e.SWEEP_INTERVAL_MS,
     releaseConcurrency: e.RELEASE_CONCURRENCY,
+    releaseJobBatchMs: e.RELEASE_JOB_BATCH_MS,
     maxLeaseMs: e.MAX_LEASE_MS ?? null,
     poolFullPolicy: e.POOL_FULL_POLICY,
     maxWaiters: e.MAX_WAITERS,

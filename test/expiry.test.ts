@@ -97,6 +97,22 @@ describe('release jobs', () => {
     expect(job.opts.removeOnComplete).toBe(true);
   });
 
+  it('are sent in batches that leave out leases already ended, and a shutdown sends the last one', async () => {
+    const t = await start({ ROLE: 'api', LEASE_TTL_MS: '60000', RELEASE_JOB_BATCH_MS: '1000' });
+    const queue = inspect(t);
+    const [kept, released] = [await activate(t), await activate(t)];
+    const res = await t.http.post(`/api/tokens/${released.token_id}/release`).send({ user_id: released.user_id });
+    expect(res.status).toBe(200);
+    const jobOf = (l: LeaseBody) =>
+      queue.getJob(releaseJobId({ leaseId: l.lease_id, expiresAt: new Date(l.expires_at) }));
+    expect(await jobOf(kept)).toBeUndefined();
+
+    expect(await t.service.stop('test')).toBe(true);
+
+    expect(await jobOf(kept)).toMatchObject({ data: { leaseId: kept.lease_id } });
+    expect(await jobOf(released)).toBeUndefined();
+  });
+
   it('a duplicate or late job does not end the next holder’s lease', async () => {
     const t = await start({ ROLE: 'all', POOL_SIZE: '1', LEASE_TTL_MS: '60000' });
     const queue = inspect(t);
@@ -135,20 +151,20 @@ describe('release jobs', () => {
     });
     const queue = inspect(t);
     const cleared = [await activate(t), await activate(t), await activate(t)];
+    const jobsOf = (leases: LeaseBody[]) =>
+      Promise.all(
+        leases.map((l) => queue.getJob(releaseJobId({ leaseId: l.lease_id, expiresAt: new Date(l.expires_at) }))),
+      );
+    await waitFor(async () => (await jobsOf(cleared)).every((job) => job !== undefined), {
+      what: 'the leases’ jobs to be sent',
+    });
     await t.http.post('/api/tokens/clear');
     const next = [await activate(t), await activate(t), await activate(t)];
 
     // The cleared leases' jobs fire first (their leases started earlier) and are removed.
-    await waitFor(
-      async () => {
-        const ids = cleared.map((l) =>
-          releaseJobId({ leaseId: l.lease_id, expiresAt: new Date(l.expires_at) }),
-        );
-        const jobs = await Promise.all(ids.map((id) => queue.getJob(id)));
-        return jobs.every((job) => job === undefined);
-      },
-      { what: 'the cleared leases’ jobs to run' },
-    );
+    await waitFor(async () => (await jobsOf(cleared)).every((job) => job === undefined), {
+      what: 'the cleared leases’ jobs to run',
+    });
     const rows = await usagesOf(t.db, 'id = ANY($1)', [cleared.map((l) => l.lease_id)]);
     expect(rows.map((r) => r.end_reason)).toEqual(['cleared', 'cleared', 'cleared']);
     for (const lease of next) {
@@ -219,6 +235,9 @@ describe('when Redis fails', () => {
       SWEEP_INTERVAL_MS: '400',
     });
     const lease = await activate(t);
+    const jobId = releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) });
+    const queue = inspect(t, redis.url);
+    await waitFor(() => queue.getJob(jobId), { what: 'the release job to be sent' });
     await redis.command('FLUSHALL');
 
     await waitFor(() => Date.now() > Date.parse(lease.expires_at), { what: 'the expiry' });
@@ -323,6 +342,9 @@ describe('when Redis fails', () => {
     await redis.start();
     const before = await metric(t, /^token_lease_sweep_runs_total\{result="ran"\}/);
     const lease = await activate(t);
+    const jobId = releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) });
+    const queue = inspect(t, redis.url);
+    await waitFor(() => queue.getJob(jobId), { what: 'the release job to be sent' });
     await redis.command('FLUSHALL');
     await backdate(t.db, 61_000, lease.lease_id);
 

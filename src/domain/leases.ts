@@ -60,6 +60,8 @@ export interface HistoryPage {
 export interface ReleaseScheduler {
   /** Must not throw or block: a lease is committed whether or not its job could be added. */
   scheduleRelease(lease: Lease, delayMs: number): void;
+  /** The lease has ended (released, cleared, evicted): a job not sent yet is not needed. */
+  leaseEnded(leaseId: string): void;
 }
 
 export interface LeasesDeps {
@@ -148,6 +150,7 @@ export function createLeases(deps: LeasesDeps) {
     }
     const lease = toLease({ ...row, id: row.lease_id });
     if (row.evicted_lease_id !== null) {
+      deps.scheduler?.leaseEnded(row.evicted_lease_id);
       metrics.evictions.inc();
       metrics.leasesEnded.inc({ reason: 'evicted', by: 'activation' });
       log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
@@ -172,6 +175,7 @@ export function createLeases(deps: LeasesDeps) {
     const ended = await sql.releaseLease(pool, { tokenId, userId });
     if (ended !== null) {
       changed();
+      deps.scheduler?.leaseEnded(ended.id);
       countEnded([ended], 'release');
       if (ended.end_reason === 'released') return toUsage(ended);
       throw notHolder('expired');
@@ -292,6 +296,7 @@ export function createLeases(deps: LeasesDeps) {
   async function clear(): Promise<{ cleared: number; expired: number }> {
     const ended = await sql.clearLeases(pool);
     if (ended.length > 0) changed();
+    for (const usage of ended) deps.scheduler?.leaseEnded(usage.id);
     countEnded(ended, 'clear');
     const cleared = ended.filter((u) => u.end_reason === 'cleared').length;
     log.info({ cleared, expired: ended.length - cleared }, 'leases cleared');

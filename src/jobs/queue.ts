@@ -7,6 +7,12 @@ import type { Metrics } from '../metrics.js';
 // Release jobs: one BullMQ delayed job per lease that ends it at its expiry. Redis is not the
 // source of truth: a job that cannot be added is logged and counted, and the sweep ends that
 // lease instead; reads treat it as expired at once anyway.
+//
+// Jobs are sent in batches, one Redis round trip per RELEASE_JOB_BATCH_MS rather than one per
+// lease: a round trip per activation cost the API process a fifth of its CPU. A lease that
+// ends before its batch goes out (released, cleared, evicted) is taken out of it, since its job
+// would only find the lease gone. A process that dies with a batch unsent loses those jobs, as
+// when Redis is down: the sweep ends those leases.
 
 export const RELEASE_QUEUE = 'lease-release';
 
@@ -43,6 +49,8 @@ export interface ReleaseQueue extends ReleaseScheduler {
 export function createReleaseQueue(deps: {
   connection: Redis;
   prefix: string;
+  /** How long a job may wait to be sent with others; 0 sends each at once. */
+  batchMs: number;
   log: Logger;
   metrics: Metrics;
 }): ReleaseQueue {
@@ -69,22 +77,50 @@ export function createReleaseQueue(deps: {
     return { name: 'release', data, opts: { jobId: releaseJobId(lease), delay: delayMs } };
   }
 
-  function scheduleRelease(lease: Lease, delayMs: number): void {
-    const job = jobFor(lease, delayMs);
-    const adding = queue
-      .add(job.name, job.data, job.opts)
+  /** Adds jobs in one round trip (a MULTI for several) without waiting for Redis to answer. */
+  function send(jobs: ReturnType<typeof jobFor>[]): void {
+    const [first] = jobs;
+    if (first === undefined) return;
+    const adding = (jobs.length === 1 ? queue.add(first.name, first.data, first.opts) : queue.addBulk(jobs))
       .then(
         () => undefined,
         (err: unknown) => {
-          metrics.enqueueFailures.inc();
+          metrics.enqueueFailures.inc(jobs.length);
           log.error(
-            { err, leaseId: lease.leaseId, tokenId: lease.tokenId, jobId: job.opts.jobId },
-            'release job not enqueued; the sweep will end this lease',
+            { err, leaseIds: jobs.map((job) => job.data.leaseId) },
+            'release jobs not enqueued; the sweep will end these leases',
           );
         },
       )
       .finally(() => pending.delete(adding));
     pending.add(adding);
+  }
+
+  // The batch not sent yet, by lease id (a renewal replaces its lease's entry), with the time
+  // each job falls due by this process's clock.
+  const unsent = new Map<string, { lease: Lease; dueAt: number }>();
+  let batchTimer: NodeJS.Timeout | undefined;
+
+  function sendBatch(): void {
+    clearTimeout(batchTimer);
+    batchTimer = undefined;
+    const now = Date.now();
+    const jobs = [...unsent.values()].map(({ lease, dueAt }) => jobFor(lease, Math.max(0, dueAt - now)));
+    unsent.clear();
+    send(jobs);
+  }
+
+  function scheduleRelease(lease: Lease, delayMs: number): void {
+    if (deps.batchMs === 0) {
+      send([jobFor(lease, delayMs)]);
+      return;
+    }
+    unsent.set(lease.leaseId, { lease, dueAt: Date.now() + delayMs });
+    batchTimer ??= setTimeout(sendBatch, deps.batchMs);
+  }
+
+  function leaseEnded(leaseId: string): void {
+    unsent.delete(leaseId);
   }
 
   async function resync(leases: Leases): Promise<number> {
@@ -98,11 +134,13 @@ export function createReleaseQueue(deps: {
 
   return {
     scheduleRelease,
+    leaseEnded,
     resync,
     async ping() {
       await connection.ping();
     },
     async close() {
+      sendBatch();
       // Adds in flight are bounded by the connection's command timeout.
       await Promise.allSettled([...pending]);
       await queue.close();

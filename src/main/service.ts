@@ -55,6 +55,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     const releases = createReleaseQueue({
       connection: producer,
       prefix: config.redisPrefix,
+      batchMs: config.releaseJobBatchMs,
       log,
       metrics,
     });

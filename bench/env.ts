@@ -137,7 +137,8 @@ export async function startServiceProcess(options: {
   const log = openSync(options.logFile, 'a');
   let child: ChildProcess;
   try {
-    child = spawn(process.execPath, args, {
+    const extra = process.env.BENCH_SERVICE_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
+    child = spawn(process.execPath, [...extra, ...args], {
       cwd: root,
       env: {
         PATH: process.env.PATH ?? '',

@@ -109,14 +109,17 @@ export function tokenRoutes(
     .post(...jsonBody, async (req, res) => {
       const body = parse(userBody, req.body, 'body');
       const { waitMs } = parse(activateQuery, req.query, 'query');
-      // A waiting client that disconnects gives up its place in the queue.
-      const gone = new AbortController();
-      res.on('close', () => {
-        if (!res.writableEnded) gone.abort();
-      });
+      // A waiting client that disconnects gives up its place in the queue. Only a request that
+      // may wait needs to hear of it.
+      const gone = waitMs > 0 ? new AbortController() : undefined;
+      if (gone !== undefined) {
+        res.on('close', () => {
+          if (!res.writableEnded) gone.abort();
+        });
+      }
       const { created, lease } = await leases.activate(body.user_id, {
         waitMs,
-        signal: gone.signal,
+        signal: gone?.signal,
       });
       if (created) res.status(201).location(`/api/tokens/${lease.tokenId}`);
       res.json({ data: leaseJson(lease) });

@@ -23,7 +23,9 @@ const HELP = `Usage: npm run bench -- [options]
   --json FILE         where to write every measurement (default bench/results/<run>.json)
 
 Environment: BENCH_DATABASE_URL (any database on the PostgreSQL server to use; default
-postgres://postgres@127.0.0.1:5432/postgres), BENCH_REDIS_URL (default redis://127.0.0.1:6379).
+postgres://postgres@127.0.0.1:5432/postgres), BENCH_REDIS_URL (default redis://127.0.0.1:6379),
+BENCH_SERVICE_NODE_ARGS (extra node flags for the service processes, space-separated; for a CPU
+profile: "--cpu-prof --cpu-prof-dir=bench/results/profiles").
 Creates databases tl_bench_<run>_* and Redis keys tl-bench-<run>-*, and removes them at the end.
 `;
 

@@ -137,8 +137,9 @@ export async function startServiceProcess(options: {
   const log = openSync(options.logFile, 'a');
   let child: ChildProcess;
   try {
-    const extra = process.env.BENCH_SERVICE_NODE_ARGS?.split(' ').filter(Boolean) ?? [];
-    child = spawn(process.execPath, [...extra, ...args], {
+    // Node flags for a profile of the service (--cpu-prof and the like); none by default.
+    const nodeArgs = process.env.BENCH_SERVICE_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
+    child = spawn(process.execPath, [...nodeArgs, ...args], {
       cwd: root,
       env: {
         PATH: process.env.PATH ?? '',

@@ -28,7 +28,7 @@ export const envSchema = z
     POOL_SIZE: z.coerce.number().int().min(1).max(10_000_000).default(100),
     LEASE_TTL_MS: milliseconds(120_000, 100).pipe(z.number().max(2_147_483_647)),
     SWEEP_INTERVAL_MS: milliseconds(30_000, 10),
-    RELEASE_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(50),
+    RELEASE_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(4),
     RELEASE_JOB_BATCH_MS: milliseconds(50, 0).pipe(z.number().max(1_000)),
     MAX_LEASE_MS: z.preprocess(
       emptyAsUndefined,

@@ -64,7 +64,7 @@ export interface TestService {
 /** Starts the service in this process, on port 0, against a fresh database. */
 export async function startTestService(
   env: Record<string, string> = {},
-  options: { db?: TestDatabase } = {},
+  options: { db?: TestDatabase; log?: Logger } = {},
 ): Promise<TestService> {
   const db = options.db ?? (await createTestDatabase());
   const redisPrefix = testRedisPrefix(inject('runId'));
@@ -78,7 +78,7 @@ export async function startTestService(
     ROLE: 'api',
     ...env,
   });
-  const service = await startService(config, testLogger());
+  const service = await startService(config, options.log ?? testLogger());
   const url = `http://127.0.0.1:${service.port}`;
   const label = `service on ${url}`;
   open.add(label);

@@ -9,7 +9,7 @@ import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { openApiDocument } from './contract.js';
 import { LIST_MAX_AGE_MS } from './listCache.js';
-import { errorHandler, methodNotAllowed, notFound } from './errors.js';
+import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
 import { tokenRoutes } from './routes.js';
 
 export interface AppDeps {
@@ -110,7 +110,14 @@ async function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
 }
 
 /**
- * Request ids, the duration histogram and one log line per request (4xx info, 5xx error). It runs
+ * Refusals that are the service working as intended, at a rate set by the load (a full pool
+ * refuses every newcomer): logged at debug like successes, and counted by the metrics.
+ */
+const EXPECTED: ReadonlySet<string | undefined> = new Set(['pool_exhausted']);
+
+/**
+ * Request ids, the duration histogram and one log line per request (5xx error, 4xx info with the
+ * error code, the rest debug). It runs
  * on every request, so it keeps to plain Node calls (performance.now, setHeader) and one
  * histogram child per (method, route, status): prom-client would otherwise hash the label set on
  * every observation.
@@ -137,9 +144,10 @@ function observe(log: Logger, metrics: Metrics): RequestHandler {
       const routePath = (req.route as { path?: unknown } | undefined)?.path;
       const route = typeof routePath === 'string' ? routePath : 'unmatched';
       durationOf(req.method, route, res.statusCode).observe(ms / 1e3);
-      const level = res.statusCode >= 500 ? 'error' : res.statusCode >= 400 ? 'info' : 'debug';
+      const code = errorCodeOf(res);
+      const level = res.statusCode >= 500 ? 'error' : res.statusCode >= 400 && !EXPECTED.has(code) ? 'info' : 'debug';
       if (log.isLevelEnabled(level)) {
-        log[level]({ reqId, method: req.method, url: req.originalUrl, status: res.statusCode, ms }, 'request');
+        log[level]({ reqId, method: req.method, url: req.originalUrl, status: res.statusCode, code, ms }, 'request');
       }
     });
     next();

@@ -35,7 +35,14 @@ function toAppError(error: unknown): AppError | null {
   return null;
 }
 
+/** The error code a response carried, for the request log line (see app.ts). */
+export function errorCodeOf(res: Response): string | undefined {
+  const code: unknown = res.locals.errorCode;
+  return typeof code === 'string' ? code : undefined;
+}
+
 export function sendError(res: Response, error: AppError): void {
+  res.locals.errorCode = error.code;
   if (error instanceof PoolExhaustedError) res.set('Retry-After', String(error.retryAfterSeconds));
   if (error.status === 503) res.set('Retry-After', '1');
   res.status(error.status).json({

@@ -70,7 +70,7 @@ const MAIN_POOL = 100;
 const LONG_TTL_MS = 3_600_000;
 const HELD_FOR_READS = 50;
 /** Seconds of unmeasured cycles a service process gets as it starts (see warmUp). */
-const SERVICE_WARMUP_SEC = 3;
+const SERVICE_WARMUP_SEC = 2;
 
 interface Target {
   readonly url: string;

@@ -175,6 +175,30 @@ describe('release jobs', () => {
   });
 });
 
+describe('lazy expiry by activation', () => {
+  it('counts the leases it ends: the token it takes, and the caller’s own', async () => {
+    // No worker and no sweep: only activations end leases here.
+    const t = await start({ ROLE: 'api', POOL_SIZE: '1', LEASE_TTL_MS: '300' });
+    const expiredByActivation = () =>
+      metric(t, /^token_lease_leases_ended_total\{reason="expired",by="activation"\}/);
+    const pastExpiry = (lease: LeaseBody) =>
+      waitFor(() => Date.now() > Date.parse(lease.expires_at) + 20, { what: 'the lease to run out' });
+
+    const first = await activate(t);
+    await pastExpiry(first);
+    const second = await activate(t);
+    expect(second.token_id).toBe(first.token_id);
+    expect((await endedUsage(t.db, first.lease_id)).end_reason).toBe('expired');
+    expect(await expiredByActivation()).toBe(1);
+
+    await pastExpiry(second);
+    const again = await activate(t, second.user_id);
+    expect(again.lease_id).not.toBe(second.lease_id);
+    expect((await endedUsage(t.db, second.lease_id)).end_reason).toBe('expired');
+    expect(await expiredByActivation()).toBe(2);
+  });
+});
+
 describe('the sweep', () => {
   it('ends leases whose time ran out, whatever happened to their jobs', async () => {
     const t = await start({ ROLE: 'all', POOL_SIZE: '5', LEASE_TTL_MS: '60000', SWEEP_INTERVAL_MS: '100' });

@@ -1,5 +1,5 @@
 // Every SQL statement the service runs, so that locking can be reviewed in one file.
-// Activation lives in the migrations as activate_lease() (the latest version is in 0003),
+// Activation lives in the migrations as activate_lease() (the latest version is in 0004),
 // because it needs a few steps with fallbacks and must still cost one round trip; read the
 // header in 0001 for the locking order.
 //
@@ -39,6 +39,8 @@ export interface ActivateRow {
   expires_at: Date | null;
   wait_ms: string | null;
   evicted_lease_id: string | null;
+  /** Leases this activation ended because their time had run out (migrations/0004). */
+  expired_lease_ids: string[];
 }
 
 /** `waiterId`: the caller waits in the queue (migrations/0002); null for a plain activation. */

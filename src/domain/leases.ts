@@ -117,13 +117,20 @@ export function createLeases(deps: LeasesDeps) {
     }
   }
 
-  const attempt = (userId: string, waiterId: string | null) =>
-    sql.activateLease(pool, {
+  /** One call of activate_lease(); the leases it ended as expired on the way are counted here. */
+  async function attempt(userId: string, waiterId: string | null): Promise<sql.ActivateRow> {
+    const row = await sql.activateLease(pool, {
       userId,
       ttlMs: deps.leaseTtlMs,
       evictOldest: deps.evictOldest ?? false,
       waiterId,
     });
+    for (const leaseId of row.expired_lease_ids) {
+      deps.scheduler?.leaseEnded(leaseId);
+      metrics.leasesEnded.inc({ reason: 'expired', by: 'activation' });
+    }
+    return row;
+  }
 
   /**
    * Gives `userId` a lease: the one they hold if it is still unexpired, otherwise a new one on a

@@ -72,8 +72,13 @@ export interface StressReport {
   readonly counts: LoadCounts;
   /** Usages in the database after the drain, by end_reason ('open' for none). */
   readonly usagesByEndReason: Record<string, number>;
-  /** Expired usages ended by the activation that took their token (lazy expiry). */
+  /** Expired usages ended by an activation (lazy expiry), as the metrics count them. */
   readonly lazyExpiries: number;
+  /**
+   * Ended usages in the database minus those the metrics counted, by end_reason, where they
+   * differ: every way a lease ends is counted once, so this is empty.
+   */
+  readonly uncounted: Record<string, number>;
   /** token_lease_leases_ended_total summed over every process, by "reason/by". */
   readonly endedByMechanism: Record<string, number>;
   readonly sweepRuns: Record<string, number>;
@@ -163,7 +168,8 @@ export async function runStress(
       totalMs: Date.now() - started,
       counts,
       usagesByEndReason,
-      lazyExpiries: lazyExpiries(usagesByEndReason, metrics.ended),
+      lazyExpiries: metrics.ended['expired/activation'] ?? 0,
+      uncounted: uncounted(usagesByEndReason, metrics.ended),
       endedByMechanism: metrics.ended,
       sweepRuns: metrics.sweeps,
       midRunChecks: midRunResult.checks,
@@ -264,16 +270,19 @@ async function countUsagesByEndReason(databaseUrl: string): Promise<Record<strin
   }
 }
 
-/**
- * Expired leases that an activation ended (lazy expiry: the token, or the user's next lease, was
- * taken before a job or the sweep got to it). Activations do not count these in the metrics,
- * every other path does, so they are what the metrics leave unexplained.
- */
-function lazyExpiries(usagesByEndReason: Record<string, number>, ended: Record<string, number>): number {
-  const counted = Object.entries(ended)
-    .filter(([key]) => key.startsWith('expired/'))
-    .reduce((sum, [, n]) => sum + n, 0);
-  return (usagesByEndReason.expired ?? 0) - counted;
+function uncounted(usagesByEndReason: Record<string, number>, ended: Record<string, number>): Record<string, number> {
+  const counted: Record<string, number> = {};
+  for (const [key, n] of Object.entries(ended)) {
+    const reason = key.split('/')[0] ?? key;
+    counted[reason] = (counted[reason] ?? 0) + n;
+  }
+  const differences: Record<string, number> = {};
+  for (const reason of new Set([...Object.keys(counted), ...Object.keys(usagesByEndReason)])) {
+    if (reason === 'open') continue;
+    const difference = (usagesByEndReason[reason] ?? 0) - (counted[reason] ?? 0);
+    if (difference !== 0) differences[reason] = difference;
+  }
+  return differences;
 }
 
 async function scrapeMetrics(http: HttpClient, urls: readonly string[]) {
@@ -304,6 +313,7 @@ export function stressPassed(report: StressReport): boolean {
     Object.keys(report.counts.unexpected).length === 0 &&
     Object.keys(report.counts.lost).length === 0 &&
     report.processErrors.length === 0 &&
+    Object.keys(report.uncounted).length === 0 &&
     report.exits.every((e) => e.code === 0)
   );
 }
@@ -328,6 +338,7 @@ export function formatReport(report: StressReport): string {
     `409s: ${conflicts}`,
     `usages by end_reason: ${list(report.usagesByEndReason)}`,
     `expiries: ${report.usagesByEndReason.expired ?? 0} (lazy, by an activation: ${report.lazyExpiries}); evictions: ${report.usagesByEndReason.evicted ?? 0}`,
+    `ended usages the metrics did not count: ${list(report.uncounted)}`,
     `leases ended by mechanism (reason/by): ${list(report.endedByMechanism)}`,
     `sweep runs: ${list(report.sweepRuns)}`,
     `unexpected answers: ${list(counts.unexpected)}`,

@@ -60,7 +60,7 @@ export interface HistoryPage {
 export interface ReleaseScheduler {
   /** Must not throw or block: a lease is committed whether or not its job could be added. */
   scheduleRelease(lease: Lease, delayMs: number): void;
-  /** The lease has ended (released, cleared, evicted): a job not sent yet is not needed. */
+  /** The lease has ended, whichever way: a job not sent yet for it is not needed. */
   leaseEnded(leaseId: string): void;
 }
 
@@ -111,9 +111,18 @@ export function createLeases(deps: LeasesDeps) {
   const { pool, log, metrics } = deps;
   const changed = () => deps.changes?.changed();
 
+  /**
+   * Every lease that ends through this process passes here: it is counted, and a release job
+   * not sent yet for it is dropped.
+   */
+  function leaseEnded(leaseId: string, reason: EndReason, by: string): void {
+    deps.scheduler?.leaseEnded(leaseId);
+    metrics.leasesEnded.inc({ reason, by });
+  }
+
   function countEnded(usages: readonly UsageRow[], by: string): void {
     for (const usage of usages) {
-      if (usage.end_reason !== null) metrics.leasesEnded.inc({ reason: usage.end_reason, by });
+      if (usage.end_reason !== null) leaseEnded(usage.id, usage.end_reason, by);
     }
   }
 
@@ -125,10 +134,7 @@ export function createLeases(deps: LeasesDeps) {
       evictOldest: deps.evictOldest ?? false,
       waiterId,
     });
-    for (const leaseId of row.expired_lease_ids) {
-      deps.scheduler?.leaseEnded(leaseId);
-      metrics.leasesEnded.inc({ reason: 'expired', by: 'activation' });
-    }
+    for (const leaseId of row.expired_lease_ids) leaseEnded(leaseId, 'expired', 'activation');
     return row;
   }
 
@@ -157,9 +163,8 @@ export function createLeases(deps: LeasesDeps) {
     }
     const lease = toLease({ ...row, id: row.lease_id });
     if (row.evicted_lease_id !== null) {
-      deps.scheduler?.leaseEnded(row.evicted_lease_id);
       metrics.evictions.inc();
-      metrics.leasesEnded.inc({ reason: 'evicted', by: 'activation' });
+      leaseEnded(row.evicted_lease_id, 'evicted', 'activation');
       log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
     }
     if (row.outcome === 'created') {
@@ -182,7 +187,6 @@ export function createLeases(deps: LeasesDeps) {
     const ended = await sql.releaseLease(pool, { tokenId, userId });
     if (ended !== null) {
       changed();
-      deps.scheduler?.leaseEnded(ended.id);
       countEnded([ended], 'release');
       if (ended.end_reason === 'released') return toUsage(ended);
       throw notHolder('expired');
@@ -303,7 +307,6 @@ export function createLeases(deps: LeasesDeps) {
   async function clear(): Promise<{ cleared: number; expired: number }> {
     const ended = await sql.clearLeases(pool);
     if (ended.length > 0) changed();
-    for (const usage of ended) deps.scheduler?.leaseEnded(usage.id);
     countEnded(ended, 'clear');
     const cleared = ended.filter((u) => u.end_reason === 'cleared').length;
     log.info({ cleared, expired: ended.length - cleared }, 'leases cleared');

@@ -58,6 +58,15 @@ async function start(env: Record<string, string>, db?: TestDatabase): Promise<Te
   return t;
 }
 
+function jobIdOf(lease: LeaseBody): string {
+  return releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) });
+}
+
+/** Jobs are sent in batches: a test about what happens to a job first waits for it to be in Redis. */
+async function jobSent(queue: Queue, lease: LeaseBody) {
+  return waitFor(() => queue.getJob(jobIdOf(lease)), { what: 'the release job to be sent' });
+}
+
 function inspect(t: TestService, redisUrl = 'redis://127.0.0.1:6379'): Queue {
   const queue = new Queue(RELEASE_QUEUE, { connection: { url: redisUrl }, prefix: t.redisPrefix });
   queues.push(queue);
@@ -88,9 +97,7 @@ describe('release jobs', () => {
     const t = await start({ ROLE: 'api', LEASE_TTL_MS: '60000' });
     const queue = inspect(t);
     const lease = await activate(t);
-    const jobId = releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) });
-
-    const job = await waitFor(() => queue.getJob(jobId), { what: 'the release job' });
+    const job = await jobSent(queue, lease);
 
     expect(await job.getState()).toBe('delayed');
     expect(job.data).toMatchObject({ leaseId: lease.lease_id, tokenId: lease.token_id });
@@ -103,8 +110,7 @@ describe('release jobs', () => {
     const [kept, released] = [await activate(t), await activate(t)];
     const res = await t.http.post(`/api/tokens/${released.token_id}/release`).send({ user_id: released.user_id });
     expect(res.status).toBe(200);
-    const jobOf = (l: LeaseBody) =>
-      queue.getJob(releaseJobId({ leaseId: l.lease_id, expiresAt: new Date(l.expires_at) }));
+    const jobOf = (l: LeaseBody) => queue.getJob(jobIdOf(l));
     expect(await jobOf(kept)).toBeUndefined();
 
     expect(await t.service.stop('test')).toBe(true);
@@ -151,20 +157,15 @@ describe('release jobs', () => {
     });
     const queue = inspect(t);
     const cleared = [await activate(t), await activate(t), await activate(t)];
-    const jobsOf = (leases: LeaseBody[]) =>
-      Promise.all(
-        leases.map((l) => queue.getJob(releaseJobId({ leaseId: l.lease_id, expiresAt: new Date(l.expires_at) }))),
-      );
-    await waitFor(async () => (await jobsOf(cleared)).every((job) => job !== undefined), {
-      what: 'the leases’ jobs to be sent',
-    });
+    for (const lease of cleared) await jobSent(queue, lease);
     await t.http.post('/api/tokens/clear');
     const next = [await activate(t), await activate(t), await activate(t)];
 
     // The cleared leases' jobs fire first (their leases started earlier) and are removed.
-    await waitFor(async () => (await jobsOf(cleared)).every((job) => job === undefined), {
-      what: 'the cleared leases’ jobs to run',
-    });
+    await waitFor(
+      async () => (await Promise.all(cleared.map((l) => queue.getJob(jobIdOf(l))))).every((job) => job === undefined),
+      { what: 'the cleared leases’ jobs to run' },
+    );
     const rows = await usagesOf(t.db, 'id = ANY($1)', [cleared.map((l) => l.lease_id)]);
     expect(rows.map((r) => r.end_reason)).toEqual(['cleared', 'cleared', 'cleared']);
     for (const lease of next) {
@@ -259,9 +260,7 @@ describe('when Redis fails', () => {
       SWEEP_INTERVAL_MS: '400',
     });
     const lease = await activate(t);
-    const jobId = releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) });
-    const queue = inspect(t, redis.url);
-    await waitFor(() => queue.getJob(jobId), { what: 'the release job to be sent' });
+    await jobSent(inspect(t, redis.url), lease);
     await redis.command('FLUSHALL');
 
     await waitFor(() => Date.now() > Date.parse(lease.expires_at), { what: 'the expiry' });
@@ -366,9 +365,7 @@ describe('when Redis fails', () => {
     await redis.start();
     const before = await metric(t, /^token_lease_sweep_runs_total\{result="ran"\}/);
     const lease = await activate(t);
-    const jobId = releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) });
-    const queue = inspect(t, redis.url);
-    await waitFor(() => queue.getJob(jobId), { what: 'the release job to be sent' });
+    await jobSent(inspect(t, redis.url), lease);
     await redis.command('FLUSHALL');
     await backdate(t.db, 61_000, lease.lease_id);
 

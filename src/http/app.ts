@@ -115,6 +115,12 @@ async function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
  */
 const EXPECTED: ReadonlySet<string | undefined> = new Set(['pool_exhausted']);
 
+function logLevelOf(status: number, code: string | undefined): 'error' | 'info' | 'debug' {
+  if (status >= 500) return 'error';
+  if (status >= 400 && !EXPECTED.has(code)) return 'info';
+  return 'debug';
+}
+
 /**
  * Request ids, the duration histogram and one log line per request (5xx error, 4xx info with the
  * error code, the rest debug). It runs
@@ -145,7 +151,7 @@ function observe(log: Logger, metrics: Metrics): RequestHandler {
       const route = typeof routePath === 'string' ? routePath : 'unmatched';
       durationOf(req.method, route, res.statusCode).observe(ms / 1e3);
       const code = errorCodeOf(res);
-      const level = res.statusCode >= 500 ? 'error' : res.statusCode >= 400 && !EXPECTED.has(code) ? 'info' : 'debug';
+      const level = logLevelOf(res.statusCode, code);
       if (log.isLevelEnabled(level)) {
         log[level]({ reqId, method: req.method, url: req.originalUrl, status: res.statusCode, code, ms }, 'request');
       }

@@ -39,6 +39,23 @@ export function createApp(deps: AppDeps): Express {
 
   app.use(observe(log, metrics));
 
+  // The token API first: the router tries routes in order, and these carry the traffic.
+  if (deps.serveApi ?? true) {
+    tokenRoutes(app, {
+      leases: deps.leases,
+      adminApiKey: deps.adminApiKey,
+      changes: deps.changes,
+      listCacheMaxAgeMs: deps.listCacheMaxAgeMs ?? LIST_MAX_AGE_MS,
+    });
+    // Built and serialised once: it is generated from the schemas the routes use.
+    const openApi = JSON.stringify(openApiDocument(packageVersion()));
+    app
+      .route('/openapi.json')
+      .get((_req, res) => {
+        res.type('application/json').send(openApi);
+      })
+      .all(methodNotAllowed(['GET']));
+  }
   app
     .route('/healthz')
     .get((_req, res) => {
@@ -70,22 +87,6 @@ export function createApp(deps: AppDeps): Express {
     })
     .all(methodNotAllowed(['GET']));
 
-  if (deps.serveApi ?? true) {
-    // Built and serialised once: it is generated from the schemas the routes use.
-    const openApi = JSON.stringify(openApiDocument(packageVersion()));
-    app
-      .route('/openapi.json')
-      .get((_req, res) => {
-        res.type('application/json').send(openApi);
-      })
-      .all(methodNotAllowed(['GET']));
-    tokenRoutes(app, {
-      leases: deps.leases,
-      adminApiKey: deps.adminApiKey,
-      changes: deps.changes,
-      listCacheMaxAgeMs: deps.listCacheMaxAgeMs ?? LIST_MAX_AGE_MS,
-    });
-  }
   app.use(notFound);
   app.use(errorHandler(log));
   return app;

@@ -93,6 +93,8 @@ export function tokenRoutes(
     },
   });
 
+  // The router tries routes in this order: the busiest first, but /clear before /:id, which
+  // would take it.
   router
     .route('/api/tokens')
     // Not async: a current answer is sent without a promise or a turn of the microtask queue.
@@ -122,6 +124,40 @@ export function tokenRoutes(
         signal: gone?.signal,
       });
       if (created) res.status(201).location(`/api/tokens/${lease.tokenId}`);
+      res.json({ data: leaseJson(lease) });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/tokens/:id/release')
+    .post(...jsonBody, async (req, res) => {
+      const id = parseTokenId(req.params.id);
+      const body = parse(userBody, req.body, 'body');
+      const usage = await leases.release(id, body.user_id);
+      const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage) };
+      res.json({ data });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/tokens/:id/validate')
+    .post(...jsonBody, async (req, res) => {
+      const id = parseTokenId(req.params.id);
+      const body = parse(validateBody, req.body, 'body');
+      const result = await leases.validate(id, body.user_id, body.fence);
+      const data: ValidationJson = result.valid
+        ? { valid: true, lease_id: result.leaseId, expires_at: iso(result.expiresAt) }
+        : { valid: false, reason: result.reason };
+      res.json({ data });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/tokens/:id/renew')
+    .post(...jsonBody, async (req, res) => {
+      const id = parseTokenId(req.params.id);
+      const body = parse(userBody, req.body, 'body');
+      const lease = await leases.renew(id, body.user_id);
       res.json({ data: leaseJson(lease) });
     })
     .all(methodNotAllowed(['POST']));
@@ -173,39 +209,4 @@ export function tokenRoutes(
       res.json({ data });
     })
     .all(methodNotAllowed(['GET']));
-
-  router
-    .route('/api/tokens/:id/release')
-    .post(...jsonBody, async (req, res) => {
-      const id = parseTokenId(req.params.id);
-      const body = parse(userBody, req.body, 'body');
-      const usage = await leases.release(id, body.user_id);
-      const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage) };
-      res.json({ data });
-    })
-    .all(methodNotAllowed(['POST']));
-
-  router
-    .route('/api/tokens/:id/renew')
-    .post(...jsonBody, async (req, res) => {
-      const id = parseTokenId(req.params.id);
-      const body = parse(userBody, req.body, 'body');
-      const lease = await leases.renew(id, body.user_id);
-      res.json({ data: leaseJson(lease) });
-    })
-    .all(methodNotAllowed(['POST']));
-
-  router
-    .route('/api/tokens/:id/validate')
-    .post(...jsonBody, async (req, res) => {
-      const id = parseTokenId(req.params.id);
-      const body = parse(validateBody, req.body, 'body');
-      const result = await leases.validate(id, body.user_id, body.fence);
-      const data: ValidationJson = result.valid
-        ? { valid: true, lease_id: result.leaseId, expires_at: iso(result.expiresAt) }
-        : { valid: false, reason: result.reason };
-      res.json({ data });
-    })
-    .all(methodNotAllowed(['POST']));
-
 }

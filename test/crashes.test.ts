@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { count, drainAndCheck, granted, report, undocumentedAnswers } from './faultChecks.js';
 import { createTestDatabase, waitFor, type TestDatabase } from './helpers.js';
-import { startLoad } from './loadClients.js';
+import { startLoad, type Load } from './loadClients.js';
 import { spawnService, type ServiceProcess } from './processes.js';
 import { testRedisPrefix } from './redis.js';
 
@@ -61,17 +61,31 @@ async function metric(url: string, line: string): Promise<number> {
 
 const endedByJob = 'token_lease_leases_ended_total{reason="expired",by="job"}';
 
+/**
+ * Waits until the worker at `workerUrl` has ended a lease by its release job. The load's own
+ * leases are mostly released or renewed before they run out (the faster the machine, the more
+ * so), so each probe also has the load abandon one lease: only expiry ends those, by job unless
+ * the sweep gets there first.
+ */
+async function untilAJobEndsALease(load: Load, workerUrl: string, what: string): Promise<void> {
+  await waitFor(
+    async () => {
+      await load.abandon();
+      return (await metric(workerUrl, endedByJob)) > 0;
+    },
+    { timeoutMs: 15_000, intervalMs: 250, what },
+  );
+}
+
 describe('processes killed mid-run', () => {
   it('a worker SIGKILLed and restarted: answers are unaffected, every lease still ends', async () => {
-    // A pool larger than the users, each user seldom touched: leases mostly run out and are
-    // ended by their release job, not lazily by the next activation (which would leave the
-    // worker nothing to show).
+    // A pool larger than the load's users, with room for the leases it abandons.
     const d = await deployment({ POOL_SIZE: '40' });
     const [api, first] = await Promise.all([d.start('api'), d.start('worker')]);
     const load = startLoad({ baseUrls: [api.url], clients: 4, usersPerClient: 8, waitSeconds: 1, deadlineMs: 5_000 });
     cleanups.push(() => load.stop());
     await load.until('leases granted', granted, { count: 10 });
-    await waitFor(async () => (await metric(first.url, endedByJob)) > 0, { timeoutMs: 15_000, what: 'the worker to end leases' });
+    await untilAJobEndsALease(load, first.url, 'the worker to end leases');
 
     first.proc.kill('SIGKILL');
     await first.proc.exited();
@@ -80,10 +94,7 @@ describe('processes killed mid-run', () => {
 
     const second = await d.start('worker');
     await load.until('leases granted after the restart', granted, { since: Date.now(), count: 10 });
-    await waitFor(async () => (await metric(second.url, endedByJob)) > 0, {
-      timeoutMs: 15_000,
-      what: 'the new worker to run release jobs',
-    });
+    await untilAJobEndsALease(load, second.url, 'the new worker to run release jobs');
 
     await drainAndCheck(d.db, load, { leaseTtlMs: LEASE_TTL_MS, sweepIntervalMs: SWEEP_INTERVAL_MS });
     report('worker killed', load.answers);

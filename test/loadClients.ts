@@ -40,6 +40,11 @@ export interface LoadOptions {
 export interface Load {
   readonly answers: Answer[];
   readonly observations: Observation[];
+  /**
+   * One activation for a new user who never touches the lease again, as a client that takes a
+   * lease and goes away would: only expiry ends it. Recorded like the clients' own requests.
+   */
+  abandon(): Promise<void>;
   /** Stops every client after its request in flight and resolves when all have stopped. */
   stop(): Promise<void>;
   /** Resolves once `count` answers received after `since` satisfy `match`. */
@@ -187,6 +192,9 @@ export function startLoad(options: LoadOptions): Load {
   return {
     answers,
     observations,
+    async abandon() {
+      await activate(0, randomUUID(), new Map(), false);
+    },
     async stop() {
       stopped = true;
       await Promise.all(running);

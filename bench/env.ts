@@ -1,6 +1,6 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
@@ -102,14 +102,62 @@ export function rssOf(pid: number): number {
  */
 export function cpuSecondsOf(pid: number): number | undefined {
   try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // Fields after the command name (which may contain spaces) start at state; utime and stime
-    // are the 14th and 15th fields of the line, in clock ticks (100 a second on Linux).
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return (Number(fields[11]) + Number(fields[12])) / 100;
+    return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8')).cpuSeconds;
   } catch {
     return undefined;
   }
+}
+
+/** Starts a measurement; the function it returns tells the CPU seconds used since. */
+export type CpuMeter = () => () => number;
+
+/**
+ * Measures the CPU time (user + system) of the PostgreSQL server's processes, when
+ * `databaseUrl` points at this machine and /proc lists postgres processes; else undefined. It
+ * counts the whole server, so work on other databases at the same time counts too. A backend
+ * that starts during a measurement counts in full; one that exits takes its time since the start
+ * with it (a pool closing idle connections), so the figure can only fall short.
+ */
+export function postgresCpuMeter(databaseUrl: string): CpuMeter | undefined {
+  const host = new URL(databaseUrl).hostname;
+  if (!['127.0.0.1', 'localhost', '[::1]', ''].includes(host)) return undefined;
+  const snapshot = (): Map<string, number> => {
+    const seconds = new Map<string, number>();
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue;
+      try {
+        const stat = parseStat(readFileSync(`/proc/${entry}/stat`, 'utf8'));
+        if (stat.command === 'postgres') seconds.set(entry, stat.cpuSeconds);
+      } catch {
+        // the process ended while being read
+      }
+    }
+    return seconds;
+  };
+  try {
+    if (snapshot().size === 0) return undefined;
+  } catch {
+    return undefined;
+  }
+  return () => {
+    const before = snapshot();
+    return () => {
+      let seconds = 0;
+      for (const [pid, now] of snapshot()) seconds += now - (before.get(pid) ?? 0);
+      return seconds;
+    };
+  };
+}
+
+/** The command name and CPU time (user + system, in seconds) of a /proc/<pid>/stat line. */
+function parseStat(stat: string): { command: string; cpuSeconds: number } {
+  // Fields after the command name (which may contain spaces) start at state; utime and stime
+  // are the 14th and 15th fields of the line, in clock ticks (100 a second on Linux).
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return {
+    command: stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')')),
+    cpuSeconds: (Number(fields[11]) + Number(fields[12])) / 100,
+  };
 }
 
 export interface ServiceProcess {

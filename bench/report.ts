@@ -17,6 +17,8 @@ export interface Row {
   readonly spread: number | undefined;
   /** CPU time of the process under test per operation (median over rounds). */
   readonly cpuMsPerOp: number | undefined;
+  /** CPU time of the PostgreSQL server per operation (median over rounds). */
+  readonly dbCpuMsPerOp: number | undefined;
   readonly errors: number;
   readonly ratio: number | undefined;
   readonly ratioText: string | undefined;
@@ -50,6 +52,7 @@ export function summarise(measurements: readonly Measurement[], sizes: Sizes): R
       return xs.length === 0 ? undefined : xs;
     };
     const cpus = optional((m) => m.cpuMsPerOp);
+    const dbCpus = optional((m) => m.dbCpuMsPerOp);
     const p50s = optional((m) => m.p50Ms);
     const p99s = optional((m) => m.p99Ms);
     const maxes = optional((m) => m.maxMs);
@@ -84,6 +87,7 @@ export function summarise(measurements: readonly Measurement[], sizes: Sizes): R
       maxMs,
       spread: spreadOf(figures),
       cpuMsPerOp: cpus === undefined ? undefined : median(cpus),
+      dbCpuMsPerOp: dbCpus === undefined ? undefined : median(dbCpus),
       errors,
       ratio,
       ratioText: ratio === undefined ? undefined : `${ratio.toFixed(2)} x ${baseLabel}`,
@@ -135,13 +139,15 @@ function figure(row: Row): string {
 
 /** A Markdown table: readable in a terminal, pasted as is into the README. */
 export function formatTable(rows: readonly Row[]): string {
-  const header = ['scenario', 'result', 'p50', 'p99', 'CPU/op', 'vs baseline', 'target', 'met', 'spread', 'errors'];
+  const header = ['scenario', 'result', 'p50', 'p99', 'CPU/op', 'PG CPU/op', 'vs baseline', 'target', 'met', 'spread', 'errors'];
+  const cpu = (x: number | undefined) => (x === undefined ? '' : `${x.toFixed(2)} ms`);
   const lines = rows.map((row) => [
     row.label,
     figure(row),
     ms(row.p50Ms),
     ms(row.p99Ms),
-    row.cpuMsPerOp === undefined ? '' : `${row.cpuMsPerOp.toFixed(2)} ms`,
+    cpu(row.cpuMsPerOp),
+    cpu(row.dbCpuMsPerOp),
     row.ratioText ?? '',
     row.targetText ?? '',
     row.met === undefined ? '' : row.met ? 'yes' : '**no**',

@@ -9,6 +9,7 @@ import {
   cpuSecondsOf,
   createBenchDatabase,
   dropBenchDatabases,
+  postgresCpuMeter,
   root,
   startServiceProcess,
   vacuum,
@@ -58,6 +59,8 @@ export interface Measurement {
   readonly errors: number;
   /** CPU time the process under test spent per operation (Linux only). */
   readonly cpuMsPerOp?: number;
+  /** CPU time the PostgreSQL server spent per operation (Linux, server on this machine only). */
+  readonly dbCpuMsPerOp?: number;
   readonly samples?: number;
   readonly note?: string;
 }
@@ -76,12 +79,46 @@ interface Target {
   readonly url: string;
   /** The process that serves it, for its CPU time. */
   readonly pid?: number | undefined;
+  /** The service's database; absent for the bare HTTP servers, which use none. */
+  readonly databaseUrl?: string;
 }
 
 export async function runBench(options: BenchOptions): Promise<Measurement[]> {
   const measurements: Measurement[] = [];
   const services: ServiceProcess[] = [];
   const say = options.progress;
+  const postgresCpu = postgresCpuMeter(options.databaseServerUrl);
+
+  /** Records one run of `ops` operations: its rate, latencies, and CPU per operation. */
+  function record(
+    key: ScenarioKey,
+    round: number,
+    run: {
+      ops: number;
+      seconds: number;
+      latencyMs: { p50: number; p99: number; max: number };
+      errors: number;
+      cpuSeconds: number | undefined;
+      dbCpuSeconds: number | undefined;
+    },
+  ): number {
+    const perOp = (seconds: number | undefined) =>
+      seconds !== undefined && run.ops > 0 ? (seconds * 1000) / run.ops : undefined;
+    const value = run.ops / run.seconds;
+    measurements.push({
+      key,
+      round,
+      value,
+      p50Ms: run.latencyMs.p50,
+      p99Ms: run.latencyMs.p99,
+      maxMs: run.latencyMs.max,
+      errors: run.errors,
+      cpuMsPerOp: perOp(run.cpuSeconds),
+      dbCpuMsPerOp: perOp(run.dbCpuSeconds),
+    });
+    return value;
+  }
+
   mkdirSync(options.workDir, { recursive: true });
 
   async function startTarget(
@@ -152,7 +189,9 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
 
   /** Loads `target` after a warm-up and records the figure, per request or per cycle. */
   async function measure(key: ScenarioKey, round: number, target: Target, kind: LoadKind, expect: number[]) {
+    const serverCpu = target.databaseUrl === undefined ? undefined : postgresCpu;
     let cpuBefore: number | undefined;
+    let dbCpuSince: (() => number) | undefined;
     const result = await runLoad(
       {
         ...kind,
@@ -164,16 +203,20 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       },
       () => {
         cpuBefore = target.pid === undefined ? undefined : cpuSecondsOf(target.pid);
+        dbCpuSince = serverCpu?.();
       },
     );
     const cpuAfter = target.pid === undefined ? undefined : cpuSecondsOf(target.pid);
     const per = kind.kind === 'cycle' ? 'cycles' : 'requests';
-    const ops = per === 'cycles' ? result.cycles : result.requests;
-    const value = ops / result.seconds;
-    const cpuMsPerOp =
-      cpuBefore !== undefined && cpuAfter !== undefined && ops > 0 ? ((cpuAfter - cpuBefore) * 1000) / ops : undefined;
-    const { p50, p99, max } = result.latencyMs;
-    measurements.push({ key, round, value, p50Ms: p50, p99Ms: p99, maxMs: max, errors: result.errors, cpuMsPerOp });
+    const value = record(key, round, {
+      ops: per === 'cycles' ? result.cycles : result.requests,
+      seconds: result.seconds,
+      latencyMs: result.latencyMs,
+      errors: result.errors,
+      cpuSeconds: cpuBefore === undefined || cpuAfter === undefined ? undefined : cpuAfter - cpuBefore,
+      dbCpuSeconds: dbCpuSince?.(),
+    });
+    const { p99 } = result.latencyMs;
     say(`  ${key}: ${Math.round(value)} ${per}/s, p99 ${p99} ms, ${result.errors} errors`);
   }
 
@@ -186,11 +229,17 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       warmupSec: options.warmupSec,
       durationSec: options.durationSec,
       leaseTtlMs: LONG_TTL_MS,
+      serverCpu: postgresCpu,
     });
-    const { p50, p99, max } = result.latencyMs;
-    const value = result.cycles / result.seconds;
-    const cpuMsPerOp = result.cycles > 0 ? result.cpuMs / result.cycles : undefined;
-    measurements.push({ key, round, value, p50Ms: p50, p99Ms: p99, maxMs: max, errors: result.errors, cpuMsPerOp });
+    const value = record(key, round, {
+      ops: result.cycles,
+      seconds: result.seconds,
+      latencyMs: result.latencyMs,
+      errors: result.errors,
+      cpuSeconds: result.cpuMs / 1000,
+      dbCpuSeconds: result.serverCpuMs === undefined ? undefined : result.serverCpuMs / 1000,
+    });
+    const { p99 } = result.latencyMs;
     say(`  ${key}: ${Math.round(value)} cycles/s, p99 ${p99.toFixed(1)} ms, ${result.errors} errors`);
   }
 

@@ -3,6 +3,7 @@ import { performance } from 'node:perf_hooks';
 import { createPool } from '../src/db/pool.js';
 import { activateLease, releaseLease } from '../src/db/queries.js';
 import { createLogger } from '../src/logger.js';
+import type { CpuMeter } from './env.js';
 import { percentile } from './stats.js';
 
 // The raw SQL cycle: the allocation and release statements the service runs (imported from
@@ -18,6 +19,8 @@ export interface SqlCycleResult {
   readonly latencyMs: { readonly p50: number; readonly p99: number; readonly max: number };
   /** CPU time this (Node) process spent while measuring; PostgreSQL's is not included. */
   readonly cpuMs: number;
+  /** PostgreSQL's CPU time while measuring, from `serverCpu`; undefined without it. */
+  readonly serverCpuMs: number | undefined;
 }
 
 export async function runSqlCycle(options: {
@@ -27,6 +30,8 @@ export async function runSqlCycle(options: {
   warmupSec: number;
   durationSec: number;
   leaseTtlMs: number;
+  /** Measures PostgreSQL's CPU time, if it can be seen from here. */
+  serverCpu?: CpuMeter | undefined;
 }): Promise<SqlCycleResult> {
   const pool = createPool(
     {
@@ -75,9 +80,11 @@ export async function runSqlCycle(options: {
     measuring = true;
     const started = performance.now();
     const cpuBefore = process.cpuUsage();
+    const serverCpuSince = options.serverCpu?.();
     await sleep(options.durationSec * 1000);
     measuring = false;
     const cpu = process.cpuUsage(cpuBefore);
+    const serverCpuSeconds = serverCpuSince?.();
     const seconds = (performance.now() - started) / 1000;
     stopped = true;
     await Promise.all(loops);
@@ -87,6 +94,7 @@ export async function runSqlCycle(options: {
       cycles,
       errors,
       cpuMs: (cpu.user + cpu.system) / 1000,
+      serverCpuMs: serverCpuSeconds === undefined ? undefined : serverCpuSeconds * 1000,
       latencyMs: {
         p50: percentile(latencies, 0.5),
         p99: percentile(latencies, 0.99),

@@ -56,6 +56,7 @@ export function createApp(deps: AppDeps): Express {
       })
       .all(methodNotAllowed(['GET']));
   }
+
   app
     .route('/healthz')
     .get((_req, res) => {

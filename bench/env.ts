@@ -1,12 +1,11 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { migrate } from '../src/db/migrate.js';
 import { createLogger } from '../src/logger.js';
-
+import { freePort } from '../test/ports.js';
 
 // What the bench runs against: its own databases on the shared PostgreSQL server, its own Redis
 // key prefix, and the service as a separate OS process started the way `npm start` starts it.
@@ -70,17 +69,6 @@ export async function vacuum(url: string): Promise<void> {
   await withDatabaseClient(url, async (client) => {
     await client.query('VACUUM (ANALYZE) tokens, usages, waiters');
   });
-}
-
-/** A port that was free a moment ago, for a child that must be told its port up front. */
-export async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  const port = typeof address === 'object' && address !== null ? address.port : 0;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
 }
 
 /** Resident set size of another process, in bytes (Linux /proc, else ps). */

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { Redis } from 'ioredis';
+import { freePort } from './ports.js';
 
 // A private redis-server on a spare port, for tests that stop, restart or flush Redis without
 // touching the machine's shared one. No persistence: a restart comes back empty.
@@ -15,17 +15,6 @@ export interface RedisServer {
   start(): Promise<void>;
   /** Runs one command on it. */
   command(...args: [string, ...Array<string | number>]): Promise<unknown>;
-}
-
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  server.close();
-  await once(server, 'close');
-  if (typeof address !== 'object' || address === null) throw new Error('no port');
-  return address.port;
 }
 
 export async function startRedisServer(): Promise<RedisServer> {

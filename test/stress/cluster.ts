@@ -1,12 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { migrate } from '../../src/db/migrate.js';
 import { createLogger } from '../../src/logger.js';
 import { adminUrl, dropDatabase, withDatabase } from '../databases.js';
+import { freePort } from '../ports.js';
 import { deleteRedisKeys } from '../redis.js';
 import type { HttpClient } from './http.js';
 
@@ -101,18 +101,6 @@ async function createDatabase(name: string): Promise<void> {
   } finally {
     await admin.end();
   }
-}
-
-/** A port nobody listens on right now; the process binds it a moment later. */
-async function freePort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const address = server.address();
-  const port = typeof address === 'object' && address !== null ? address.port : 0;
-  server.close();
-  await once(server, 'close');
-  return port;
 }
 
 function spawnNode(role: 'api' | 'worker', port: number, env: Record<string, string>): ServiceNode {

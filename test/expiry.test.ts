@@ -58,13 +58,14 @@ async function start(env: Record<string, string>, db?: TestDatabase): Promise<Te
   return t;
 }
 
-function jobIdOf(lease: LeaseBody): string {
-  return releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) });
+/** The release job of a lease, if it is in Redis. */
+function jobOf(queue: Queue, lease: LeaseBody) {
+  return queue.getJob(releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) }));
 }
 
 /** Jobs are sent in batches: a test about what happens to a job first waits for it to be in Redis. */
 async function jobSent(queue: Queue, lease: LeaseBody) {
-  return waitFor(() => queue.getJob(jobIdOf(lease)), { what: 'the release job to be sent' });
+  return waitFor(() => jobOf(queue, lease), { what: 'the release job to be sent' });
 }
 
 function inspect(t: TestService, redisUrl = 'redis://127.0.0.1:6379'): Queue {
@@ -110,13 +111,12 @@ describe('release jobs', () => {
     const [kept, released] = [await activate(t), await activate(t)];
     const res = await t.http.post(`/api/tokens/${released.token_id}/release`).send({ user_id: released.user_id });
     expect(res.status).toBe(200);
-    const jobOf = (l: LeaseBody) => queue.getJob(jobIdOf(l));
-    expect(await jobOf(kept)).toBeUndefined();
+    expect(await jobOf(queue, kept)).toBeUndefined();
 
     expect(await t.service.stop('test')).toBe(true);
 
-    expect(await jobOf(kept)).toMatchObject({ data: { leaseId: kept.lease_id } });
-    expect(await jobOf(released)).toBeUndefined();
+    expect(await jobOf(queue, kept)).toMatchObject({ data: { leaseId: kept.lease_id } });
+    expect(await jobOf(queue, released)).toBeUndefined();
   });
 
   it('a duplicate or late job does not end the next holder’s lease', async () => {
@@ -163,7 +163,7 @@ describe('release jobs', () => {
 
     // The cleared leases' jobs fire first (their leases started earlier) and are removed.
     await waitFor(
-      async () => (await Promise.all(cleared.map((l) => queue.getJob(jobIdOf(l))))).every((job) => job === undefined),
+      async () => (await Promise.all(cleared.map((l) => jobOf(queue, l)))).every((job) => job === undefined),
       { what: 'the cleared leases’ jobs to run' },
     );
     const rows = await usagesOf(t.db, 'id = ANY($1)', [cleared.map((l) => l.lease_id)]);

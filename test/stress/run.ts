@@ -72,8 +72,6 @@ export interface StressReport {
   readonly counts: LoadCounts;
   /** Usages in the database after the drain, by end_reason ('open' for none). */
   readonly usagesByEndReason: Record<string, number>;
-  /** Expired usages ended by an activation (lazy expiry), as the metrics count them. */
-  readonly lazyExpiries: number;
   /**
    * Ended usages in the database minus those the metrics counted, by end_reason, where they
    * differ: every way a lease ends is counted once, so this is empty.
@@ -168,7 +166,6 @@ export async function runStress(
       totalMs: Date.now() - started,
       counts,
       usagesByEndReason,
-      lazyExpiries: metrics.ended['expired/activation'] ?? 0,
       uncounted: uncounted(usagesByEndReason, metrics.ended),
       endedByMechanism: metrics.ended,
       sweepRuns: metrics.sweeps,
@@ -337,7 +334,7 @@ export function formatReport(report: StressReport): string {
     `clears: ${counts.clears}, ending ${counts.clearedTokens} leases`,
     `409s: ${conflicts}`,
     `usages by end_reason: ${list(report.usagesByEndReason)}`,
-    `expiries: ${report.usagesByEndReason.expired ?? 0} (lazy, by an activation: ${report.lazyExpiries}); evictions: ${report.usagesByEndReason.evicted ?? 0}`,
+    `expiries: ${report.usagesByEndReason.expired ?? 0} (lazy, by an activation: ${report.endedByMechanism['expired/activation'] ?? 0}); evictions: ${report.usagesByEndReason.evicted ?? 0}`,
     `ended usages the metrics did not count: ${list(report.uncounted)}`,
     `leases ended by mechanism (reason/by): ${list(report.endedByMechanism)}`,
     `sweep runs: ${list(report.sweepRuns)}`,

@@ -84,20 +84,30 @@ export function rssOf(pid: number): number {
 }
 
 /**
- * CPU time (user + system) another process has used, in seconds; undefined where /proc is not
- * available. Per operation it is a steadier figure than a rate on a shared machine: other work
- * slows a process down but hardly changes what each request costs it.
+ * Starts a measurement; the function it returns tells the CPU seconds (user + system) used since,
+ * or undefined if they could not be read. Per operation it is a steadier figure than a rate on a
+ * shared machine: other work slows a process down but hardly changes what each request costs it.
  */
-export function cpuSecondsOf(pid: number): number | undefined {
-  try {
-    return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8')).cpuSeconds;
-  } catch {
-    return undefined;
-  }
-}
+export type CpuMeter = () => () => number | undefined;
 
-/** Starts a measurement; the function it returns tells the CPU seconds used since. */
-export type CpuMeter = () => () => number;
+/** Measures another process's CPU time; undefined where /proc is not available. */
+export function processCpuMeter(pid: number): CpuMeter | undefined {
+  const read = (): number | undefined => {
+    try {
+      return parseStat(readFileSync(`/proc/${pid}/stat`, 'utf8')).cpuSeconds;
+    } catch {
+      return undefined;
+    }
+  };
+  if (read() === undefined) return undefined;
+  return () => {
+    const before = read();
+    return () => {
+      const after = read();
+      return before === undefined || after === undefined ? undefined : after - before;
+    };
+  };
+}
 
 /**
  * Measures the CPU time (user + system) of the PostgreSQL server's processes, when

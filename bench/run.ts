@@ -6,14 +6,15 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
   BENCH_ADMIN_KEY,
-  cpuSecondsOf,
   createBenchDatabase,
   dropBenchDatabases,
   postgresCpuMeter,
+  processCpuMeter,
   root,
   startServiceProcess,
   vacuum,
   withDatabaseClient,
+  type CpuMeter,
   type ServiceProcess,
 } from './env.js';
 import { deleteRedisKeys } from '../test/redis.js';
@@ -189,9 +190,10 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
 
   /** Loads `target` after a warm-up and records the figure, per request or per cycle. */
   async function measure(key: ScenarioKey, round: number, target: Target, kind: LoadKind, expect: number[]) {
+    const serviceCpu = target.pid === undefined ? undefined : processCpuMeter(target.pid);
     const serverCpu = target.databaseUrl === undefined ? undefined : postgresCpu;
-    let cpuBefore: number | undefined;
-    let dbCpuSince: (() => number) | undefined;
+    let cpuSince: ReturnType<CpuMeter> | undefined;
+    let dbCpuSince: ReturnType<CpuMeter> | undefined;
     const result = await runLoad(
       {
         ...kind,
@@ -202,18 +204,17 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
         expect,
       },
       () => {
-        cpuBefore = target.pid === undefined ? undefined : cpuSecondsOf(target.pid);
+        cpuSince = serviceCpu?.();
         dbCpuSince = serverCpu?.();
       },
     );
-    const cpuAfter = target.pid === undefined ? undefined : cpuSecondsOf(target.pid);
     const per = kind.kind === 'cycle' ? 'cycles' : 'requests';
     const value = record(key, round, {
       ops: per === 'cycles' ? result.cycles : result.requests,
       seconds: result.seconds,
       latencyMs: result.latencyMs,
       errors: result.errors,
-      cpuSeconds: cpuBefore === undefined || cpuAfter === undefined ? undefined : cpuAfter - cpuBefore,
+      cpuSeconds: cpuSince?.(),
       dbCpuSeconds: dbCpuSince?.(),
     });
     const { p99 } = result.latencyMs;

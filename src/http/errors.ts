@@ -13,20 +13,28 @@ interface HttpLikeError {
   message?: unknown;
 }
 
-// body-parser and the router report bad requests as http-errors with a `type`.
-const BODY_ERRORS: Record<string, AppError> = {
+// body-parser and the router report bad requests as http-errors with a `type`; body.ts reports
+// the same problems with the same answers.
+const BODY_ERRORS = {
   'entity.parse.failed': new AppError('invalid_json', 400, 'the body is not valid JSON'),
   'entity.too.large': new AppError('payload_too_large', 413, 'the body is larger than 16 KiB'),
   'encoding.unsupported': new AppError('unsupported_media_type', 415, 'unsupported content encoding'),
   'charset.unsupported': new AppError('unsupported_media_type', 415, 'unsupported charset; use utf-8'),
   'request.aborted': new AppError('bad_request', 400, 'the request was aborted'),
   'request.size.invalid': new AppError('bad_request', 400, 'the body is shorter or longer than its Content-Length'),
-};
+} satisfies Record<string, AppError>;
+
+/** The answer to a body problem, by body-parser's name for it. */
+export function bodyError(type: keyof typeof BODY_ERRORS): AppError {
+  return BODY_ERRORS[type];
+}
 
 function toAppError(error: unknown): AppError | null {
   if (error instanceof AppError) return error;
   const e = error as HttpLikeError | null;
-  if (typeof e?.type === 'string' && BODY_ERRORS[e.type] !== undefined) return BODY_ERRORS[e.type] ?? null;
+  if (typeof e?.type === 'string' && Object.hasOwn(BODY_ERRORS, e.type)) {
+    return BODY_ERRORS[e.type as keyof typeof BODY_ERRORS];
+  }
   // Any other client error the HTTP stack raised on purpose, such as a malformed URL encoding.
   if (typeof e?.status === 'number' && e.status >= 400 && e.status < 500 && e.expose === true) {
     return new AppError('bad_request', e.status, typeof e.message === 'string' ? e.message : 'bad request');

@@ -10,6 +10,7 @@ import type { Metrics } from '../metrics.js';
 import { openApiDocument } from './contract.js';
 import { LIST_MAX_AGE_MS } from './listCache.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
+import { sendJson } from './json.js';
 import { tokenRoutes } from './routes.js';
 
 export interface AppDeps {
@@ -60,7 +61,7 @@ export function createApp(deps: AppDeps): Express {
   app
     .route('/healthz')
     .get((_req, res) => {
-      res.json({ data: { status: 'ok' } });
+      sendJson(res, 200, { data: { status: 'ok' } });
     })
     .all(methodNotAllowed(['GET']));
 
@@ -77,7 +78,7 @@ export function createApp(deps: AppDeps): Express {
       if (postgres !== 'up') {
         throw new AppError('not_ready', 503, 'PostgreSQL is unreachable', { checks });
       }
-      res.json({ data: { status: 'ready', checks } });
+      sendJson(res, 200, { data: { status: 'ready', checks } });
     })
     .all(methodNotAllowed(['GET']));
 

@@ -3,6 +3,7 @@ import type { Duplex } from 'node:stream';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { AppError, NotFoundError, PoolExhaustedError } from '../errors.js';
 import type { Logger } from '../logger.js';
+import { JSON_TYPE, sendJson } from './json.js';
 
 // The one place that writes error answers: {"error":{"code","message","details"}}.
 
@@ -53,7 +54,7 @@ export function sendError(res: Response, error: AppError): void {
   res.locals.errorCode = error.code;
   if (error instanceof PoolExhaustedError) res.set('Retry-After', String(error.retryAfterSeconds));
   if (error.status === 503) res.set('Retry-After', '1');
-  res.status(error.status).json({
+  sendJson(res, error.status, {
     error: { code: error.code, message: error.message, details: error.details },
   });
 }
@@ -100,7 +101,7 @@ function rawJsonAnswer(status: number, code: string, message: string): string {
   const body = JSON.stringify({ error: { code, message, details: {} } });
   return [
     `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}`,
-    'Content-Type: application/json; charset=utf-8',
+    `Content-Type: ${JSON_TYPE}`,
     `Content-Length: ${Buffer.byteLength(body)}`,
     'Connection: close',
     '',
@@ -132,7 +133,7 @@ export function answerProtocolErrors(server: Server): void {
     });
     res
       .writeHead(417, {
-        'Content-Type': 'application/json; charset=utf-8',
+        'Content-Type': JSON_TYPE,
         'Content-Length': Buffer.byteLength(body),
         Connection: 'close',
       })

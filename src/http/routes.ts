@@ -14,6 +14,7 @@ import type {
   ValidationJson,
 } from './contract.js';
 import { methodNotAllowed } from './errors.js';
+import { JSON_TYPE, sendJson } from './json.js';
 import { createListCache } from './listCache.js';
 import {
   activateQuery,
@@ -69,8 +70,6 @@ function parseTokenId(raw: unknown): string {
   return parsed.data;
 }
 
-const JSON_TYPE = 'application/json; charset=utf-8';
-
 /** Adds the token API's routes to the app itself: a nested router costs every request a second walk. */
 export function tokenRoutes(
   router: Pick<Express, 'route'>,
@@ -123,8 +122,8 @@ export function tokenRoutes(
         waitMs,
         signal: gone?.signal,
       });
-      if (created) res.status(201).location(`/api/tokens/${lease.tokenId}`);
-      res.json({ data: leaseJson(lease) });
+      if (created) res.setHeader('Location', `/api/tokens/${lease.tokenId}`);
+      sendJson(res, created ? 201 : 200, { data: leaseJson(lease) });
     })
     .all(methodNotAllowed(['POST']));
 
@@ -135,7 +134,7 @@ export function tokenRoutes(
       const body = parse(userBody, req.body, 'body');
       const usage = await leases.release(id, body.user_id);
       const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage) };
-      res.json({ data });
+      sendJson(res, 200, { data });
     })
     .all(methodNotAllowed(['POST']));
 
@@ -148,7 +147,7 @@ export function tokenRoutes(
       const data: ValidationJson = result.valid
         ? { valid: true, lease_id: result.leaseId, expires_at: iso(result.expiresAt) }
         : { valid: false, reason: result.reason };
-      res.json({ data });
+      sendJson(res, 200, { data });
     })
     .all(methodNotAllowed(['POST']));
 
@@ -158,7 +157,7 @@ export function tokenRoutes(
       const id = parseTokenId(req.params.id);
       const body = parse(userBody, req.body, 'body');
       const lease = await leases.renew(id, body.user_id);
-      res.json({ data: leaseJson(lease) });
+      sendJson(res, 200, { data: leaseJson(lease) });
     })
     .all(methodNotAllowed(['POST']));
 
@@ -166,7 +165,7 @@ export function tokenRoutes(
     .route('/api/tokens/clear')
     .post(...jsonBody, requireAdmin(deps.adminApiKey), async (_req, res) => {
       const { cleared } = await leases.clear();
-      res.json({ data: { cleared_tokens: cleared } });
+      sendJson(res, 200, { data: { cleared_tokens: cleared } });
     })
     .all(methodNotAllowed(['POST']));
 
@@ -188,7 +187,7 @@ export function tokenRoutes(
                 fence: lease.fence,
               },
       };
-      res.json({ data });
+      sendJson(res, 200, { data });
     })
     .all(methodNotAllowed(['GET']));
 
@@ -206,7 +205,7 @@ export function tokenRoutes(
         usages: page.usages.map(usageJson),
         next_cursor: page.nextBeforeFence === null ? null : encodeCursor(page.nextBeforeFence),
       };
-      res.json({ data });
+      sendJson(res, 200, { data });
     })
     .all(methodNotAllowed(['GET']));
 }

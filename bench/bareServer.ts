@@ -1,24 +1,35 @@
 import { readFileSync } from 'node:fs';
-import { createServer } from 'node:http';
+import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import express from 'express';
+import { createPool } from '../src/db/pool.js';
+import { activateLease, releaseLease } from '../src/db/queries.js';
+import { createLogger } from '../src/logger.js';
 
-// The bare HTTP baselines: a minimal server answering GET /api/tokens with a static JSON body
-// (the service's own answer, captured just before), already serialised, so that the figure is
-// the ceiling of the framework itself. Express gets the service's settings (no ETag, no
-// X-Powered-By); node:http shows what the framework costs.
+// The bare HTTP baselines.
+// - express|node BODY_FILE: a minimal server answering GET /api/tokens with a static JSON body
+//   (the service's own answer, captured just before), already serialised, so that the figure is
+//   the ceiling of the framework itself. Express gets the service's settings (no ETag, no
+//   X-Powered-By); node:http shows what the framework costs.
+// - cycle DATABASE_URL POOL_MAX LEASE_TTL_MS: node:http in front of the raw SQL cycle: POST activate and
+//   release run the service's statements through node-postgres and answer the fields the load
+//   needs, with no framework, validation, release job, metrics or log. It is what HTTP alone
+//   costs the cycle on this machine, next to which the service's own costs can be read.
 //
-// Usage: bareServer.ts express|node BODY_FILE; prints the port it listens on.
+// Usage: bareServer.ts KIND ARGS...; prints the port it listens on.
 
-const [kind, bodyFile] = process.argv.slice(2);
-if ((kind !== 'express' && kind !== 'node') || bodyFile === undefined) {
-  process.stderr.write('usage: bareServer.ts express|node BODY_FILE\n');
+const [kind, arg, poolMax, leaseTtlMs] = process.argv.slice(2);
+if ((kind !== 'express' && kind !== 'node' && kind !== 'cycle') || arg === undefined) {
+  process.stderr.write('usage: bareServer.ts express|node BODY_FILE | cycle DATABASE_URL POOL_MAX LEASE_TTL_MS\n');
   process.exit(2);
 }
-const body = readFileSync(bodyFile);
 const contentType = 'application/json; charset=utf-8';
+const body = kind === 'cycle' ? Buffer.alloc(0) : readFileSync(arg);
 
 let server;
-if (kind === 'express') {
+if (kind === 'cycle') {
+  server = createServer(cycleServer(arg, Number(poolMax), Number(leaseTtlMs)));
+  server.listen(0, '127.0.0.1');
+} else if (kind === 'express') {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
@@ -42,3 +53,39 @@ server.on('listening', () => {
   process.stdout.write(`${typeof address === 'object' && address !== null ? address.port : 0}\n`);
 });
 process.once('SIGTERM', () => server.close(() => process.exit(0)));
+
+function cycleServer(databaseUrl: string, max: number, ttlMs: number) {
+  const pool = createPool(
+    { connectionString: databaseUrl, max, statementTimeoutMs: 5_000, connectTimeoutMs: 5_000, applicationName: 'token-lease-bench' },
+    createLogger({ level: 'silent' }),
+  );
+  const release = /^\/api\/tokens\/([0-9a-f-]{36})\/release$/;
+  const answer = (res: ServerResponse, status: number, data: unknown) => {
+    const text = JSON.stringify({ data });
+    res.writeHead(status, { 'Content-Type': contentType, 'Content-Length': Buffer.byteLength(text) }).end(text);
+  };
+  async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const { user_id: userId } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { user_id: string };
+    if (req.url === '/api/tokens/activate') {
+      const row = await activateLease(pool, { userId, ttlMs, evictOldest: false, waiterId: null });
+      if (row.outcome === 'created') answer(res, 201, { token_id: row.token_id, lease_id: row.lease_id });
+      else answer(res, 409, { outcome: row.outcome });
+      return;
+    }
+    const tokenId = release.exec(req.url ?? '')?.[1];
+    if (tokenId === undefined) {
+      res.writeHead(404).end();
+      return;
+    }
+    const ended = await releaseLease(pool, { tokenId, userId });
+    answer(res, ended === null ? 409 : 200, { token_id: tokenId });
+  }
+  return (req: IncomingMessage, res: ServerResponse) => {
+    handle(req, res).catch(() => {
+      if (!res.headersSent) res.writeHead(500);
+      res.end();
+    });
+  };
+}

@@ -256,6 +256,13 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       const m = await main();
       await clear(m.url);
       await sqlCycle('sql-cycle', round, m.databaseUrl);
+      const bare = await startBareServer('cycle', [m.databaseUrl, String(SERVICE_POOL_MAX), String(LONG_TTL_MS)]);
+      try {
+        await vacuum(m.databaseUrl);
+        await measure('bare-cycle', round, { ...bare, databaseUrl: m.databaseUrl }, { kind: 'cycle' }, [200, 201]);
+      } finally {
+        await bare.stop();
+      }
       await httpCycle('http-cycle', round, m);
     },
     async large(round) {
@@ -282,7 +289,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       const bodyFile = join(options.workDir, 'tokens.json');
       writeFileSync(bodyFile, Buffer.from(await (await fetch(`${m.url}/api/tokens`)).arrayBuffer()));
       for (const kind of ['node', 'express'] as const) {
-        const bare = await startBareServer(kind, bodyFile);
+        const bare = await startBareServer(kind, [bodyFile]);
         try {
           await measure(kind === 'node' ? 'bare-node' : 'bare-express', round, bare, { kind: 'get', path: '/api/tokens' }, [200]);
         } finally {
@@ -421,8 +428,8 @@ async function hold(url: string, count: number) {
 
 const bareServerPath = fileURLToPath(new URL('./bareServer.ts', import.meta.url));
 
-async function startBareServer(kind: 'node' | 'express', bodyFile: string) {
-  const child = spawn(process.execPath, ['--import', 'tsx', bareServerPath, kind, bodyFile], {
+async function startBareServer(kind: 'node' | 'express' | 'cycle', args: readonly string[]) {
+  const child = spawn(process.execPath, ['--import', 'tsx', bareServerPath, kind, ...args], {
     cwd: root,
     stdio: ['ignore', 'pipe', 'inherit'],
   });

@@ -3,6 +3,7 @@
 
 export type ScenarioKey =
   | 'sql-cycle'
+  | 'bare-cycle'
   | 'http-cycle'
   | 'sql-cycle-large'
   | 'http-cycle-large'
@@ -41,6 +42,12 @@ const count = (n: number) => n.toLocaleString('en-US');
 
 export const SCENARIOS: readonly ScenarioSpec[] = [
   { key: 'sql-cycle', label: () => 'raw SQL cycle, pool 100 (baseline)', unit: 'cycles/s' },
+  {
+    key: 'bare-cycle',
+    label: () => 'node:http + raw SQL cycle (baseline)',
+    unit: 'cycles/s',
+    compareWith: 'sql-cycle',
+  },
   {
     key: 'http-cycle',
     label: () => 'HTTP activate + release, pool 100',

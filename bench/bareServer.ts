@@ -10,10 +10,10 @@ import { createLogger } from '../src/logger.js';
 //   (the service's own answer, captured just before), already serialised, so that the figure is
 //   the ceiling of the framework itself. Express gets the service's settings (no ETag, no
 //   X-Powered-By); node:http shows what the framework costs.
-// - cycle DATABASE_URL POOL_MAX LEASE_TTL_MS: node:http in front of the raw SQL cycle: POST activate and
-//   release run the service's statements through node-postgres and answer the fields the load
-//   needs, with no framework, validation, release job, metrics or log. It is what HTTP alone
-//   costs the cycle on this machine, next to which the service's own costs can be read.
+// - cycle DATABASE_URL POOL_MAX LEASE_TTL_MS: node:http in front of the raw SQL cycle: POST
+//   activate and release run the service's statements through node-postgres and answer the
+//   fields the load needs, with no framework, validation, release job, metrics or log. It shows
+//   what HTTP alone costs the cycle on this machine, and so what the service adds to that.
 //
 // Usage: bareServer.ts KIND ARGS...; prints the port it listens on.
 
@@ -56,7 +56,13 @@ process.once('SIGTERM', () => server.close(() => process.exit(0)));
 
 function cycleServer(databaseUrl: string, max: number, ttlMs: number) {
   const pool = createPool(
-    { connectionString: databaseUrl, max, statementTimeoutMs: 5_000, connectTimeoutMs: 5_000, applicationName: 'token-lease-bench' },
+    {
+      connectionString: databaseUrl,
+      max,
+      statementTimeoutMs: 5_000,
+      connectTimeoutMs: 5_000,
+      applicationName: 'token-lease-bench',
+    },
     createLogger({ level: 'silent' }),
   );
   const release = /^\/api\/tokens\/([0-9a-f-]{36})\/release$/;

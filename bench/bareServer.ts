@@ -6,47 +6,59 @@ import { activateLease, releaseLease } from '../src/db/queries.js';
 import { createLogger } from '../src/logger.js';
 
 // The bare HTTP baselines.
-// - express|node BODY_FILE: a minimal server answering GET /api/tokens with a static JSON body
+// - node|express BODY_FILE: a minimal server answering GET /api/tokens with a static JSON body
 //   (the service's own answer, captured just before), already serialised, so that the figure is
 //   the ceiling of the framework itself. Express gets the service's settings (no ETag, no
 //   X-Powered-By); node:http shows what the framework costs.
-// - cycle DATABASE_URL POOL_MAX LEASE_TTL_MS: node:http in front of the raw SQL cycle: POST
-//   activate and release run the service's statements through node-postgres and answer the
-//   fields the load needs, with no framework, validation, release job, metrics or log. It shows
-//   what HTTP alone costs the cycle on this machine, and so what the service adds to that.
+// - node-cycle|express-cycle DATABASE_URL POOL_MAX LEASE_TTL_MS: the raw SQL cycle served over
+//   HTTP: POST activate and release run the service's statements through node-postgres and
+//   answer the fields the load needs, with no validation, release job, metrics or log; on
+//   node:http, or on two Express routes with the same handler. They show what HTTP alone, and
+//   then Express, cost the cycle on this machine, and so what the service adds to that.
 //
 // Usage: bareServer.ts KIND ARGS...; prints the port it listens on.
 
-const [kind, arg, poolMax, leaseTtlMs] = process.argv.slice(2);
-if ((kind !== 'express' && kind !== 'node' && kind !== 'cycle') || arg === undefined) {
-  process.stderr.write('usage: bareServer.ts express|node BODY_FILE | cycle DATABASE_URL POOL_MAX LEASE_TTL_MS\n');
+const KINDS = ['node', 'express', 'node-cycle', 'express-cycle'] as const;
+const [kind, ...args] = process.argv.slice(2);
+if (!KINDS.includes(kind as (typeof KINDS)[number]) || args.length === 0) {
+  process.stderr.write(
+    'usage: bareServer.ts node|express BODY_FILE | node-cycle|express-cycle DATABASE_URL POOL_MAX LEASE_TTL_MS\n',
+  );
   process.exit(2);
 }
 const contentType = 'application/json; charset=utf-8';
-const body = kind === 'cycle' ? Buffer.alloc(0) : readFileSync(arg);
+const onExpress = kind === 'express' || kind === 'express-cycle';
 
 let server;
-if (kind === 'cycle') {
-  server = createServer(cycleServer(arg, Number(poolMax), Number(leaseTtlMs)));
-  server.listen(0, '127.0.0.1');
-} else if (kind === 'express') {
-  const app = express();
-  app.disable('x-powered-by');
-  app.set('etag', false);
-  app.get('/api/tokens', (_req, res) => {
-    res.set('Content-Type', contentType).send(body);
-  });
-  server = app.listen(0, '127.0.0.1');
+if (kind === 'node-cycle' || kind === 'express-cycle') {
+  const [databaseUrl = '', poolMax, leaseTtlMs] = args;
+  const cycle = cycleHandler(databaseUrl, Number(poolMax), Number(leaseTtlMs));
+  if (onExpress) {
+    const app = expressApp();
+    app.post('/api/tokens/activate', cycle);
+    app.post('/api/tokens/:id/release', cycle);
+    server = app.listen(0, '127.0.0.1');
+  } else {
+    server = createServer(cycle).listen(0, '127.0.0.1');
+  }
 } else {
-  server = createServer((req, res) => {
-    if (req.method === 'GET' && req.url === '/api/tokens') {
-      res.writeHead(200, { 'Content-Type': contentType, 'Content-Length': body.length });
-      res.end(body);
-      return;
-    }
-    res.writeHead(404).end();
-  });
-  server.listen(0, '127.0.0.1');
+  const body = readFileSync(args[0] ?? '');
+  if (onExpress) {
+    const app = expressApp();
+    app.get('/api/tokens', (_req, res) => {
+      res.set('Content-Type', contentType).send(body);
+    });
+    server = app.listen(0, '127.0.0.1');
+  } else {
+    server = createServer((req, res) => {
+      if (req.method === 'GET' && req.url === '/api/tokens') {
+        res.writeHead(200, { 'Content-Type': contentType, 'Content-Length': body.length });
+        res.end(body);
+        return;
+      }
+      res.writeHead(404).end();
+    }).listen(0, '127.0.0.1');
+  }
 }
 server.on('listening', () => {
   const address = server.address();
@@ -54,7 +66,14 @@ server.on('listening', () => {
 });
 process.once('SIGTERM', () => server.close(() => process.exit(0)));
 
-function cycleServer(databaseUrl: string, max: number, ttlMs: number) {
+function expressApp() {
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('etag', false);
+  return app;
+}
+
+function cycleHandler(databaseUrl: string, max: number, ttlMs: number) {
   const pool = createPool(
     {
       connectionString: databaseUrl,

@@ -6,13 +6,15 @@ import { parseArgs } from 'node:util';
 import { benchmark } from './bench.js';
 import { deleteRedisKeys } from '../test/redis.js';
 import { dropBenchDatabases, root } from './env.js';
-import { GROUPS, type Group } from './scenarios.js';
+import { DEFAULT_GROUPS, GROUPS, type Group } from './scenarios.js';
 
 // npm run bench [-- options]: see --help.
 
 const HELP = `Usage: npm run bench -- [options]
 
-  --only GROUPS       comma-separated, from: ${GROUPS.join(', ')} (default: all)
+  --only GROUPS       comma-separated, from: ${GROUPS.join(', ')}
+                      (default: all but ceilings; \`--only cycle,ceilings\` adds to the cycle
+                      the same SQL behind bare node:http and bare Express)
   --rounds N          times each scenario and its baseline run, alternating (default 3)
   --duration S        seconds measured per scenario and round (default 5)
   --warmup S          seconds of unmeasured load before each measurement (default 1)
@@ -58,7 +60,7 @@ function positive(name: string, raw: string): number {
   return n;
 }
 
-const groups = (values.only?.split(',') ?? [...GROUPS]).map((g) => g.trim());
+const groups = (values.only?.split(',') ?? [...DEFAULT_GROUPS]).map((g) => g.trim());
 const unknown = groups.filter((g) => !(GROUPS as readonly string[]).includes(g));
 if (unknown.length > 0 || (values.entry !== 'dist' && values.entry !== 'src')) {
   process.stderr.write(`unknown group or entry: ${[...unknown, values.entry].join(', ')}\n${HELP}`);

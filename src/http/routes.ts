@@ -1,7 +1,7 @@
 import type { Express } from 'express';
 import type { LeaseChanges } from '../domain/changes.js';
 import type { Lease, Leases, TokenState, Usage } from '../domain/leases.js';
-import { NotFoundError } from '../errors.js';
+import { NotFoundError, PoolExhaustedError } from '../errors.js';
 import { requireAdmin } from './auth.js';
 import { jsonBody } from './body.js';
 import type {
@@ -13,7 +13,7 @@ import type {
   UsageJson,
   ValidationJson,
 } from './contract.js';
-import { methodNotAllowed } from './errors.js';
+import { methodNotAllowed, sendError } from './errors.js';
 import { JSON_TYPE, sendJson } from './json.js';
 import { createListCache } from './listCache.js';
 import {
@@ -118,10 +118,18 @@ export function tokenRoutes(
           if (!res.writableEnded) gone.abort();
         });
       }
-      const { created, lease } = await leases.activate(body.user_id, {
-        waitMs,
-        signal: gone?.signal,
-      });
+      let activated: Awaited<ReturnType<Leases['activate']>>;
+      try {
+        activated = await leases.activate(body.user_id, { waitMs, signal: gone?.signal });
+      } catch (error) {
+        // A full pool's refusal, the answer this route gives most under load, is sent from
+        // here: passed to next(), Express would match every later route's path on its way to
+        // the error handler (about 4% of a refusal's CPU).
+        if (!(error instanceof PoolExhaustedError)) throw error;
+        sendError(res, error);
+        return;
+      }
+      const { created, lease } = activated;
       if (created) res.setHeader('Location', `/api/tokens/${lease.tokenId}`);
       sendJson(res, created ? 201 : 200, { data: leaseJson(lease) });
     })

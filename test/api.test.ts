@@ -283,6 +283,21 @@ describe('the token API', () => {
       expect(body.error.code).toBe(code);
     });
 
+    it('answers If-None-Match: * on a GET with 304, as RFC 9110 asks, and other conditions in full', async () => {
+      const list = await t.http.get('/api/tokens');
+      const tokenId = (list.body as { data: Array<{ id: string }> }).data[0]?.id ?? '';
+      for (const path of ['/api/tokens', `/api/tokens/${tokenId}`, '/healthz', '/openapi.json']) {
+        const plain = await t.http.get(path);
+        expect(plain.status, path).toBe(200);
+        expect(plain.headers['content-type'], path).toBe('application/json; charset=utf-8');
+        expect(Number(plain.headers['content-length']), path).toBe(plain.text.length);
+        expect((await t.http.get(path).set('If-None-Match', '*')).status, path).toBe(304);
+        const other = await t.http.get(path).set('If-None-Match', '"x"').set('If-Modified-Since', new Date().toUTCString());
+        expect(other.status, path).toBe(200);
+        expect(other.body, path).toEqual(path === '/api/tokens' || path === '/openapi.json' ? expect.any(Object) : plain.body);
+      }
+    });
+
     it('echoes a plain X-Request-Id and replaces a long or odd one', async () => {
       expect((await t.http.get('/healthz').set('X-Request-Id', 'abc-123')).headers['x-request-id']).toBe('abc-123');
       const long = await t.http.get('/healthz').set('X-Request-Id', 'x'.repeat(500));

@@ -10,7 +10,7 @@ import type { Metrics } from '../metrics.js';
 import { openApiDocument } from './contract.js';
 import { LIST_MAX_AGE_MS } from './listCache.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
-import { sendJson } from './json.js';
+import { sendJson, sendSerializedJson } from './json.js';
 import { tokenRoutes } from './routes.js';
 
 export interface AppDeps {
@@ -53,7 +53,7 @@ export function createApp(deps: AppDeps): Express {
     app
       .route('/openapi.json')
       .get((_req, res) => {
-        res.type('application/json').send(openApi);
+        sendSerializedJson(res, 200, openApi);
       })
       .all(methodNotAllowed(['GET']));
   }

@@ -14,7 +14,7 @@ import type {
   ValidationJson,
 } from './contract.js';
 import { methodNotAllowed, sendError } from './errors.js';
-import { JSON_TYPE, sendJson } from './json.js';
+import { sendJson, sendSerializedJson } from './json.js';
 import { createListCache } from './listCache.js';
 import {
   activateQuery,
@@ -98,7 +98,7 @@ export function tokenRoutes(
     .route('/api/tokens')
     // Not async: a current answer is sent without a promise or a turn of the microtask queue.
     .get((_req, res, next) => {
-      const send = (body: Buffer) => res.setHeader('Content-Type', JSON_TYPE).send(body);
+      const send = (body: Buffer) => sendSerializedJson(res, 200, body);
       const body = list.current();
       if (body !== undefined) send(body);
       else list.get().then(send, next);

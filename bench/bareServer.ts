@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import express from 'express';
-import { createPool } from '../src/db/pool.js';
 import { activateLease, releaseLease } from '../src/db/queries.js';
-import { createLogger } from '../src/logger.js';
+import { JSON_TYPE as contentType } from '../src/http/json.js';
+import { sqlCyclePool } from './sqlCycle.js';
 
 // The bare HTTP baselines.
 // - node|express BODY_FILE: a minimal server answering GET /api/tokens with a static JSON body
@@ -26,7 +26,6 @@ if (!KINDS.includes(kind as (typeof KINDS)[number]) || args.length === 0) {
   );
   process.exit(2);
 }
-const contentType = 'application/json; charset=utf-8';
 const onExpress = kind === 'express' || kind === 'express-cycle';
 
 let server;
@@ -74,16 +73,7 @@ function expressApp() {
 }
 
 function cycleHandler(databaseUrl: string, max: number, ttlMs: number) {
-  const pool = createPool(
-    {
-      connectionString: databaseUrl,
-      max,
-      statementTimeoutMs: 5_000,
-      connectTimeoutMs: 5_000,
-      applicationName: 'token-lease-bench',
-    },
-    createLogger({ level: 'silent' }),
-  );
+  const pool = sqlCyclePool(databaseUrl, max);
   const release = /^\/api\/tokens\/([0-9a-f-]{36})\/release$/;
   const answer = (res: ServerResponse, status: number, data: unknown) => {
     const text = JSON.stringify({ data });

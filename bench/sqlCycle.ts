@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
-import { createPool } from '../src/db/pool.js';
+import { createPool, type Pool } from '../src/db/pool.js';
 import { activateLease, releaseLease } from '../src/db/queries.js';
 import { createLogger } from '../src/logger.js';
 import type { CpuMeter } from './env.js';
@@ -23,6 +23,20 @@ export interface SqlCycleResult {
   readonly serverCpuMs: number | undefined;
 }
 
+/** The pool the raw SQL cycle runs on, here and behind the bare HTTP servers (bareServer.ts). */
+export function sqlCyclePool(databaseUrl: string, max: number): Pool {
+  return createPool(
+    {
+      connectionString: databaseUrl,
+      max,
+      statementTimeoutMs: 5_000,
+      connectTimeoutMs: 5_000,
+      applicationName: 'token-lease-bench',
+    },
+    createLogger({ level: 'silent' }),
+  );
+}
+
 export async function runSqlCycle(options: {
   databaseUrl: string;
   poolMax: number;
@@ -33,16 +47,7 @@ export async function runSqlCycle(options: {
   /** Measures PostgreSQL's CPU time, if it can be seen from here. */
   serverCpu?: CpuMeter | undefined;
 }): Promise<SqlCycleResult> {
-  const pool = createPool(
-    {
-      connectionString: options.databaseUrl,
-      max: options.poolMax,
-      statementTimeoutMs: 5_000,
-      connectTimeoutMs: 5_000,
-      applicationName: 'token-lease-bench',
-    },
-    createLogger({ level: 'silent' }),
-  );
+  const pool = sqlCyclePool(options.databaseUrl, options.poolMax);
   const latencies: number[] = [];
   let measuring = false;
   let cycles = 0;

@@ -2,6 +2,7 @@ import { once } from 'node:events';
 import type { Server } from 'node:http';
 import type { Express } from 'express';
 import { answerProtocolErrors } from '../http/errors.js';
+import { createHttpServer } from '../http/server.js';
 import type { Logger } from '../logger.js';
 
 export interface Listening {
@@ -12,7 +13,7 @@ export interface Listening {
 }
 
 export async function listen(app: Express, options: { host: string; port: number }, log: Logger): Promise<Listening> {
-  const server = app.listen(options.port, options.host);
+  const server = createHttpServer(app).listen(options.port, options.host);
   answerProtocolErrors(server);
   await once(server, 'listening');
   const address = server.address();

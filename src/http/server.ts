@@ -1,0 +1,43 @@
+import { createServer, IncomingMessage, ServerResponse, type Server } from 'node:http';
+import type { Express } from 'express';
+
+/**
+ * The HTTP server for `app`, with every request and response built on Express's prototypes
+ * (app.request, app.response) from the start.
+ *
+ * Express moves each request and response Node gives it onto its own prototypes with
+ * Object.setPrototypeOf (express/lib/application.js, handle). An object whose prototype changes
+ * gets a new hidden class, and Node's http code, which every request and response passes
+ * through, runs polymorphic and slow from then on; on the activate + release cycle that cost the
+ * service about a third of its CPU per request (expressjs/express#5998 reports the same). Built
+ * here on those prototypes, the objects never change class: Express's call finds the prototype
+ * already in place and does nothing. Everything else is Node's and Express's own behaviour.
+ */
+export function createHttpServer(app: Express): Server {
+  // Node's constructors are plain functions, which a subclass needs to call without `new` to
+  // keep Express's prototype. Should a Node release turn them into classes, serve as usual.
+  if (isClass(IncomingMessage) || isClass(ServerResponse)) return createServer(app);
+
+  // Whatever Node passes (the socket; the request and its options) goes through unchanged.
+  function Request(this: IncomingMessage, ...args: unknown[]): void {
+    Reflect.apply(IncomingMessage, this, args);
+  }
+  Request.prototype = app.request;
+
+  function Response(this: ServerResponse, ...args: unknown[]): void {
+    Reflect.apply(ServerResponse, this, args);
+  }
+  Response.prototype = app.response;
+
+  return createServer(
+    {
+      IncomingMessage: Request as unknown as typeof IncomingMessage,
+      ServerResponse: Response as unknown as typeof ServerResponse,
+    },
+    app,
+  );
+}
+
+function isClass(constructor: object): boolean {
+  return Function.prototype.toString.call(constructor).startsWith('class');
+}

@@ -221,10 +221,24 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     say(`  ${key}: ${Math.round(value)} ${per}/s, p99 ${p99} ms, ${result.errors} errors`);
   }
 
-  async function sqlCycle(key: ScenarioKey, round: number, databaseUrl: string) {
-    await vacuum(databaseUrl);
+  /**
+   * Empties the pool of `target` and vacuums it, with PostgreSQL's statistics taken while as many
+   * leases are open as the cycle keeps open (one per connection), as autovacuum would take them
+   * under this load. Taken on an empty pool, they tell the planner that no usage is open, and it
+   * then reads every open lease to find one (every partial index on open usages looks equally
+   * empty, so it may pick any), which costs a cycle the more the longer its leases stay open.
+   */
+  async function freshPool(target: { url: string; databaseUrl: string }) {
+    await clear(target.url);
+    await hold(target.url, options.connections);
+    await vacuum(target.databaseUrl);
+    await clear(target.url);
+  }
+
+  async function sqlCycle(key: ScenarioKey, round: number, target: Target & { databaseUrl: string }) {
+    await freshPool(target);
     const result = await runSqlCycle({
-      databaseUrl,
+      databaseUrl: target.databaseUrl,
       poolMax: SERVICE_POOL_MAX,
       concurrency: options.connections,
       warmupSec: options.warmupSec,
@@ -245,8 +259,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
   }
 
   async function httpCycle(key: ScenarioKey, round: number, target: Target & { databaseUrl: string }) {
-    await clear(target.url);
-    await vacuum(target.databaseUrl);
+    await freshPool(target);
     await measure(key, round, target, { kind: 'cycle' }, [200, 201]);
     await clear(target.url);
   }
@@ -254,8 +267,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
   const groups: Record<Group, (round: number) => Promise<void>> = {
     async cycle(round) {
       const m = await main();
-      await clear(m.url);
-      await sqlCycle('sql-cycle', round, m.databaseUrl);
+      await sqlCycle('sql-cycle', round, m);
       await httpCycle('http-cycle', round, m);
     },
     async ceilings(round) {
@@ -265,8 +277,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
         try {
           // The load stops in the middle of cycles, so each run leaves up to one lease per
           // connection; the service's clear ends them.
-          await clear(m.url);
-          await vacuum(m.databaseUrl);
+          await freshPool(m);
           await measure(kind, round, { ...bare, databaseUrl: m.databaseUrl }, { kind: 'cycle' }, [200, 201]);
         } finally {
           await bare.stop();
@@ -276,11 +287,10 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     },
     async large(round) {
       const l = await large();
-      await clear(l.url);
       // HTTP first: right after the cycle group's HTTP run, which it is compared with, so that
       // the two see the machine in as nearly the same state as one run after another can.
       await httpCycle('http-cycle-large', round, l);
-      await sqlCycle('sql-cycle-large', round, l.databaseUrl);
+      await sqlCycle('sql-cycle-large', round, l);
     },
     async exhausted(round) {
       const m = await main();

@@ -226,7 +226,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
    * leases are open as the cycle keeps open (one per connection), as autovacuum would take them
    * under this load. Taken on an empty pool, they tell the planner that no usage is open, and it
    * then reads every open lease to find one (every partial index on open usages looks equally
-   * empty, so it may pick any), which costs a cycle the more the longer its leases stay open.
+   * empty, so it may pick any), and that costs a cycle more the longer its leases stay open.
    */
   async function freshPool(target: { url: string; databaseUrl: string }) {
     await clear(target.url);

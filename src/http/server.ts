@@ -14,8 +14,9 @@ import type { Express } from 'express';
  * already in place and does nothing. Everything else is Node's and Express's own behaviour.
  */
 export function createHttpServer(app: Express): Server {
-  // Node's constructors are plain functions, which a subclass needs to call without `new` to
-  // keep Express's prototype. Should a Node release turn them into classes, serve as usual.
+  // Node's constructors are plain functions, so they can run on an object that already has
+  // Express's prototype (a class cannot be called that way). Should a Node release turn them into
+  // classes, serve as usual.
   if (isClass(IncomingMessage) || isClass(ServerResponse)) return createServer(app);
 
   // Whatever Node passes (the socket; the request and its options) goes through unchanged.

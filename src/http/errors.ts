@@ -97,34 +97,53 @@ export function methodNotAllowed(allowed: readonly string[]): RequestHandler {
   };
 }
 
-function rawJsonAnswer(status: number, code: string, message: string): string {
+/**
+ * A whole answer for the socket. A HEAD answer carries no body (RFC 9110 9.3.2), and strict
+ * clients, Node's among them, fail on one that does instead of reading the status; so the JSON
+ * body goes only to a request whose request line shows it is not a HEAD.
+ */
+function rawJsonAnswer(status: number, code: string, message: string, withBody: boolean): string {
+  const head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}`;
+  if (!withBody) return [head, 'Content-Length: 0', 'Connection: close', '', ''].join('\r\n');
   const body = JSON.stringify({ error: { code, message, details: {} } });
-  return [
-    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}`,
-    `Content-Type: ${JSON_TYPE}`,
-    `Content-Length: ${Buffer.byteLength(body)}`,
-    'Connection: close',
-    '',
-    body,
-  ].join('\r\n');
+  return [head, `Content-Type: ${JSON_TYPE}`, `Content-Length: ${Buffer.byteLength(body)}`, 'Connection: close', '', body].join('\r\n');
+}
+
+// A request line: a method (an RFC 9110 token), a target and a version, at the start of a line.
+const REQUEST_LINE = /(?:^|\n)\r?([!#$%&'*+.^_`|~0-9A-Za-z-]+) [^ \r\n]+ HTTP\//g;
+
+/**
+ * The method of the request Node's parser refused, read from the bytes it was parsing when it
+ * refused (the error's rawPacket): the last request line there, since the refused request is the
+ * last one begun. Undefined when those bytes hold none: the head began in an earlier read, the
+ * request line itself is not HTTP, or nothing was being parsed (a timeout).
+ */
+function refusedMethod(err: { rawPacket?: unknown }): string | undefined {
+  if (!Buffer.isBuffer(err.rawPacket)) return undefined;
+  let method: string | undefined;
+  for (const match of err.rawPacket.toString('latin1').matchAll(REQUEST_LINE)) method = match[1];
+  return method;
 }
 
 /**
  * Requests Node's HTTP parser refuses never reach Express; Node would answer them with an empty
- * 400, 417 or 431. These answer them with the same JSON error body as every other error.
+ * 400, 417 or 431. These answer them with the same JSON error body as every other error, except
+ * where the request may be a HEAD (see rawJsonAnswer).
  */
 export function answerProtocolErrors(server: Server): void {
-  server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => {
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: unknown }, socket: Duplex) => {
     if (err.code === 'ECONNRESET' || !socket.writable) {
       socket.destroy();
       return;
     }
+    const method = refusedMethod(err);
+    const withBody = method !== undefined && method !== 'HEAD';
     const answer =
       err.code === 'HPE_HEADER_OVERFLOW'
-        ? rawJsonAnswer(431, 'headers_too_large', 'the request headers are too large')
+        ? rawJsonAnswer(431, 'headers_too_large', 'the request headers are too large', withBody)
         : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
-          ? rawJsonAnswer(408, 'request_timeout', 'the request took too long to arrive')
-          : rawJsonAnswer(400, 'bad_request', 'the request is not valid HTTP');
+          ? rawJsonAnswer(408, 'request_timeout', 'the request took too long to arrive', withBody)
+          : rawJsonAnswer(400, 'bad_request', 'the request is not valid HTTP', withBody);
     socket.end(answer);
   });
   server.on('checkExpectation', (_req, res) => {

@@ -332,6 +332,36 @@ describe('the token API', () => {
       expect(long.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
     });
 
+    // The id and the duration are recorded as the answer's head is written (src/http/app.ts):
+    // answers written with their headers at once, through Express's res.send, with a 304, an
+    // error and no route at all each carry the id once and are counted under their route.
+    it('gives every answer a request id and a duration', async () => {
+      const tokenId = ((await t.http.get('/api/tokens')).body as { data: Array<{ id: string }> }).data[0]?.id ?? '';
+      const answers = [
+        await t.http.get('/healthz'),
+        await t.http.get('/metrics'),
+        await t.http.get('/api/tokens').set('If-None-Match', '*'),
+        await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: newUserId() }),
+        await t.http.get('/api/nothing-here'),
+        await t.http.delete('/healthz'),
+      ];
+      expect(answers.map((res) => res.status)).toEqual([200, 200, 304, 409, 404, 405]);
+      for (const res of answers) {
+        expect(res.headers['x-request-id'], String(res.status)).toMatch(/^[0-9a-f-]{36}$/);
+        expect(res.headers['x-request-id'], String(res.status)).not.toContain(',');
+      }
+      const metrics = (await t.http.get('/metrics')).text;
+      for (const labels of [
+        'method="GET",route="/healthz",status="200"',
+        'method="GET",route="/api/tokens",status="304"',
+        'method="POST",route="/api/tokens/:id/release",status="409"',
+        'method="GET",route="unmatched",status="404"',
+        'method="DELETE",route="/healthz",status="405"',
+      ]) {
+        expect(metrics, labels).toMatch(new RegExp(`^token_lease_http_request_duration_seconds_count\\{${labels}\\} [1-9]`, 'm'));
+      }
+    });
+
     it('serves /healthz and /readyz', async () => {
       expect((await t.http.get('/healthz')).body).toEqual({ data: { status: 'ok' } });
       const ready = await t.http.get('/readyz');

@@ -119,6 +119,25 @@ describe('release jobs', () => {
     expect(await jobOf(queue, released)).toBeUndefined();
   });
 
+  it('wait a whole batch interval, so a lease released within one never gets a job', async () => {
+    const t = await start({ ROLE: 'api', LEASE_TTL_MS: '60000', RELEASE_JOB_BATCH_MS: '1000' });
+    const queue = inspect(t);
+    // The first lease sets the batch timer; the second, queued after it, has not waited a whole
+    // interval when that batch goes out, so it stays for the next one.
+    const first = await activate(t);
+    const second = await activate(t);
+    await jobSent(queue, first);
+    expect(await jobOf(queue, second)).toBeUndefined();
+    const res = await t.http.post(`/api/tokens/${second.token_id}/release`).send({ user_id: second.user_id });
+    expect(res.status).toBe(200);
+
+    const third = await activate(t);
+    expect(await t.service.stop('test')).toBe(true);
+    expect(await jobOf(queue, second)).toBeUndefined();
+    // A shutdown sends every job still waiting.
+    expect(await jobOf(queue, third)).toMatchObject({ data: { leaseId: third.lease_id } });
+  });
+
   it('a duplicate or late job does not end the next holder’s lease', async () => {
     const t = await start({ ROLE: 'all', POOL_SIZE: '1', LEASE_TTL_MS: '60000' });
     const queue = inspect(t);

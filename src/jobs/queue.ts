@@ -9,10 +9,15 @@ import type { Metrics } from '../metrics.js';
 // lease instead; reads treat it as expired at once anyway.
 //
 // Jobs are sent in batches, one Redis round trip per RELEASE_JOB_BATCH_MS rather than one per
-// lease: a round trip per activation cost the API process a fifth of its CPU. A lease that
-// ends before its batch goes out (released, cleared, evicted) is taken out of it, since its job
-// would only find the lease gone. A process that dies with a batch unsent loses those jobs, as
-// when Redis is down: the sweep ends those leases.
+// lease: a round trip per activation cost the API process a fifth of its CPU. A lease's job
+// goes with the first batch after it has waited a whole RELEASE_JOB_BATCH_MS (or sooner if it
+// falls due before the next one), so between one and two intervals after it was granted. A lease
+// that ends before then (released, cleared, evicted) is taken out, since its job would only
+// find the lease gone: a lease held for less than the interval costs Redis nothing. Sending
+// with the very next batch instead gave a job to every lease of the bench's activate + release
+// cycle still open when that batch went out, though each was released 10-30 ms after it was
+// granted, and cost the API process 4-7% of its CPU per cycle. A process that dies with jobs unsent loses them, as when Redis is
+// down: the sweep ends those leases. A shutdown sends them all.
 
 export const RELEASE_QUEUE = 'lease-release';
 
@@ -49,7 +54,7 @@ export interface ReleaseQueue extends ReleaseScheduler {
 export function createReleaseQueue(deps: {
   connection: Redis;
   prefix: string;
-  /** How long a job may wait to be sent with others; 0 sends each at once. */
+  /** The batch interval: a job waits one to two of these to be sent; 0 sends each at once. */
   batchMs: number;
   log: Logger;
   metrics: Metrics;
@@ -96,18 +101,33 @@ export function createReleaseQueue(deps: {
     pending.add(adding);
   }
 
-  // The batch not sent yet, by lease id (a renewal replaces its lease's entry), with the time
-  // each job falls due by this process's clock.
-  const unsent = new Map<string, { lease: Lease; dueAt: number }>();
+  // The jobs not sent yet, by lease id (a renewal replaces its lease's entry), with the time
+  // each falls due by this process's clock and the order in which their leases were first queued.
+  const unsent = new Map<string, { lease: Lease; dueAt: number; seq: number }>();
+  let queued = 0;
   let batchTimer: NodeJS.Timeout | undefined;
+  // The last lease queued when the timer was set: it and those before it have waited a whole
+  // interval when the timer fires.
+  let waitedUpTo = 0;
 
-  function sendBatch(): void {
+  function armBatch(): void {
+    waitedUpTo = queued;
+    batchTimer = setTimeout(sendBatch, deps.batchMs);
+  }
+
+  /** Sends the jobs that have waited an interval or fall due before the next batch; `all`: every job. */
+  function sendBatch(all = false): void {
     clearTimeout(batchTimer);
     batchTimer = undefined;
     const now = Date.now();
-    const jobs = [...unsent.values()].map(({ lease, dueAt }) => jobFor(lease, Math.max(0, dueAt - now)));
-    unsent.clear();
+    const jobs: ReturnType<typeof jobFor>[] = [];
+    for (const [leaseId, { lease, dueAt, seq }] of unsent) {
+      if (!all && seq > waitedUpTo && dueAt - now > deps.batchMs) continue;
+      jobs.push(jobFor(lease, Math.max(0, dueAt - now)));
+      unsent.delete(leaseId);
+    }
     send(jobs);
+    if (unsent.size > 0) armBatch();
   }
 
   function scheduleRelease(lease: Lease, delayMs: number): void {
@@ -115,8 +135,9 @@ export function createReleaseQueue(deps: {
       send([jobFor(lease, delayMs)]);
       return;
     }
-    unsent.set(lease.leaseId, { lease, dueAt: Date.now() + delayMs });
-    batchTimer ??= setTimeout(sendBatch, deps.batchMs);
+    const seq = unsent.get(lease.leaseId)?.seq ?? ++queued;
+    unsent.set(lease.leaseId, { lease, dueAt: Date.now() + delayMs, seq });
+    if (batchTimer === undefined) armBatch();
   }
 
   function leaseEnded(leaseId: string): void {
@@ -140,7 +161,7 @@ export function createReleaseQueue(deps: {
       await connection.ping();
     },
     async close() {
-      sendBatch();
+      sendBatch(true);
       // Adds in flight are bounded by the connection's command timeout.
       await Promise.allSettled([...pending]);
       await queue.close();

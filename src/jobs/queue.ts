@@ -16,8 +16,9 @@ import type { Metrics } from '../metrics.js';
 // find the lease gone: a lease held for less than the interval costs Redis nothing. Sending
 // with the very next batch instead gave a job to every lease of the bench's activate + release
 // cycle still open when that batch went out, though each was released 10-30 ms after it was
-// granted, and cost the API process 4-7% of its CPU per cycle. A process that dies with jobs unsent loses them, as when Redis is
-// down: the sweep ends those leases. A shutdown sends them all.
+// granted, and cost the API process 4-7% of its CPU per cycle. A process that dies with jobs
+// unsent loses them, as when Redis is down: the sweep ends those leases. A shutdown sends them
+// all.
 
 export const RELEASE_QUEUE = 'lease-release';
 

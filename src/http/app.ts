@@ -158,11 +158,18 @@ function observe(app: Express, log: Logger, metrics: Metrics): RequestHandler {
   // Always called on a response, with Reflect.apply.
   // eslint-disable-next-line @typescript-eslint/unbound-method
   const nodeWriteHead = response.writeHead;
-  response.writeHead = function writeHead(this: Response & Observed, statusCode: number, reason?: unknown, obj?: unknown) {
+  response.writeHead = function writeHead(
+    this: Response & Observed,
+    statusCode: number,
+    reason?: unknown,
+    obj?: unknown,
+  ) {
     const started = this[STARTED];
     // A second call (Node refuses it) and answers to requests that did not pass through the
     // middleware (none, here) are only passed on.
-    if (started === undefined || this.headersSent) return Reflect.apply(nodeWriteHead, this, [statusCode, reason, obj]) as Response;
+    if (started === undefined || this.headersSent) {
+      return Reflect.apply(nodeWriteHead, this, [statusCode, reason, obj]) as Response;
+    }
     this[STARTED] = undefined;
     const ms = performance.now() - started;
     const { req } = this;

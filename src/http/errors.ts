@@ -106,7 +106,8 @@ function rawJsonAnswer(status: number, code: string, message: string, withBody: 
   const head = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}`;
   if (!withBody) return [head, 'Content-Length: 0', 'Connection: close', '', ''].join('\r\n');
   const body = JSON.stringify({ error: { code, message, details: {} } });
-  return [head, `Content-Type: ${JSON_TYPE}`, `Content-Length: ${Buffer.byteLength(body)}`, 'Connection: close', '', body].join('\r\n');
+  const length = Buffer.byteLength(body);
+  return [head, `Content-Type: ${JSON_TYPE}`, `Content-Length: ${length}`, 'Connection: close', '', body].join('\r\n');
 }
 
 // A request line: a method (an RFC 9110 token), a target and a version, at the start of a line.

@@ -165,9 +165,9 @@ function observe(app: Express, log: Logger, metrics: Metrics): RequestHandler {
     obj?: unknown,
   ) {
     const started = this[STARTED];
-    // A second call (Node refuses it) and answers to requests that did not pass through the
-    // middleware (none, here) are only passed on.
-    if (started === undefined || this.headersSent) {
+    // Answers already recorded (a second call, which Node refuses) and answers to requests that
+    // did not pass through the middleware (none, here) are only passed on.
+    if (started === undefined) {
       return Reflect.apply(nodeWriteHead, this, [statusCode, reason, obj]) as Response;
     }
     this[STARTED] = undefined;
@@ -176,14 +176,15 @@ function observe(app: Express, log: Logger, metrics: Metrics): RequestHandler {
     // A client's request id is echoed and logged only if it is short and plain.
     const given = req.headers['x-request-id'];
     const reqId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
-    // Headers given as writeHead(status, headers) or writeHead(status, reason, headers) are
-    // copied with the id first (the caller's object is left alone); else it is set like any other.
-    if (typeof reason === 'string' ? isHeaderObject(obj) : isHeaderObject(reason)) {
-      if (typeof reason === 'string') obj = { 'X-Request-Id': reqId, ...(obj as object) };
-      else reason = { 'X-Request-Id': reqId, ...(reason as object) };
-    } else {
-      this.setHeader('X-Request-Id', reqId);
+    // writeHead(status, headers) is taken as writeHead(status, undefined, headers), as Node takes
+    // it. Headers given are copied with the id first (the caller's object is left alone); else
+    // the id is set like any other header.
+    if (typeof reason !== 'string') {
+      obj ??= reason;
+      reason = undefined;
     }
+    if (isHeaderObject(obj)) obj = { 'X-Request-Id': reqId, ...obj };
+    else this.setHeader('X-Request-Id', reqId);
     const routePath = (req.route as { path?: unknown } | undefined)?.path;
     const route = typeof routePath === 'string' ? routePath : 'unmatched';
     durationOf(req.method, route, statusCode).observe(ms / 1e3);

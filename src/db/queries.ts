@@ -1,5 +1,5 @@
 // Every SQL statement the service runs, so that locking can be reviewed in one file.
-// Activation lives in the migrations as activate_lease() (the latest version is in 0004),
+// Activation lives in the migrations as activate_lease() (the latest version is in 0005),
 // because it needs a few steps with fallbacks and must still cost one round trip; read the
 // header in 0001 for the locking order.
 //

@@ -138,6 +138,17 @@ describe('release jobs', () => {
     expect(await jobOf(queue, third)).toMatchObject({ data: { leaseId: third.lease_id } });
   });
 
+  it('do not wait for the batch when the lease falls due before it goes out', async () => {
+    // A TTL shorter than the batch interval: the lease's job must reach Redis by its expiry, not
+    // with the batch a whole interval later (900 ms after it, here).
+    const t = await start({ ROLE: 'api', LEASE_TTL_MS: '100', RELEASE_JOB_BATCH_MS: '1000' });
+    const queue = inspect(t);
+    const lease = await activate(t);
+    const job = await jobSent(queue, lease);
+
+    expect(job.timestamp - Date.parse(lease.expires_at)).toBeLessThan(500);
+  });
+
   it('a duplicate or late job does not end the next holder’s lease', async () => {
     const t = await start({ ROLE: 'all', POOL_SIZE: '1', LEASE_TTL_MS: '60000' });
     const queue = inspect(t);

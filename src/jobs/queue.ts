@@ -107,12 +107,14 @@ export function createReleaseQueue(deps: {
   const unsent = new Map<string, { lease: Lease; dueAt: number; seq: number }>();
   let queued = 0;
   let batchTimer: NodeJS.Timeout | undefined;
+  let batchAt = 0;
   // The last lease queued when the timer was set: it and those before it have waited a whole
   // interval when the timer fires.
   let waitedUpTo = 0;
 
   function armBatch(): void {
     waitedUpTo = queued;
+    batchAt = Date.now() + deps.batchMs;
     batchTimer = setTimeout(sendBatch, deps.batchMs);
   }
 
@@ -137,8 +139,16 @@ export function createReleaseQueue(deps: {
       return;
     }
     const seq = unsent.get(lease.leaseId)?.seq ?? ++queued;
-    unsent.set(lease.leaseId, { lease, dueAt: Date.now() + delayMs, seq });
+    const dueAt = Date.now() + delayMs;
+    unsent.set(lease.leaseId, { lease, dueAt, seq });
     if (batchTimer === undefined) armBatch();
+    // A lease due before the batch goes out (a TTL shorter than the interval, a renewal capped by
+    // MAX_LEASE_MS) brings the batch forward to its expiry rather than wait for it.
+    if (dueAt < batchAt) {
+      clearTimeout(batchTimer);
+      batchAt = dueAt;
+      batchTimer = setTimeout(sendBatch, delayMs);
+    }
   }
 
   function leaseEnded(leaseId: string): void {

@@ -241,6 +241,9 @@ describe('the token API', () => {
       ['limit=501', { limit: '501' }, 'limit'],
       ['limit=abc', { limit: 'abc' }, 'limit'],
       ['limit=1.5', { limit: '1.5' }, 'limit'],
+      ['an empty limit', { limit: '' }, 'limit'],
+      ['limit=0x10', { limit: '0x10' }, 'limit'],
+      ['limit=1e1', { limit: '1e1' }, 'limit'],
       ['a forged cursor', { cursor: 'bm90LWEtY3Vyc29y' }, 'cursor'],
     ])('refuses %s with 422 naming the parameter', async (_what, query, field) => {
       const list = await t.http.get('/api/tokens');
@@ -248,6 +251,14 @@ describe('the token API', () => {
       expect(res.status).toBe(422);
       expect(res.body.error.code).toBe('validation_failed');
       expect(res.body.error.details.fields[0].field).toBe(field);
+    });
+
+    it('answers the token id in lower case, however the path spelled it', async () => {
+      const list = await t.http.get('/api/tokens');
+      const id = list.body.data[0].id as string;
+      const res = await t.http.get(`/api/tokens/${id.toUpperCase()}/history`);
+      expect(res.status).toBe(200);
+      expect(res.body.data.token_id).toBe(id);
     });
 
     it('answers an unknown token with 404', async () => {

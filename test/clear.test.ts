@@ -65,6 +65,23 @@ describe('POST /api/tokens/clear', () => {
       expect(res.headers['www-authenticate']).toMatch(/^Bearer/);
     });
 
+    it('checks the key before anything it was sent, and reads no body', async () => {
+      for (const [type, body] of [
+        ['application/json', '{bad'],
+        ['text/plain', 'clear'],
+        ['application/json', JSON.stringify({ pad: 'x'.repeat(20_000) })],
+      ] as const) {
+        const res = await t.http.post('/api/tokens/clear').set('Content-Type', type).send(body);
+        expect(res.status, `${type} ${body.slice(0, 10)}`).toBe(401);
+      }
+      const res = await t.http
+        .post('/api/tokens/clear')
+        .set('Authorization', `Bearer ${ADMIN_KEY}`)
+        .set('Content-Type', 'text/plain')
+        .send('whatever');
+      expect(res.status).toBe(200);
+    });
+
     it('answers 401 for a malformed Authorization header', async () => {
       const res = await t.http.post('/api/tokens/clear').set('Authorization', ADMIN_KEY);
       expect(res.status).toBe(401);

@@ -155,11 +155,13 @@ describe('waiting for a token', () => {
     expect((await first).status).toBe(409);
   });
 
-  it('refuses a wait over 60 seconds with 422', async () => {
+  it('refuses a wait over 60 seconds, or not written as a plain number, with 422', async () => {
     const t = await start({ POOL_SIZE: '1' });
-    const res = await post(t.url, '/api/tokens/activate?wait=61', { user_id: newUserId() });
-    expect(res.status).toBe(422);
-    expect(res.body.error.details.fields[0].field).toBe('wait');
+    for (const wait of ['61', '', '%20', '0x1E', '3e1', '-1', '1,5']) {
+      const res = await post(t.url, `/api/tokens/activate?wait=${wait}`, { user_id: newUserId() });
+      expect(res.status, `wait=${wait}`).toBe(422);
+      expect(res.body.error.details.fields[0].field).toBe('wait');
+    }
   });
 
   it('answers waiters 503 at shutdown instead of holding it up', async () => {

@@ -203,7 +203,7 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('The renewed lease', leaseSchema),
             '404': failure('not_found'),
-            '409': failure('lease_expired, lease_ended, not_holder or max_lease_reached'),
+            '409': failure('lease_expired, lease_ended, not_holder, max_lease_reached, or conflict: a concurrent change; retry'),
             ...badInput,
           },
         },

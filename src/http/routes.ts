@@ -171,7 +171,8 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/clear')
-    .post(...jsonBody, requireAdmin(deps.adminApiKey), async (_req, res) => {
+    // Takes no body: the key is checked first, and whatever was sent is left unread.
+    .post(requireAdmin(deps.adminApiKey), async (_req, res) => {
       const { cleared } = await leases.clear();
       sendJson(res, 200, { data: { cleared_tokens: cleared } });
     })

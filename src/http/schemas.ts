@@ -9,6 +9,19 @@ const uuid = z.guid({ error: 'must be a UUID' });
 // PostgreSQL answers UUIDs in lower case; compare them that way too.
 const userId = uuid.transform((id) => id.toLowerCase());
 
+/**
+ * A number in a query string, written in plain decimal (`pattern`), from `min` to `max`. Coercing
+ * with Number() instead read '' and ' ' as 0, and took '0x1E' or '3e1'.
+ */
+function decimal(pattern: RegExp, message: string, min: number, max: number) {
+  return z
+    .string({ error: message })
+    .regex(pattern, { error: message })
+    .meta({ description: message.replace(/^must be /, '') })
+    .transform(Number)
+    .pipe(z.number().min(min, { error: message }).max(max, { error: message }));
+}
+
 export const userBody = z.object(
   { user_id: userId },
   { error: 'the body must be a JSON object with a user_id' },
@@ -30,28 +43,24 @@ export const MAX_WAIT_SECONDS = 60;
 
 export const activateQuery = z
   .object({
-    wait: z.coerce
-      .number({ error: `must be a number of seconds from 0 to ${MAX_WAIT_SECONDS}` })
-      .min(0, { error: `must be a number of seconds from 0 to ${MAX_WAIT_SECONDS}` })
-      .max(MAX_WAIT_SECONDS, { error: `must be a number of seconds from 0 to ${MAX_WAIT_SECONDS}` })
-      .optional(),
+    wait: decimal(
+      /^([0-9]+(\.[0-9]*)?|\.[0-9]+)$/,
+      `must be a number of seconds from 0 to ${MAX_WAIT_SECONDS}`,
+      0,
+      MAX_WAIT_SECONDS,
+    ).optional(),
   })
   // Whole milliseconds, rounded up so that any positive wait waits: the waiting queue keeps its
   // deadlines in integer milliseconds, and ?wait=0.0125 (12.5 ms) used to fail there with a 500.
   .transform(({ wait }) => ({ waitMs: wait === undefined ? 0 : Math.ceil(wait * 1000) }));
 
 /** Token ids in paths: anything else is a 404, as for a token that does not exist. */
-export const tokenId = uuid;
+export const tokenId = uuid.transform((id) => id.toLowerCase());
 
 const MAX_HISTORY_PAGE = 500;
 
 export const historyQuery = z.object({
-  limit: z.coerce
-    .number({ error: 'must be an integer from 1 to 500' })
-    .int({ error: 'must be an integer from 1 to 500' })
-    .min(1, { error: 'must be an integer from 1 to 500' })
-    .max(MAX_HISTORY_PAGE, { error: 'must be an integer from 1 to 500' })
-    .default(50),
+  limit: decimal(/^[0-9]+$/, `must be an integer from 1 to ${MAX_HISTORY_PAGE}`, 1, MAX_HISTORY_PAGE).default(50),
   cursor: z
     .string({ error: 'must be a next_cursor from a previous page' })
     .transform((cursor, ctx) => {

@@ -1,6 +1,7 @@
 import { request as httpRequest, STATUS_CODES } from 'node:http';
 import { connect } from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { sendRaw } from './rawHttp.js';
 import {
   backdate,
   newUserId,
@@ -306,6 +307,28 @@ describe('the token API', () => {
       expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}`);
       expect(answer.split('\r\n')).toContain('Content-Length: 0');
       expect(answer.endsWith('\r\n\r\n')).toBe(true);
+    });
+
+    // The answers to requests read before the refused one go first: ending the connection with
+    // the error at once dropped them, and the client read the 400 as the answer to an activation
+    // that had been granted.
+    it.each([
+      ['a request that follows it on the same connection', 'GET /healthz HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n'],
+      ['bytes left over after its body', ' \x00'],
+    ])('answers an activation before refusing %s', async (_what, after) => {
+      const user = newUserId();
+      const body = JSON.stringify({ user_id: user });
+      const activation =
+        `POST /api/tokens/activate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+      const { port } = new URL(t.url);
+      const { replies, closedByServer } = await sendRaw(Number(port), Buffer.from(activation + after, 'latin1'), 5_000);
+
+      expect(replies.map((reply) => reply.status)).toEqual([201, 400]);
+      expect(JSON.parse(replies[0]!.body.toString()).data.user_id).toBe(user);
+      expect(JSON.parse(replies[1]!.body.toString()).error.code).toBe('bad_request');
+      expect(closedByServer).toBe(true);
+      expect(await usagesOf(t.db, 'user_id = $1 AND ended_at IS NULL', [user])).toHaveLength(1);
     });
 
     it("lets Node's HTTP client read the 431 to a HEAD with headers over 16 KiB", async () => {

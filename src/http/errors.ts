@@ -1,4 +1,4 @@
-import { STATUS_CODES, type Server } from 'node:http';
+import { STATUS_CODES, type Server, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { AppError, NotFoundError, PoolExhaustedError } from '../errors.js';
@@ -127,6 +127,30 @@ function refusedMethod(err: { rawPacket?: unknown }): string | undefined {
 }
 
 /**
+ * Calls `then` once the requests read before the refused one on this connection are answered.
+ * Their answers come first on the wire; writing this one at once would end the connection under
+ * them, and a client would read the error as the answer to a request that did take effect (an
+ * activation, say). Node's own handler has that flaw. Node keeps the answer being written as
+ * the socket's _httpMessage and, once it is finished, attaches the next one (before this runs).
+ */
+function afterAnswersInFlight(socket: Duplex, then: () => void): void {
+  const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
+  if (inFlight === undefined || inFlight === null || inFlight.writableFinished || inFlight.destroyed) {
+    then();
+    return;
+  }
+  const next = () => {
+    inFlight.off('finish', next);
+    inFlight.off('close', next);
+    setImmediate(() => {
+      afterAnswersInFlight(socket, then);
+    });
+  };
+  inFlight.on('finish', next);
+  inFlight.on('close', next);
+}
+
+/**
  * Requests Node's HTTP parser refuses never reach Express; Node would answer them with an empty
  * 400, 417 or 431. These answer them with the same JSON error body as every other error, except
  * where the request may be a HEAD (see rawJsonAnswer).
@@ -145,7 +169,9 @@ export function answerProtocolErrors(server: Server): void {
         : err.code === 'ERR_HTTP_REQUEST_TIMEOUT'
           ? rawJsonAnswer(408, 'request_timeout', 'the request took too long to arrive', withBody)
           : rawJsonAnswer(400, 'bad_request', 'the request is not valid HTTP', withBody);
-    socket.end(answer);
+    afterAnswersInFlight(socket, () => {
+      if (socket.writable) socket.end(answer);
+    });
   });
   server.on('checkExpectation', (_req, res) => {
     const body = JSON.stringify({

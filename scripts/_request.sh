@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Shared by the operator scripts: sends one request to the token-lease API, prints the JSON
 # answer and exits non-zero (22) on an HTTP error, printing the error body all the same.
-#   BASE_URL       the service (default http://localhost:4000)
-#   ADMIN_API_KEY  sent as "Authorization: Bearer ..." when set
+#   BASE_URL         the service (default http://localhost:4000)
+#   ADMIN_API_KEY    sent as "Authorization: Bearer ..." when set
+#   TIMEOUT_SECONDS  how long to wait for an answer (default 30; an activation's wait comes on top)
+# Needs curl 7.76 or later (--fail-with-body). -h or --help prints a script's usage.
 set -euo pipefail
 
+# -h, --help: the comment at the top of the script that sourced this file.
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then
+  sed -n '2,/^set /p' "$0" | sed -n 's/^# \{0,1\}//p'
+  exit 0
+fi
+
+# request METHOD PATH [BODY] [EXTRA_SECONDS]: EXTRA_SECONDS is added to the time allowed for the
+# answer (an activation that waits for a token).
 request() {
-  local method=$1 path=$2 body=${3:-}
-  local args=(--silent --show-error --fail-with-body --max-time "${TIMEOUT_SECONDS:-30}" -X "$method")
+  local method=$1 path=$2 body=${3:-} extra=${4:-0}
+  local args=(--silent --show-error --fail-with-body --max-time "$((${TIMEOUT_SECONDS:-30} + extra))" -X "$method")
   if [[ -n ${ADMIN_API_KEY:-} ]]; then
     args+=(-H "Authorization: Bearer ${ADMIN_API_KEY}")
   fi
@@ -20,13 +30,18 @@ request() {
   return "$status"
 }
 
-# Quotes a value as a JSON string (the scripts' arguments are ids, so this only has to refuse
-# characters that would need escaping).
-json_string() {
-  if [[ ! $1 =~ ^[A-Za-z0-9._:-]*$ ]]; then
-    echo "invalid value: $1" >&2
+# Refuses (exit 2) an id argument with characters that would need escaping in a URL or in JSON:
+# ids are UUIDs, and anything else is refused before a request is sent. Call it before
+# json_string, and not inside $(...), where exit would only end the subshell.
+check_id() {
+  if [[ ! $1 =~ ^[A-Za-z0-9._:-]+$ ]]; then
+    echo "invalid id: $1" >&2
     exit 2
   fi
+}
+
+# Quotes a value checked by check_id as a JSON string.
+json_string() {
   printf '"%s"' "$1"
 }
 

@@ -5,9 +5,12 @@
 set -euo pipefail
 source "$(dirname "$0")/_request.sh"
 [[ $# -ge 1 && $# -le 2 ]] || usage 'USER_ID [WAIT_SECONDS]'
+check_id "$1"
 query=''
+wait=0
 if [[ $# -eq 2 ]]; then
   [[ $2 =~ ^[0-9]+(\.[0-9]+)?$ ]] || usage 'USER_ID [WAIT_SECONDS]'
   query="?wait=$2"
+  wait=$((10#${2%%.*} + 1))
 fi
-request POST "/api/tokens/activate${query}" "{\"user_id\":$(json_string "$1")}"
+request POST "/api/tokens/activate${query}" "{\"user_id\":$(json_string "$1")}" "$wait"

@@ -4,4 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/_request.sh"
 [[ $# -ge 1 && $# -le 3 ]] || usage 'TOKEN_ID [LIMIT] [CURSOR]'
+check_id "$1"
+[[ ${2:-50} =~ ^[0-9]+$ ]] || usage 'TOKEN_ID [LIMIT] [CURSOR]'
+[[ -z ${3:-} ]] || check_id "$3"
 request GET "/api/tokens/$1/history?limit=${2:-50}${3:+&cursor=$3}"

@@ -4,4 +4,6 @@
 set -euo pipefail
 source "$(dirname "$0")/_request.sh"
 [[ $# -eq 2 ]] || usage 'TOKEN_ID USER_ID'
+check_id "$1"
+check_id "$2"
 request POST "/api/tokens/$1/release" "{\"user_id\":$(json_string "$2")}"

@@ -84,6 +84,10 @@ describe('scripts/', () => {
     const res = await run('activate.sh', [newUserId(), '0.3']);
     expect(res.code).not.toBe(0);
     expect(json(res.stdout).error.code).toBe('pool_exhausted');
+    // The wait comes on top of TIMEOUT_SECONDS: curl must not give up first.
+    const longer = await run('activate.sh', [newUserId(), '1.5'], { TIMEOUT_SECONDS: '1' });
+    expect(longer.stderr).not.toMatch(/timed out/);
+    expect(json(longer.stdout).error.code).toBe('pool_exhausted');
   });
 
   it('clear.sh sends ADMIN_API_KEY and fails without it', async () => {
@@ -106,5 +110,27 @@ describe('scripts/', () => {
     const res = await run('activate.sh', []);
     expect(res.code).toBe(2);
     expect(res.stderr).toMatch(/usage: .*activate\.sh USER_ID/);
+  });
+
+  it('refuse an id that is not one before sending anything', async () => {
+    for (const [script, args] of [
+      ['activate.sh', ['a"b']],
+      ['release.sh', ['../clear', newUserId()]],
+      ['renew.sh', [newUserId(), 'a b']],
+      ['show.sh', ['x?y']],
+    ] as const) {
+      const res = await run(script, [...args]);
+      expect(res.code, script).toBe(2);
+      expect(res.stdout, script).toBe('');
+      expect(res.stderr, script).toMatch(/^invalid id: /);
+    }
+  });
+
+  it('print their usage for -h and --help', async () => {
+    for (const flag of ['-h', '--help']) {
+      const res = await run('release.sh', [flag]);
+      expect(res.code).toBe(0);
+      expect(res.stdout).toContain('scripts/release.sh TOKEN_ID USER_ID');
+    }
   });
 });

@@ -150,12 +150,18 @@ export function createLeases(deps: LeasesDeps) {
     let row = await attempt(userId, null);
     const waitMs = options.waitMs ?? 0;
     if (row.outcome !== 'created' && row.outcome !== 'existing' && waitMs > 0 && deps.waitingRoom) {
-      row = await deps.waitingRoom.wait({
-        userId,
-        timeoutMs: waitMs,
-        signal: options.signal,
-        attempt: (waiterId) => attempt(userId, waiterId),
-      });
+      try {
+        row = await deps.waitingRoom.wait({
+          userId,
+          timeoutMs: waitMs,
+          signal: options.signal,
+          attempt: (waiterId) => attempt(userId, waiterId),
+        });
+      } catch (err) {
+        // The wait ran out: refused like any activation on a full pool.
+        if (err instanceof PoolExhaustedError) metrics.activations.inc({ outcome: 'exhausted' });
+        throw err;
+      }
     }
     metrics.activations.inc({ outcome: row.outcome === 'queued' ? 'exhausted' : row.outcome });
     if (row.outcome !== 'created' && row.outcome !== 'existing') {

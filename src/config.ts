@@ -3,21 +3,32 @@ import { z } from 'zod';
 // Every setting the service reads, with its default. `.env.example` and the README's
 // configuration table list the same variables; a test keeps docker-compose.yml in step.
 
-const milliseconds = (fallback: number, min: number) =>
-  z.coerce.number().int().min(min).default(fallback);
+/** A whole number from `min` to `max`, written in plain digits. */
+const digits = (min: number, max: number) =>
+  z
+    .string()
+    .regex(/^[0-9]+$/, 'must be a whole number, in digits')
+    .transform(Number)
+    .pipe(z.number().min(min).max(max));
 
-const emptyAsUndefined = (value: unknown) => (value === '' ? undefined : value);
+/** The same, `fallback` when unset. (Coercing with Number() read '' as 0, and took 1e3 or 0x10.) */
+const whole = (fallback: number, min: number, max: number) => digits(min, max).default(fallback);
+
+/** The longest timer Node.js keeps (a longer one fires at once), and PostgreSQL's longest timeout. */
+const MAX_MS = 2_147_483_647;
+
+const milliseconds = (fallback: number, min: number, max = MAX_MS) => whole(fallback, min, max);
 
 export const envSchema = z
   .object({
     NODE_ENV: z.string().default('development'),
     ROLE: z.enum(['all', 'api', 'worker']).default('all'),
-    PORT: z.coerce.number().int().min(0).max(65535).default(4000),
+    PORT: whole(4000, 0, 65535),
     HOST: z.string().min(1).default('0.0.0.0'),
     DATABASE_URL: z
       .url({ protocol: /^postgres(ql)?$/ })
       .default('postgres://postgres@127.0.0.1:5432/token_lease'),
-    DATABASE_POOL_MAX: z.coerce.number().int().min(1).max(1000).default(10),
+    DATABASE_POOL_MAX: whole(10, 1, 1000),
     DATABASE_STATEMENT_TIMEOUT_MS: milliseconds(5_000, 100),
     DATABASE_CONNECT_TIMEOUT_MS: milliseconds(5_000, 100),
     REDIS_URL: z.url({ protocol: /^rediss?$/ }).default('redis://127.0.0.1:6379'),
@@ -25,22 +36,21 @@ export const envSchema = z
       .string()
       .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, _ . - only')
       .default('token-lease'),
-    POOL_SIZE: z.coerce.number().int().min(1).max(10_000_000).default(100),
-    LEASE_TTL_MS: milliseconds(120_000, 100).pipe(z.number().max(2_147_483_647)),
+    POOL_SIZE: whole(100, 1, 10_000_000),
+    LEASE_TTL_MS: milliseconds(120_000, 100),
     SWEEP_INTERVAL_MS: milliseconds(30_000, 10),
-    RELEASE_CONCURRENCY: z.coerce.number().int().min(1).max(1000).default(4),
-    RELEASE_JOB_BATCH_MS: milliseconds(50, 0).pipe(z.number().max(1_000)),
-    MAX_LEASE_MS: z.preprocess(
-      emptyAsUndefined,
-      z.coerce.number().int().min(100).max(2_147_483_647).optional(),
-    ),
+    RELEASE_CONCURRENCY: whole(4, 1, 1000),
+    RELEASE_JOB_BATCH_MS: milliseconds(50, 0, 1_000),
+    MAX_LEASE_MS: digits(100, MAX_MS).optional(),
     POOL_FULL_POLICY: z.enum(['reject', 'evict_oldest']).default('reject'),
-    MAX_WAITERS: z.coerce.number().int().min(0).max(100_000).default(1000),
-    LIST_CACHE_MAX_AGE_MS: z.coerce.number().int().min(0).max(60_000).default(250),
-    ADMIN_API_KEY: z.preprocess(
-      emptyAsUndefined,
-      z.string().min(16, 'must be at least 16 characters').optional(),
-    ),
+    MAX_WAITERS: whole(1000, 0, 100_000),
+    LIST_CACHE_MAX_AGE_MS: milliseconds(250, 0, 60_000),
+    ADMIN_API_KEY: z
+      .string()
+      .min(16, 'must be at least 16 characters')
+      // What a client can send in a Bearer credential: no spaces, nothing outside ASCII.
+      .regex(/^[\x21-\x7e]+$/, 'must be visible ASCII characters, without spaces')
+      .optional(),
     LOG_LEVEL: z
       .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
       .default('info'),
@@ -91,9 +101,12 @@ export class ConfigError extends Error {
   }
 }
 
-/** Reads the environment once; throws a ConfigError naming every bad variable. */
+/**
+ * Reads the environment once; throws a ConfigError naming every bad variable. An empty value
+ * counts as unset (`MAX_LEASE_MS=` in an env file), never as 0 or as an empty name.
+ */
 export function loadConfig(env: Record<string, string | undefined>): Config {
-  const parsed = envSchema.safeParse(env);
+  const parsed = envSchema.safeParse(Object.fromEntries(Object.entries(env).filter(([, value]) => value !== '')));
   if (!parsed.success) {
     throw new ConfigError(
       parsed.error.issues.map((issue) => `${issue.path.join('.')}: ${issue.message}`),

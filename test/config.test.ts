@@ -43,6 +43,28 @@ describe('configuration', () => {
     expect(() => loadConfig({ ADMIN_API_KEY: 'short' })).toThrow(/ADMIN_API_KEY/);
   });
 
+  it('refuses an ADMIN_API_KEY no Bearer credential can carry', () => {
+    for (const key of ['has spaces in it, 16+', 'ключ-ключ-ключ-ключ']) {
+      expect(() => loadConfig({ ADMIN_API_KEY: key })).toThrow(/ADMIN_API_KEY: must be visible ASCII/);
+    }
+  });
+
+  it('treats any empty value as unset, never as 0', () => {
+    const empty = Object.fromEntries(envVariableNames.map((name) => [name, '']));
+    expect(loadConfig(empty)).toEqual(loadConfig({}));
+  });
+
+  it.each([
+    ['PORT', '1e3'],
+    ['POOL_SIZE', '0x10'],
+    ['MAX_WAITERS', ' 5'],
+    ['SWEEP_INTERVAL_MS', '99999999999'],
+    ['SHUTDOWN_TIMEOUT_MS', '2147483648'],
+    ['DATABASE_STATEMENT_TIMEOUT_MS', '-1'],
+  ])('refuses %s=%s: numbers are whole, in digits, and timers within what Node.js keeps', (name, value) => {
+    expect(() => loadConfig({ [name]: value })).toThrow(new RegExp(`${name}:`));
+  });
+
   it('refuses NODE_ENV=production without ADMIN_API_KEY', () => {
     expect(() => loadConfig({ NODE_ENV: 'production' })).toThrow(/ADMIN_API_KEY/);
     expect(loadConfig({ NODE_ENV: 'production', ADMIN_API_KEY: 'k'.repeat(16) }).nodeEnv).toBe(

@@ -11,6 +11,7 @@ import {
   type TestDatabase,
   type TestService,
 } from './helpers.js';
+import { testRedisUrl } from './redis.js';
 import { startRedisServer, type RedisServer } from './redisServer.js';
 
 // Expiry over real PostgreSQL and Redis: release jobs, the sweep, and what happens when Redis
@@ -68,7 +69,7 @@ async function jobSent(queue: Queue, lease: LeaseBody) {
   return waitFor(() => jobOf(queue, lease), { what: 'the release job to be sent' });
 }
 
-function inspect(t: TestService, redisUrl = 'redis://127.0.0.1:6379'): Queue {
+function inspect(t: TestService, redisUrl = testRedisUrl): Queue {
   const queue = new Queue(RELEASE_QUEUE, { connection: { url: redisUrl }, prefix: t.redisPrefix });
   queues.push(queue);
   return queue;

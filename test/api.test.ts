@@ -288,6 +288,7 @@ describe('the token API', () => {
       ['a header line that is not HTTP', 'GET /healthz HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n', 400, 'bad_request'],
       ['headers over 16 KiB', `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
       ['an Expect other than 100-continue', 'GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n', 417, 'expectation_failed'],
+      ['an HTTP/1.1 request without Host', 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n', 400, 'bad_request'],
     ])('answers %s with a JSON error too', async (_what, request, status, code) => {
       const answer = await rawRequest(t.url, request);
       expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}`);
@@ -307,6 +308,11 @@ describe('the token API', () => {
       expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}`);
       expect(answer.split('\r\n')).toContain('Content-Length: 0');
       expect(answer.endsWith('\r\n\r\n')).toBe(true);
+    });
+
+    it('serves an HTTP/1.0 request without Host, which that version allows', async () => {
+      const answer = await rawRequest(t.url, 'GET /healthz HTTP/1.0\r\n\r\n');
+      expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
     });
 
     // The answers to requests read before the refused one go first: ending the connection with

@@ -197,8 +197,15 @@ function observe(app: Express, log: Logger, metrics: Metrics): RequestHandler {
   };
 
   // When the request reached the app.
-  return (_req, res, next) => {
+  return (req, res, next) => {
     (res as Response & Observed)[STARTED] = performance.now();
+    // HTTP/1.1 requires a Host header (RFC 9112 3.2). Node would refuse a request without one
+    // with a bare 400 before the app saw it; src/http/server.ts leaves that to this check, which
+    // answers with the JSON body and a request id like every other error.
+    if (req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) {
+      next(new AppError('bad_request', 400, 'an HTTP/1.1 request needs a Host header'));
+      return;
+    }
     next();
   };
 }

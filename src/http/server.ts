@@ -11,13 +11,14 @@ import type { Express } from 'express';
  * through, runs polymorphic and slow from then on; on the activate + release cycle that cost the
  * service about a third of its CPU per request (expressjs/express#5998 reports the same). Built
  * here on those prototypes, the objects never change class: Express's call finds the prototype
- * already in place and does nothing. Everything else is Node's and Express's own behaviour.
+ * already in place and does nothing. Everything else is Node's and Express's own behaviour, but
+ * for a missing Host header (SERVER_OPTIONS).
  */
 export function createHttpServer(app: Express): Server {
   // Node's constructors are plain functions, so they can run on an object that already has
   // Express's prototype (a class cannot be called that way). Should a Node release turn them into
   // classes, serve as usual.
-  if (isClass(IncomingMessage) || isClass(ServerResponse)) return createServer(app);
+  if (isClass(IncomingMessage) || isClass(ServerResponse)) return createServer(SERVER_OPTIONS, app);
 
   // Whatever Node passes (the socket; the request and its options) goes through unchanged.
   function Request(this: IncomingMessage, ...args: unknown[]): void {
@@ -32,12 +33,19 @@ export function createHttpServer(app: Express): Server {
 
   return createServer(
     {
+      ...SERVER_OPTIONS,
       IncomingMessage: Request as unknown as typeof IncomingMessage,
       ServerResponse: Response as unknown as typeof ServerResponse,
     },
     app,
   );
 }
+
+/**
+ * A request without the Host header HTTP/1.1 requires gets Node's bare 400 unless this is off;
+ * the app's first middleware (observe in src/http/app.ts) refuses it with the JSON body instead.
+ */
+const SERVER_OPTIONS = { requireHostHeader: false } as const;
 
 function isClass(constructor: object): boolean {
   return Function.prototype.toString.call(constructor).startsWith('class');

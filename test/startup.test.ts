@@ -135,6 +135,36 @@ describe('shutdown', () => {
   });
 });
 
+describe('a second signal', () => {
+  it('ends a shutdown that is waiting for a request, at once and with status 1', async () => {
+    const name = freshDatabaseName();
+    const proc = start({ DATABASE_URL: withDatabase(name), POOL_SIZE: '2', SHUTDOWN_TIMEOUT_MS: '60000' });
+    const port = await proc.port();
+    const userId = newUserId();
+    const blocker = new pg.Client({ connectionString: withDatabase(name) });
+    await blocker.connect();
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query('SELECT pg_advisory_xact_lock(1, hashtext($1))', [userId]);
+      const inFlight = fetch(`http://127.0.0.1:${port}/api/tokens/activate`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ user_id: userId }),
+      }).catch(() => undefined);
+      await waitForWaitingBackend(blocker);
+
+      proc.kill('SIGTERM');
+      await proc.logged('shutting down');
+      proc.kill('SIGTERM');
+      expect(await proc.exited()).toEqual({ code: 1, signal: null });
+      await inFlight;
+    } finally {
+      await blocker.query('ROLLBACK').catch(() => undefined);
+      await blocker.end();
+    }
+  });
+});
+
 async function waitForWaitingBackend(client: pg.Client): Promise<void> {
   const deadline = Date.now() + 10_000;
   while (Date.now() < deadline) {

@@ -34,8 +34,15 @@ async function main(): Promise<void> {
     process.exit(1);
   }
 
+  let stopping = false;
   const stop = (signal: string) => {
-    // A second signal, or a shutdown that hangs, ends the process at once.
+    // A second signal, or a shutdown that hangs, ends the process at once. (Handled here, not
+    // left to the signal's default action: as PID 1 in a container, there is none.)
+    if (stopping) {
+      log.warn({ signal }, 'second signal during shutdown; exiting now');
+      process.exit(1);
+    }
+    stopping = true;
     const timer = setTimeout(() => {
       log.error({ timeoutMs: config.shutdownTimeoutMs }, 'shutdown timed out');
       process.exit(1);
@@ -43,8 +50,8 @@ async function main(): Promise<void> {
     timer.unref();
     void service.stop(signal).then((ok) => process.exit(ok ? 0 : 1));
   };
-  process.once('SIGTERM', () => stop('SIGTERM'));
-  process.once('SIGINT', () => stop('SIGINT'));
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
 }
 
 await main();

@@ -37,7 +37,17 @@ export function startReleaseWorker(deps: {
       // Renewed since this job was added: the renewal added a job for the new expiry.
       if (result.expiresAt.getTime() > Date.parse(expiresAt)) return 'renewed';
       // Due later by the database clock than by ours: wait until it is due.
-      await job.moveToDelayed(Date.now() + result.remainingMs + 1, token);
+      let delayMs = result.remainingMs + 1;
+      if (result.remainingMs === 0) {
+        // Due by the database clock, yet the statement that ends due leases did not end it: a
+        // clock edge (the next try ends it), or a lease no token points to any more, which that
+        // statement cannot reach. Back off as the lease grows overdue, rather than retry every
+        // millisecond for ever, and say so once it is clearly not the clock.
+        const overdueMs = Date.now() - result.expiresAt.getTime();
+        delayMs = Math.min(Math.max(1, overdueMs), MAX_RETRY_DELAY_MS);
+        if (overdueMs > 1_000) log.warn({ leaseId, overdueMs }, 'lease due but not ended by its release job');
+      }
+      await job.moveToDelayed(Date.now() + delayMs, token);
       throw new DelayedError();
     }
     if (result.outcome === 'ended') {
@@ -92,6 +102,9 @@ export function startReleaseWorker(deps: {
     },
   };
 }
+
+/** The longest a release job waits before it looks again at a lease due but not ended. */
+const MAX_RETRY_DELAY_MS = 60_000;
 
 /** How long close() waits for running jobs: each is a statement or two, unless Redis is away. */
 const RUNNING_JOBS_GRACE_MS = 5_000;

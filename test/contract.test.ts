@@ -65,6 +65,10 @@ describe('GET /openapi.json', () => {
     expect(doc.openapi).toBe('3.1.0');
   });
 
+  it('lets answers gain fields: no schema forbids unknown ones', () => {
+    expect(JSON.stringify(doc)).not.toContain('"additionalProperties":false');
+  });
+
   it('documents exactly the routes the app serves', () => {
     const app = createApp({
       leases: t.service.leases,

@@ -86,8 +86,25 @@ export type HistoryJson = z.infer<typeof historySchema>;
 export type ReleasedJson = z.infer<typeof releasedSchema>;
 export type ValidationJson = z.infer<typeof validationSchema>;
 
-const json = (schema: z.ZodType, io: 'input' | 'output' = 'output') =>
-  z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });
+const json = (schema: z.ZodType, io: 'input' | 'output' = 'output') => {
+  const document = z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });
+  return io === 'output' ? open(document) : document;
+};
+
+/**
+ * Answers may gain fields (routes.ts: add fields, never rename them), so their schemas must not
+ * forbid unknown ones, which zod writes for every object it outputs: a client validating answers
+ * strictly against this document would break on the next added field.
+ */
+function open<T>(schema: T): T {
+  if (Array.isArray(schema)) return schema.map(open) as T;
+  if (typeof schema !== 'object' || schema === null) return schema;
+  return Object.fromEntries(
+    Object.entries(schema)
+      .filter(([key, value]) => !(key === 'additionalProperties' && value === false))
+      .map(([key, value]) => [key, open(value)]),
+  ) as T;
+}
 
 const answer = (description: string, schema: z.ZodType) => ({
   description,

@@ -109,61 +109,56 @@ describe('shutdown', () => {
   it('finishes an in-flight request on SIGTERM, then exits 0', async () => {
     const name = freshDatabaseName();
     const proc = start({ DATABASE_URL: withDatabase(name), POOL_SIZE: '2' });
-    const port = await proc.port();
-    const userId = newUserId();
-
-    // Hold the activation's per-user lock from outside, so the request is in flight for sure.
-    const blocker = new pg.Client({ connectionString: withDatabase(name) });
-    await blocker.connect();
-    await blocker.query('BEGIN');
-    await blocker.query('SELECT pg_advisory_xact_lock(1, hashtext($1))', [userId]);
-    const inFlight = fetch(`http://127.0.0.1:${port}/api/tokens/activate`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify({ user_id: userId }),
-    });
-    await waitForWaitingBackend(blocker);
+    const held = await holdActivation(name, await proc.port());
 
     proc.kill('SIGTERM');
     await proc.logged('shutting down');
-    await blocker.query('COMMIT');
-    await blocker.end();
+    await held.letGo();
 
-    const res = await inFlight;
-    expect(res.status).toBe(201);
+    const res = await held.answer;
+    expect(res?.status).toBe(201);
     expect(await proc.exited()).toEqual({ code: 0, signal: null });
   });
-});
 
-describe('a second signal', () => {
-  it('ends a shutdown that is waiting for a request, at once and with status 1', async () => {
+  it('ends at once, with status 1, on a second signal', async () => {
     const name = freshDatabaseName();
     const proc = start({ DATABASE_URL: withDatabase(name), POOL_SIZE: '2', SHUTDOWN_TIMEOUT_MS: '60000' });
-    const port = await proc.port();
-    const userId = newUserId();
-    const blocker = new pg.Client({ connectionString: withDatabase(name) });
-    await blocker.connect();
+    const held = await holdActivation(name, await proc.port());
     try {
-      await blocker.query('BEGIN');
-      await blocker.query('SELECT pg_advisory_xact_lock(1, hashtext($1))', [userId]);
-      const inFlight = fetch(`http://127.0.0.1:${port}/api/tokens/activate`, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ user_id: userId }),
-      }).catch(() => undefined);
-      await waitForWaitingBackend(blocker);
-
       proc.kill('SIGTERM');
       await proc.logged('shutting down');
       proc.kill('SIGTERM');
       expect(await proc.exited()).toEqual({ code: 1, signal: null });
-      await inFlight;
     } finally {
-      await blocker.query('ROLLBACK').catch(() => undefined);
-      await blocker.end();
+      await held.letGo();
     }
   });
 });
+
+/**
+ * Sends an activation and holds it in flight: its per-user lock is taken from outside first, so
+ * the request waits on it in the database until letGo().
+ */
+async function holdActivation(database: string, port: number) {
+  const userId = newUserId();
+  const blocker = new pg.Client({ connectionString: withDatabase(database) });
+  await blocker.connect();
+  await blocker.query('BEGIN');
+  await blocker.query('SELECT pg_advisory_xact_lock(1, hashtext($1))', [userId]);
+  const answer = fetch(`http://127.0.0.1:${port}/api/tokens/activate`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ user_id: userId }),
+  }).catch(() => undefined);
+  await waitForWaitingBackend(blocker);
+  return {
+    answer,
+    async letGo() {
+      await blocker.query('COMMIT').catch(() => undefined);
+      await blocker.end();
+    },
+  };
+}
 
 async function waitForWaitingBackend(client: pg.Client): Promise<void> {
   const deadline = Date.now() + 10_000;

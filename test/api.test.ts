@@ -337,6 +337,18 @@ describe('the token API', () => {
       expect(await usagesOf(t.db, 'user_id = $1 AND ended_at IS NULL', [user])).toHaveLength(1);
     });
 
+    it('refuses a body the parser cannot read at once, without waiting for its own answer', async () => {
+      // The refused bytes belong to the request being answered: its answer can never finish, so
+      // waiting for it (as for an earlier request's) held the connection open for good.
+      const request =
+        'POST /api/tokens/activate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n' +
+        'Transfer-Encoding: chunked\r\n\r\nZZ\r\n';
+      const { port } = new URL(t.url);
+      const { replies, closedByServer } = await sendRaw(Number(port), Buffer.from(request, 'latin1'), 3_000);
+      expect(replies.map((reply) => reply.status)).toEqual([400]);
+      expect(closedByServer).toBe(true);
+    });
+
     it("lets Node's HTTP client read the 431 to a HEAD with headers over 16 KiB", async () => {
       const { port } = new URL(t.url);
       const status = await new Promise<number | undefined>((resolve, reject) => {

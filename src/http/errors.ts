@@ -127,7 +127,8 @@ function refusedMethod(err: { rawPacket?: unknown }): string | undefined {
 }
 
 /**
- * Calls `then` once the requests read before the refused one on this connection are answered.
+ * Calls `then` once the requests read in full before the refused one on this connection are
+ * answered.
  * Their answers come first on the wire; writing this one at once would end the connection under
  * them, and a client would read the error as the answer to a request that did take effect (an
  * activation, say). Node's own handler has that flaw. Node keeps the answer being written as
@@ -135,7 +136,15 @@ function refusedMethod(err: { rawPacket?: unknown }): string | undefined {
  */
 function afterAnswersInFlight(socket: Duplex, then: () => void): void {
   const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;
-  if (inFlight === undefined || inFlight === null || inFlight.writableFinished || inFlight.destroyed) {
+  // An answer whose request is not read to its end is waiting for a body the parser will never
+  // deliver: the refused bytes are that body. Nothing can finish it; answer now (Node's way).
+  if (
+    inFlight === undefined ||
+    inFlight === null ||
+    inFlight.writableFinished ||
+    inFlight.destroyed ||
+    !inFlight.req.complete
+  ) {
     then();
     return;
   }

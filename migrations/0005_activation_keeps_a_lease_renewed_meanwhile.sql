@@ -1,7 +1,7 @@
 -- Up Migration
 
--- activate_lease, fifth version: an activation that finds the caller's own lease run out no longer
--- frees its token when a renewal got there first.
+-- activate_lease, fifth version: it copes with a renewal that commits while it ends a lease that
+-- ran out.
 --
 -- The fourth version (migrations/0004) read the caller's open lease, saw it past its expiry, and
 -- ended it with an UPDATE that re-checks the expiry on the newest row. When a renewal of that
@@ -11,8 +11,15 @@
 -- through tokens.usage_id), and the next activation to take that token failed on
 -- usages_one_open_per_token, again and again. Now the pointer is cleared only when the lease was
 -- ended, and an activation that finds the lease renewed answers it as the caller's lease
--- ('existing'), as it would have had the renewal committed before it began. Arguments, results
--- and locking order are unchanged.
+-- ('existing'), as it would have had the renewal committed before it began.
+--
+-- The same race on another user's lease: with no token free, an activation takes the token of
+-- the lease that ran out first, and a renewal of that lease committing in between made it give
+-- up, answering 409 pool_exhausted (or, with evict_oldest, evicting an active lease) while other
+-- leases had run out too. It now tries the next one. And the time to wait that a refusal
+-- reports (Retry-After, and the waiting queue's next look) is never negative: a lease that has
+-- run out but is locked by another transaction made it so, and a waiter then looked again every
+-- millisecond. Arguments, results and locking order are unchanged.
 
 CREATE OR REPLACE FUNCTION activate_lease(
   p_user_id uuid,
@@ -45,6 +52,8 @@ DECLARE
   handed_at   timestamptz;
   -- Leases this call ended because their time had run out (lazy expiry), for the caller's count.
   expired     uuid[] := '{}';
+  -- Run-out leases it tried to take but found renewed meanwhile.
+  renewed     uuid[] := '{}';
 BEGIN
   PERFORM pg_advisory_xact_lock(1, hashtext(p_user_id::text));
 
@@ -85,7 +94,7 @@ BEGIN
     RETURN QUERY SELECT
       CASE WHEN p_waiter_id IS NULL THEN 'exhausted' ELSE 'queued' END,
       NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
-      COALESCE(ceil(extract(epoch FROM (min(u.expires_at) - now())) * 1000)::bigint, 0),
+      greatest(0, COALESCE(ceil(extract(epoch FROM (min(u.expires_at) - now())) * 1000)::bigint, 0)),
       NULL::uuid, expired
       FROM usages u WHERE u.ended_at IS NULL;
     RETURN;
@@ -98,26 +107,29 @@ BEGIN
     LIMIT 1
     FOR UPDATE SKIP LOCKED;
 
-  -- 2. A token whose lease has run out but has not been ended yet (lazy expiry).
+  -- 2. A token whose lease has run out but has not been ended yet (lazy expiry): the earliest
+  -- one, or, when a renewal of it committed after our snapshot, the next one.
   IF NOT FOUND THEN
-    SELECT t.id, t.last_fence, u.id INTO taken_id, taken_fence, old_id
-      FROM usages u JOIN tokens t ON t.usage_id = u.id
-      WHERE u.ended_at IS NULL AND u.expires_at <= now()
-      ORDER BY u.expires_at
-      LIMIT 1
-      FOR UPDATE OF t SKIP LOCKED;
-    IF FOUND THEN
+    LOOP
+      SELECT t.id, t.last_fence, u.id INTO taken_id, taken_fence, old_id
+        FROM usages u JOIN tokens t ON t.usage_id = u.id
+        WHERE u.ended_at IS NULL AND u.expires_at <= now() AND u.id <> ALL (renewed)
+        ORDER BY u.expires_at
+        LIMIT 1
+        FOR UPDATE OF t SKIP LOCKED;
+      EXIT WHEN NOT FOUND;
       handed_at := clock_timestamp();
       -- Re-checked on the newest row: a renewal that committed after our snapshot wins.
       UPDATE usages u SET ended_at = handed_at, end_reason = 'expired'
         WHERE u.id = old_id AND u.ended_at IS NULL AND u.expires_at <= now();
       IF FOUND THEN
         expired := expired || old_id;
-      ELSE
-        taken_id := NULL;
-        handed_at := NULL;
+        EXIT;
       END IF;
-    END IF;
+      renewed := renewed || old_id;
+      taken_id := NULL;
+      handed_at := NULL;
+    END LOOP;
   END IF;
 
   -- 3. With POOL_FULL_POLICY=evict_oldest, the token of the oldest active lease.
@@ -144,7 +156,7 @@ BEGIN
   IF taken_id IS NULL THEN
     RETURN QUERY SELECT 'exhausted'::text, NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint,
       NULL::timestamptz, NULL::timestamptz,
-      COALESCE(ceil(extract(epoch FROM (min(u.expires_at) - now())) * 1000)::bigint, 0),
+      greatest(0, COALESCE(ceil(extract(epoch FROM (min(u.expires_at) - now())) * 1000)::bigint, 0)),
       NULL::uuid, expired
       FROM usages u WHERE u.ended_at IS NULL;
     RETURN;

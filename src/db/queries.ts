@@ -57,9 +57,9 @@ export async function activateLease(
   return one(rows);
 }
 
-/** Whole milliseconds from now() until `expiry`, rounded up, never negative (a job delay). */
-const msUntil = (expiry: string) =>
-  `greatest(0, ceil(extract(epoch FROM ${expiry} - now()) * 1000))::int`;
+/** Whole milliseconds from `clock` until `expiry`, rounded up, never negative (a job delay). */
+const msUntil = (expiry: string, clock = 'now()') =>
+  `greatest(0, ceil(extract(epoch FROM ${expiry} - ${clock}) * 1000))::int`;
 
 // The tail shared by every statement that ends leases. `locked` must select (id, usage_id) of
 // the tokens to free, locked FOR UPDATE; `guard` narrows the UPDATE on the newest usage row.
@@ -222,16 +222,21 @@ export interface RenewedRow extends UsageRow {
 // Only the usage row changes, so no token lock is needed: the conditions are re-checked on the
 // newest row, and a lease that has run out (or been ended) can never be brought back.
 // $4 caps the lease's whole life (MAX_LEASE_MS); a lease already at its cap is not renewed.
+// Decided and stamped by the clock as the row is reached, not by now(), the statement's start:
+// a renewal that waited for the row (behind another renewal, or a statement ending the lease)
+// would otherwise bring back a lease that had run out meanwhile, after reads had reported it
+// expired, and the earlier of two concurrent renewals could shorten what the later one had
+// answered. The expiry never moves back.
 const RENEW_LEASE = `
   UPDATE usages u
-  SET expires_at = CASE
-    WHEN $4::int IS NULL THEN now() + $3::int * interval '1 millisecond'
-    ELSE least(now() + $3::int * interval '1 millisecond', u.started_at + $4::int * interval '1 millisecond')
-  END
-  WHERE u.token_id = $1 AND u.user_id = $2 AND u.ended_at IS NULL AND u.expires_at > now()
+  SET expires_at = greatest(u.expires_at, CASE
+    WHEN $4::int IS NULL THEN clock_timestamp() + $3::int * interval '1 millisecond'
+    ELSE least(clock_timestamp() + $3::int * interval '1 millisecond', u.started_at + $4::int * interval '1 millisecond')
+  END)
+  WHERE u.token_id = $1 AND u.user_id = $2 AND u.ended_at IS NULL AND u.expires_at > clock_timestamp()
     AND ($4::int IS NULL OR u.started_at + $4::int * interval '1 millisecond' > u.expires_at)
   RETURNING u.*,
-    ${msUntil('u.expires_at')} AS remaining_ms`;
+    ${msUntil('u.expires_at', 'clock_timestamp()')} AS remaining_ms`;
 
 export async function renewLease(
   db: Queryable,

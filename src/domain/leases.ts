@@ -102,8 +102,9 @@ const INVALID_REASONS: Record<EndReason, InvalidReason> = {
 };
 
 const SWEEP_BATCH = 1_000;
-// A renewal that keeps losing the race with activations of the same user answers 409 conflict.
-const RENEW_ATTEMPTS = 3;
+// A renewal or release that keeps losing the race with activations of the same user answers
+// 409 conflict.
+const RACE_ATTEMPTS = 3;
 /** Leases one release job ends at most, besides its own. */
 const EXPIRY_BATCH = 1_000;
 
@@ -190,16 +191,24 @@ export function createLeases(deps: LeasesDeps) {
    * answers the same ended usage. Throws `not_holder` when the caller holds no lease of it.
    */
   async function release(tokenId: string, userId: string): Promise<Usage> {
-    const ended = await sql.releaseLease(pool, { tokenId, userId });
-    if (ended !== null) {
-      changed();
-      countEnded([ended], 'release');
-      if (ended.end_reason === 'released') return toUsage(ended);
-      throw notHolder('expired');
+    for (let attempt = 1; ; attempt += 1) {
+      const ended = await sql.releaseLease(pool, { tokenId, userId });
+      if (ended !== null) {
+        changed();
+        countEnded([ended], 'release');
+        if (ended.end_reason === 'released') return toUsage(ended);
+        throw notHolder('expired');
+      }
+      const latest = await latestUsage(tokenId, userId);
+      if (latest?.end_reason === 'released') return toUsage(latest);
+      if (latest === null || !latest.active) throw notHolder(latest?.end_reason ?? 'not_held');
+      // Active, yet the release ended nothing: while it waited for the token, the same user was
+      // given this token again (an activation that ended their run-out lease on it), and the
+      // statement was still looking for the lease that one replaced. Release the new one.
+      if (attempt >= RACE_ATTEMPTS) {
+        throw new ConflictError('conflict', 'the change conflicts with a concurrent one; retry');
+      }
     }
-    const latest = await latestUsage(tokenId, userId);
-    if (latest?.end_reason === 'released') return toUsage(latest);
-    throw notHolder(latest?.end_reason ?? 'not_held');
   }
 
   /**
@@ -230,7 +239,7 @@ export function createLeases(deps: LeasesDeps) {
       }
       // Not renewable a moment ago, active and below its cap now: the user was given this token
       // again in between (a concurrent activation). That lease is the one to renew.
-      if (attempt >= RENEW_ATTEMPTS) {
+      if (attempt >= RACE_ATTEMPTS) {
         throw new ConflictError('conflict', 'the change conflicts with a concurrent one; retry');
       }
     }

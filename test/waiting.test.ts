@@ -157,6 +157,45 @@ describe('waiting for a token', () => {
     expect((await first).status).toBe(409);
   });
 
+  it('holds to MAX_WAITERS when many ask to wait at once', async () => {
+    // The limit was checked before each place was added and counted only after: a burst all
+    // passed it (29 of 30 waited with MAX_WAITERS=2).
+    const t = await start({ POOL_SIZE: '1', MAX_WAITERS: '2' });
+    await post(t.url, '/api/tokens/activate', { user_id: newUserId() });
+    // Hold every insert of a place, so that all 30 reach the check while none is counted yet.
+    const holder = await t.db.pool.connect();
+    let answered = 0;
+    let answers: Answer[];
+    try {
+      await holder.query('BEGIN');
+      await holder.query('LOCK TABLE waiters IN SHARE MODE');
+      const all = Promise.all(
+        Array.from({ length: 30 }, () =>
+          post(t.url, '/api/tokens/activate?wait=0.3', { user_id: newUserId() }).finally(() => {
+            answered += 1;
+          }),
+        ),
+      );
+      await waitFor(
+        async () => {
+          const { rows } = await t.db.pool.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+          );
+          return rows[0]!.n + answered === 30;
+        },
+        { what: 'every request to be answered or to wait for its place' },
+      );
+      await holder.query('COMMIT');
+      answers = await all;
+    } finally {
+      holder.release();
+    }
+    const codes = answers.map((answer) => answer.body.error.code as string);
+    expect(codes.filter((code) => code === 'pool_exhausted')).toHaveLength(2);
+    expect(codes.filter((code) => code === 'too_many_waiters')).toHaveLength(28);
+  });
+
   it('refuses a wait over 60 seconds, or not written as a plain number, with 422', async () => {
     const t = await start({ POOL_SIZE: '1' });
     for (const wait of ['61', '', '%20', '0x1E', '3e1', '-1', '1,5']) {

@@ -55,6 +55,7 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
   const recheckMs = options.recheckMs ?? 1_000;
   const heartbeatMs = options.heartbeatMs ?? 1_000;
   const waiting: Waiter[] = []; // this process's waiters, in queue order
+  let joining = 0; // requests between the MAX_WAITERS check and join()
   let heartbeat: NodeJS.Timeout | undefined;
   let closing = false;
   let drained: (() => void) | undefined;
@@ -120,9 +121,17 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
     attempt: (waiterId: string) => Promise<ActivateRow>;
   }): Promise<ActivateRow> {
     if (closing) throw new UnavailableError('the server is shutting down; retry');
-    if (waiting.length >= options.maxWaiters) throw new TooManyWaitersError(options.maxWaiters);
+    // Counted from the check on, not from join(): a burst of requests all passed the check while
+    // their places were being added, and MAX_WAITERS let through as many as came.
+    if (waiting.length + joining >= options.maxWaiters) throw new TooManyWaitersError(options.maxWaiters);
     const deadline = Date.now() + args.timeoutMs;
-    const waiterId = await sql.addWaiter(pool, { userId: args.userId, timeoutMs: args.timeoutMs });
+    joining += 1;
+    let waiterId: string;
+    try {
+      waiterId = await sql.addWaiter(pool, { userId: args.userId, timeoutMs: args.timeoutMs });
+    } finally {
+      joining -= 1;
+    }
     const waiter: Waiter = { id: BigInt(waiterId), woken: true, wake: undefined };
     join(waiter);
     let served = false;

@@ -1,5 +1,6 @@
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, inject, it } from 'vitest';
+import { releaseLease } from '../src/db/queries.js';
 import { dropDatabase, testDatabasePrefix, uniqueName, withDatabase } from './databases.js';
 import { createTestDatabase, newUserId, startTestService, usagesOf, waitFor, type TestDatabase, type TestService } from './helpers.js';
 import { spawnService, type ServiceProcess } from './processes.js';
@@ -155,6 +156,41 @@ describe('waiting for a token', () => {
     expect(second.status).toBe(503);
     expect(second.body.error.code).toBe('too_many_waiters');
     expect((await first).status).toBe(409);
+  });
+
+  it('serves a waiter who joins as a token is freed at once, not at its next re-check', async () => {
+    // The freeing statement looked for waiters before it committed, and the waiter's first
+    // attempt skipped the token it still held locked: nobody woke the waiter, which got the
+    // token a second later (migrations/0006).
+    const t = await start({ POOL_SIZE: '1' });
+    const holder = newUserId();
+    const held = await post(t.url, '/api/tokens/activate', { user_id: holder });
+    const release = await t.db.pool.connect();
+    let waited: Promise<Answer>;
+    let committedAt: number;
+    try {
+      await release.query('BEGIN');
+      expect(await releaseLease(release, { tokenId: held.body.data.token_id as string, userId: holder })).not.toBeNull();
+      waited = post(t.url, '/api/tokens/activate?wait=5', { user_id: newUserId() });
+      await waitFor(
+        async () => {
+          const { rows } = await t.db.pool.query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+          );
+          return rows[0]!.n > 0;
+        },
+        { what: 'the waiter to join behind the release' },
+      );
+      await release.query('COMMIT');
+      committedAt = Date.now();
+    } finally {
+      release.release();
+    }
+    const res = await waited;
+    expect(res.status).toBe(201);
+    // Its re-check is a second away; a waiter served by its first attempt takes milliseconds.
+    expect(Date.now() - committedAt).toBeLessThan(800);
   });
 
   it('holds to MAX_WAITERS when many ask to wait at once', async () => {

@@ -293,8 +293,8 @@ export async function addWaiter(
   const rows = await query<{ id: string }>(
     db,
     'add-waiter',
-    `INSERT INTO waiters (user_id, deadline)
-     VALUES ($1, now() + $2::int * interval '1 millisecond') RETURNING id`,
+    // Ordered with the statements that free tokens, so that no wake-up is lost (migrations/0006).
+    'SELECT add_waiter($1, $2) AS id',
     [args.userId, args.timeoutMs],
   );
   return one(rows).id;

@@ -49,7 +49,11 @@ export function listenForNotifications(options: {
     const next = new pg.Client({
       connectionString: options.connectionString,
       application_name: 'token-lease-listener',
+      // This connection only listens, so nothing else would notice it die without a word (a
+      // host gone, a firewall dropping it): TCP probes start after 10 s of silence rather than
+      // the system's default two hours.
       keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
     });
     next.on('notification', (message) => dispatch(message.channel, message.payload ?? ''));
     next.on('error', (err) => {

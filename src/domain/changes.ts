@@ -10,6 +10,7 @@
 // count here too. A cache built at one count is current while the count has not moved and this
 // process is hearing the others.
 
+import { performance } from 'node:perf_hooks';
 import type { Logger } from '../logger.js';
 
 /** Where changes are announced to, and heard from, the other processes. */
@@ -39,6 +40,23 @@ export interface LeaseChanges {
  */
 export const ANNOUNCE_INTERVAL_MS = 10;
 
+/**
+ * How long an announcement may take: on a connection that died without a word it would never
+ * settle, and no announcement (nor a shutdown, which waits for the last one) would follow.
+ */
+const PUBLISH_TIMEOUT_MS = 1_000;
+/** When to try again after an announcement failed. */
+const RETRY_AFTER_FAILURE_MS = 250;
+
+/** `promise`, or a rejection once `ms` have passed. */
+function within<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
 export function createLeaseChanges(deps: {
   channel: ChangeChannel;
   /** Tells this process's own announcements from the others'. */
@@ -47,7 +65,8 @@ export function createLeaseChanges(deps: {
   now?: () => number;
 }): LeaseChanges {
   const { channel, processId, log } = deps;
-  const now = deps.now ?? Date.now;
+  // Monotonic: a wall clock stepping back would hold announcements up by as much.
+  const now = deps.now ?? (() => performance.now());
   let version = 0;
   let unannounced = false;
   let announcing: Promise<void> | undefined;
@@ -71,11 +90,13 @@ export function createLeaseChanges(deps: {
     // Every change counted before this point has committed, so this NOTIFY covers them all.
     unannounced = false;
     lastAnnouncedAt = now();
-    announcing = channel
-      .publish(processId)
+    announcing = within(channel.publish(processId), PUBLISH_TIMEOUT_MS)
       .catch((err: unknown) => {
-        // The others still drop their caches within their maximum age.
+        // The others still drop their caches within their maximum age; this one tries again
+        // after a while (the connection may be reconnecting, or gone without a word).
         log.debug({ err }, 'change not announced');
+        unannounced = true;
+        lastAnnouncedAt = now() + RETRY_AFTER_FAILURE_MS - ANNOUNCE_INTERVAL_MS;
       })
       .finally(() => {
         announcing = undefined;

@@ -19,7 +19,10 @@
 -- leases had run out too. It now tries the next one. And the time to wait that a refusal
 -- reports (Retry-After, and the waiting queue's next look) is never negative: a lease that has
 -- run out but is locked by another transaction made it so, and a waiter then looked again every
--- millisecond. Arguments, results and locking order are unchanged.
+-- millisecond; and a refusal for the sake of waiters while a token is free reports no wait
+-- (Retry-After: 1) instead of the time to the earliest expiry, which a crashed process's waiters
+-- (live for 5 s more) made look like a minute. Arguments, results and locking order are
+-- unchanged.
 
 CREATE OR REPLACE FUNCTION activate_lease(
   p_user_id uuid,
@@ -87,6 +90,8 @@ BEGIN
   END IF;
 
   -- First come, first served: nobody takes a token ahead of a live waiter who came earlier.
+  -- The time to wait is until the earliest expiry, or none when a token is free already (the
+  -- waiters are about to take it, or are gone without a word and stop counting within seconds).
   IF EXISTS (
     SELECT 1 FROM waiters w
     WHERE (p_waiter_id IS NULL OR w.id < p_waiter_id) AND waiter_is_live(w)
@@ -94,7 +99,9 @@ BEGIN
     RETURN QUERY SELECT
       CASE WHEN p_waiter_id IS NULL THEN 'exhausted' ELSE 'queued' END,
       NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
-      greatest(0, COALESCE(ceil(extract(epoch FROM (min(u.expires_at) - now())) * 1000)::bigint, 0)),
+      CASE WHEN EXISTS (SELECT 1 FROM tokens t WHERE t.usage_id IS NULL) THEN 0::bigint
+        ELSE greatest(0, COALESCE(ceil(extract(epoch FROM (min(u.expires_at) - now())) * 1000)::bigint, 0))
+      END,
       NULL::uuid, expired
       FROM usages u WHERE u.ended_at IS NULL;
     RETURN;

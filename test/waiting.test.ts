@@ -193,6 +193,22 @@ describe('waiting for a token', () => {
     expect(Date.now() - committedAt).toBeLessThan(800);
   });
 
+  it('tells a plain activation refused for the sake of waiters, with a token free, to retry soon', async () => {
+    // A place whose process crashed counts for 5 s more; the refusal used to say to come back
+    // at the earliest expiry, a minute away here.
+    const t = await start({ POOL_SIZE: '2' });
+    await post(t.url, '/api/tokens/activate', { user_id: newUserId() });
+    await t.db.pool.query(
+      `INSERT INTO waiters (user_id, deadline) VALUES (gen_random_uuid(), now() + interval '30 seconds')`,
+    );
+
+    const res = await post(t.url, '/api/tokens/activate', { user_id: newUserId() });
+
+    expect(res.status).toBe(409);
+    expect(res.body.error.code).toBe('pool_exhausted');
+    expect(res.headers.get('retry-after')).toBe('1');
+  });
+
   it('holds to MAX_WAITERS when many ask to wait at once', async () => {
     // The limit was checked before each place was added and counted only after: a burst all
     // passed it (29 of 30 waited with MAX_WAITERS=2).

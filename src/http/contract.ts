@@ -207,7 +207,7 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('The ended usage (also for a retried release)', releasedSchema),
             '404': failure('not_found'),
-            '409': failure('not_holder; details.reason says why'),
+            '409': failure('not_holder (details.reason says why), or conflict: a concurrent change; retry'),
             ...badInput,
           },
         },

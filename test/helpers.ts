@@ -141,5 +141,14 @@ export async function openUsages(db: TestDatabase): Promise<UsageRecord[]> {
   return usagesOf(db, 'ended_at IS NULL');
 }
 
+/** How many statements on this database wait for a lock (requests held up on purpose). */
+export async function lockWaits(db: TestDatabase): Promise<number> {
+  const { rows } = await db.pool.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM pg_stat_activity
+     WHERE datname = current_database() AND wait_event_type = 'Lock'`,
+  );
+  return rows[0]?.n ?? 0;
+}
+
 /** A fresh, valid user id. */
 export const newUserId = (): string => randomUUID();

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { renewLease } from '../src/db/queries.js';
-import { newUserId, openUsages, startTestService, waitFor, type TestService } from './helpers.js';
+import { lockWaits, newUserId, openUsages, startTestService, waitFor, type TestService } from './helpers.js';
 import { checkInvariants, describeViolations } from './invariants.js';
 
 type Answer = Awaited<ReturnType<TestService['http']['get']>>;
@@ -47,18 +47,9 @@ describe('statements racing at the moment a lease runs out', () => {
     );
   }
 
-  /** Waits until a statement of this database waits for a lock (the request under test). */
+  /** Waits until the request under test waits for the transaction held open. */
   async function untilWaitingForALock(): Promise<void> {
-    await waitFor(
-      async () => {
-        const { rows } = await t.db.pool.query<{ waiting: number }>(
-          `SELECT count(*)::int AS waiting FROM pg_stat_activity
-           WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-        );
-        return rows[0]!.waiting > 0;
-      },
-      { what: 'the request to wait for the transaction held open' },
-    );
+    await waitFor(async () => (await lockWaits(t.db)) > 0, { what: 'the request to wait for the transaction held open' });
   }
 
   /**

@@ -2,7 +2,16 @@ import pg from 'pg';
 import { afterAll, afterEach, describe, expect, inject, it } from 'vitest';
 import { releaseLease } from '../src/db/queries.js';
 import { dropDatabase, testDatabasePrefix, uniqueName, withDatabase } from './databases.js';
-import { createTestDatabase, newUserId, startTestService, usagesOf, waitFor, type TestDatabase, type TestService } from './helpers.js';
+import {
+  createTestDatabase,
+  lockWaits,
+  newUserId,
+  startTestService,
+  usagesOf,
+  waitFor,
+  type TestDatabase,
+  type TestService,
+} from './helpers.js';
 import { spawnService, type ServiceProcess } from './processes.js';
 
 // POST /api/tokens/activate?wait=N: waiters on a full pool, served first come first served
@@ -172,16 +181,7 @@ describe('waiting for a token', () => {
       await release.query('BEGIN');
       expect(await releaseLease(release, { tokenId: held.body.data.token_id as string, userId: holder })).not.toBeNull();
       waited = post(t.url, '/api/tokens/activate?wait=5', { user_id: newUserId() });
-      await waitFor(
-        async () => {
-          const { rows } = await t.db.pool.query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-          );
-          return rows[0]!.n > 0;
-        },
-        { what: 'the waiter to join behind the release' },
-      );
+      await waitFor(async () => (await lockWaits(t.db)) > 0, { what: 'the waiter to join behind the release' });
       await release.query('COMMIT');
       committedAt = Date.now();
     } finally {
@@ -228,16 +228,9 @@ describe('waiting for a token', () => {
           }),
         ),
       );
-      await waitFor(
-        async () => {
-          const { rows } = await t.db.pool.query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'`,
-          );
-          return rows[0]!.n + answered === 30;
-        },
-        { what: 'every request to be answered or to wait for its place' },
-      );
+      await waitFor(async () => (await lockWaits(t.db)) + answered === 30, {
+        what: 'every request to be answered or to wait for its place',
+      });
       await holder.query('COMMIT');
       answers = await all;
     } finally {

@@ -113,6 +113,20 @@ export function createLeases(deps: LeasesDeps) {
   const changed = () => deps.changes?.changed();
 
   /**
+   * Runs a statement that changes leases. One that fails may still have committed (its answer
+   * lost with the connection), so a change is counted all the same: else this process's list
+   * cache could hide the caller's own write from the retry that follows.
+   */
+  async function changing<T>(statement: Promise<T>): Promise<T> {
+    try {
+      return await statement;
+    } catch (err) {
+      changed();
+      throw err;
+    }
+  }
+
+  /**
    * Every lease that ends through this process passes here: it is counted, and a release job
    * not sent yet for it is dropped.
    */
@@ -129,12 +143,14 @@ export function createLeases(deps: LeasesDeps) {
 
   /** One call of activate_lease(); the leases it ended as expired on the way are counted here. */
   async function attempt(userId: string, waiterId: string | null): Promise<sql.ActivateRow> {
-    const row = await sql.activateLease(pool, {
-      userId,
-      ttlMs: deps.leaseTtlMs,
-      evictOldest: deps.evictOldest ?? false,
-      waiterId,
-    });
+    const row = await changing(
+      sql.activateLease(pool, {
+        userId,
+        ttlMs: deps.leaseTtlMs,
+        evictOldest: deps.evictOldest ?? false,
+        waiterId,
+      }),
+    );
     for (const leaseId of row.expired_lease_ids) leaseEnded(leaseId, 'expired', 'activation');
     return row;
   }
@@ -192,7 +208,7 @@ export function createLeases(deps: LeasesDeps) {
    */
   async function release(tokenId: string, userId: string): Promise<Usage> {
     for (let attempt = 1; ; attempt += 1) {
-      const ended = await sql.releaseLease(pool, { tokenId, userId });
+      const ended = await changing(sql.releaseLease(pool, { tokenId, userId }));
       if (ended !== null) {
         changed();
         countEnded([ended], 'release');
@@ -217,12 +233,14 @@ export function createLeases(deps: LeasesDeps) {
    */
   async function renew(tokenId: string, userId: string): Promise<Lease> {
     for (let attempt = 1; ; attempt += 1) {
-      const renewed = await sql.renewLease(pool, {
-        tokenId,
-        userId,
-        ttlMs: deps.leaseTtlMs,
-        maxLeaseMs: deps.maxLeaseMs ?? null,
-      });
+      const renewed = await changing(
+        sql.renewLease(pool, {
+          tokenId,
+          userId,
+          ttlMs: deps.leaseTtlMs,
+          maxLeaseMs: deps.maxLeaseMs ?? null,
+        }),
+      );
       if (renewed !== null) {
         changed();
         const lease = toLease(renewed);
@@ -320,7 +338,7 @@ export function createLeases(deps: LeasesDeps) {
 
   /** Ends every open lease; those already past their expiry end as expired, not cleared. */
   async function clear(): Promise<{ cleared: number; expired: number }> {
-    const ended = await sql.clearLeases(pool);
+    const ended = await changing(sql.clearLeases(pool));
     if (ended.length > 0) changed();
     countEnded(ended, 'clear');
     const cleared = ended.filter((u) => u.end_reason === 'cleared').length;

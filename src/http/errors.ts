@@ -128,11 +128,11 @@ function refusedMethod(err: { rawPacket?: unknown }): string | undefined {
 
 /**
  * Calls `then` once the requests read in full before the refused one on this connection are
- * answered.
- * Their answers come first on the wire; writing this one at once would end the connection under
- * them, and a client would read the error as the answer to a request that did take effect (an
- * activation, say). Node's own handler has that flaw. Node keeps the answer being written as
- * the socket's _httpMessage and, once it is finished, attaches the next one (before this runs).
+ * answered. Their answers come first on the wire; writing this one at once would end the
+ * connection under them, and a client would read the error as the answer to a request that did
+ * take effect (an activation, say). Node's own handler has that flaw. Node keeps the answer being
+ * written as the socket's _httpMessage and, once it is finished, attaches the next one (before
+ * this runs).
  */
 function afterAnswersInFlight(socket: Duplex, then: () => void): void {
   const inFlight = (socket as Duplex & { _httpMessage?: ServerResponse | null })._httpMessage;

@@ -7,7 +7,8 @@ import { ValidationError } from '../errors.js';
 const uuid = z.guid({ error: 'must be a UUID' });
 
 // PostgreSQL answers UUIDs in lower case; compare them that way too.
-const userId = uuid.transform((id) => id.toLowerCase());
+const lowerCaseUuid = uuid.transform((id) => id.toLowerCase());
+const userId = lowerCaseUuid;
 
 /**
  * A number in a query string, written in plain decimal (`pattern`), from `min` to `max`. Coercing
@@ -55,7 +56,7 @@ export const activateQuery = z
   .transform(({ wait }) => ({ waitMs: wait === undefined ? 0 : Math.ceil(wait * 1000) }));
 
 /** Token ids in paths: anything else is a 404, as for a token that does not exist. */
-export const tokenId = uuid.transform((id) => id.toLowerCase());
+export const tokenId = lowerCaseUuid;
 
 const MAX_HISTORY_PAGE = 500;
 

@@ -141,9 +141,12 @@ export async function openUsages(db: TestDatabase): Promise<UsageRecord[]> {
   return usagesOf(db, 'ended_at IS NULL');
 }
 
-/** How many statements on this database wait for a lock (requests held up on purpose). */
-export async function lockWaits(db: TestDatabase): Promise<number> {
-  const { rows } = await db.pool.query<{ n: number }>(
+/**
+ * How many statements on the database `db` is connected to wait for a lock (requests held up on
+ * purpose).
+ */
+export async function lockWaits(db: Pick<pg.Pool, 'query'> | Pick<pg.Client, 'query'>): Promise<number> {
+  const { rows } = await db.query<{ n: number }>(
     `SELECT count(*)::int AS n FROM pg_stat_activity
      WHERE datname = current_database() AND wait_event_type = 'Lock'`,
   );

@@ -49,7 +49,7 @@ describe('statements racing at the moment a lease runs out', () => {
 
   /** Waits until the request under test waits for the transaction held open. */
   async function untilWaitingForALock(): Promise<void> {
-    await waitFor(async () => (await lockWaits(t.db)) > 0, { what: 'the request to wait for the transaction held open' });
+    await waitFor(async () => (await lockWaits(t.db.pool)) > 0, { what: 'the request to wait for the transaction held open' });
   }
 
   /**

@@ -1,7 +1,7 @@
 import pg from 'pg';
 import { inject, afterAll, describe, expect, it } from 'vitest';
 import { dropDatabase, testDatabasePrefix, uniqueName, withDatabase } from './databases.js';
-import { newUserId } from './helpers.js';
+import { lockWaits, newUserId, waitFor } from './helpers.js';
 import { spawnService, type ServiceProcess } from './processes.js';
 
 // Start-up and shutdown of the real process: a missing database is created, migrations run once
@@ -150,7 +150,10 @@ async function holdActivation(database: string, port: number) {
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ user_id: userId }),
   }).catch(() => undefined);
-  await waitForWaitingBackend(blocker);
+  await waitFor(async () => (await lockWaits(blocker)) > 0, {
+    timeoutMs: 10_000,
+    what: 'the request to wait on the lock',
+  });
   return {
     answer,
     async letGo() {
@@ -158,16 +161,4 @@ async function holdActivation(database: string, port: number) {
       await blocker.end();
     },
   };
-}
-
-async function waitForWaitingBackend(client: pg.Client): Promise<void> {
-  const deadline = Date.now() + 10_000;
-  while (Date.now() < deadline) {
-    const { rows } = await client.query(
-      "SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()",
-    );
-    if (rows.length > 0) return;
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-  throw new Error('the request never waited on the lock');
 }

@@ -181,7 +181,7 @@ describe('waiting for a token', () => {
       await release.query('BEGIN');
       expect(await releaseLease(release, { tokenId: held.body.data.token_id as string, userId: holder })).not.toBeNull();
       waited = post(t.url, '/api/tokens/activate?wait=5', { user_id: newUserId() });
-      await waitFor(async () => (await lockWaits(t.db)) > 0, { what: 'the waiter to join behind the release' });
+      await waitFor(async () => (await lockWaits(t.db.pool)) > 0, { what: 'the waiter to join behind the release' });
       await release.query('COMMIT');
       committedAt = Date.now();
     } finally {
@@ -228,7 +228,7 @@ describe('waiting for a token', () => {
           }),
         ),
       );
-      await waitFor(async () => (await lockWaits(t.db)) + answered === 30, {
+      await waitFor(async () => (await lockWaits(t.db.pool)) + answered === 30, {
         what: 'every request to be answered or to wait for its place',
       });
       await holder.query('COMMIT');

@@ -296,6 +296,25 @@ describe('the token API', () => {
       expect(body.error.code).toBe(code);
     });
 
+    // Node answers an unmet Expect for the server, without passing the request to the app, and a
+    // request without Host goes to an app of its own (src/http/app.ts). Both are recorded like
+    // every other answer: a request id, and a duration under the route "unmatched".
+    it('records the answers to an unmet Expect and to a missing Host like any other', async () => {
+      const answers = [
+        await rawRequest(t.url, 'GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n'),
+        await rawRequest(t.url, 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n'),
+      ];
+      expect(answers.map((answer) => answer.split(' ')[1])).toEqual(['417', '400']);
+      for (const answer of answers) {
+        expect(answer.match(/^X-Request-Id: [0-9a-f-]{36}\r$/gim), answer).toHaveLength(1);
+      }
+      const metrics = (await t.http.get('/metrics')).text;
+      for (const status of ['417', '400']) {
+        const labels = `method="GET",route="unmatched",status="${status}"`;
+        expect(metrics, labels).toMatch(new RegExp(`^token_lease_http_request_duration_seconds_count\\{${labels}\\} [1-9]`, 'm'));
+      }
+    });
+
     // A HEAD answer has no body; Node's client, like other strict clients, fails on one instead of
     // reading the status. The fuzzer found this with a HEAD whose headers ran over 16 KiB. What
     // has no request line to tell its method by is answered the same way.

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
-import express, { type Express, type RequestHandler, type Response } from 'express';
+import express, { type Express, type NextFunction, type Request, type Response } from 'express';
 import type { LeaseChanges } from '../domain/changes.js';
 import type { Leases } from '../domain/leases.js';
 import { AppError } from '../errors.js';
@@ -12,6 +12,7 @@ import { LIST_MAX_AGE_MS } from './listCache.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
 import { sendJson, sendSerializedJson } from './json.js';
 import { tokenRoutes } from './routes.js';
+import { RECEIVED_AT } from './server.js';
 
 export interface AppDeps {
   readonly leases: Leases;
@@ -38,7 +39,7 @@ export function createApp(deps: AppDeps): Express {
   app.disable('x-powered-by');
   app.set('etag', false);
 
-  app.use(observe(app, log, metrics));
+  observe(app, log, metrics);
 
   // The token API first: the router tries routes in order, and these carry the traffic.
   if (deps.serveApi ?? true) {
@@ -128,21 +129,25 @@ function logLevelOf(status: number, code: string | undefined): 'error' | 'info' 
  * Request ids, the duration histogram and one log line per request (5xx error, 4xx info with the
  * error code, the rest debug).
  *
- * It runs on every request, so the work is done where Node already passes: the middleware only
- * notes when the request reached the app, and the rest happens as the answer's head is written.
- * Node writes every answer's head through writeHead (res.end and res.write call it when nothing
- * did), so this app's response prototype gets a writeHead that adds X-Request-Id to the headers
- * it is given, records the duration and logs the line, then calls Node's. The obvious way costs
- * more: a 'finish' listener per request, and an X-Request-Id set as the request arrives, which
- * sends writeHead down Node's slower path that merges headers. Profiled under the bench's load
- * (the profiler's own cost included), a cached GET /api/tokens took 46 µs of CPU this way against
- * 52 µs that way.
+ * It runs on every request, so the work is done where Node already passes, and not in a
+ * middleware: a router layer of its own cost a cached GET /api/tokens 1.5 of its 20 µs of CPU.
+ * The server notes when the request arrived (RECEIVED_AT, src/http/server.ts; app.handle notes
+ * it for a server made elsewhere, as in tests), and the rest happens as the answer's head is
+ * written. Node writes every answer's head through writeHead (res.end and res.write call it when
+ * nothing did), so this app's response prototype gets a writeHead that adds X-Request-Id to the
+ * headers it is given, records the duration and logs the line, then calls Node's. The obvious way
+ * costs more: a 'finish' listener per request, and an X-Request-Id set as the request arrives,
+ * which sends writeHead down Node's slower path that merges headers. Profiled under the bench's
+ * load (the profiler's own cost included), a cached GET /api/tokens took 46 µs of CPU this way
+ * against 52 µs that way.
  *
- * The duration runs from the request reaching the app to its answer's head being written, which
- * for these answers, written whole, is the time the server took. One histogram child is kept per
- * (method, route, status), which saves prom-client's labels() lookup on each request.
+ * The duration runs from the request's arrival to its answer's head being written, which for
+ * these answers, written whole, is the time the server took. One histogram child is kept per
+ * (method, route, status), which saves prom-client's labels() lookup on each request. Answers
+ * Node writes for the server without passing the request to the app (417 to an unsupported
+ * Expect) are recorded too, as route "unmatched".
  */
-function observe(app: Express, log: Logger, metrics: Metrics): RequestHandler {
+function observe(app: Express, log: Logger, metrics: Metrics): void {
   const durations = new Map<string, Observer>();
   const durationOf = (method: string, route: string, status: number): Observer => {
     const key = `${method} ${status} ${route}`;
@@ -164,13 +169,12 @@ function observe(app: Express, log: Logger, metrics: Metrics): RequestHandler {
     reason?: unknown,
     obj?: unknown,
   ) {
-    const started = this[STARTED];
-    // Answers already recorded (a second call, which Node refuses) and answers to requests that
-    // did not pass through the middleware (none, here) are only passed on.
+    const started = this[RECEIVED_AT];
+    // An answer already recorded (a second call, which Node refuses) is only passed on.
     if (started === undefined) {
       return Reflect.apply(nodeWriteHead, this, [statusCode, reason, obj]) as Response;
     }
-    this[STARTED] = undefined;
+    this[RECEIVED_AT] = undefined;
     const ms = performance.now() - started;
     const { req } = this;
     // A client's request id is echoed and logged only if it is short and plain.
@@ -191,22 +195,38 @@ function observe(app: Express, log: Logger, metrics: Metrics): RequestHandler {
     const code = errorCodeOf(this);
     const level = logLevelOf(statusCode, code);
     if (log.isLevelEnabled(level)) {
-      log[level]({ reqId, method: req.method, url: req.originalUrl, status: statusCode, code, ms }, 'request');
+      // originalUrl is Express's: a request Node answered itself has only url.
+      const url = (req.originalUrl as string | undefined) ?? req.url;
+      log[level]({ reqId, method: req.method, url, status: statusCode, code, ms }, 'request');
     }
     return Reflect.apply(nodeWriteHead, this, [statusCode, reason, obj]) as Response;
   };
 
-  // When the request reached the app.
-  return (req, res, next) => {
-    (res as Response & Observed)[STARTED] = performance.now();
-    // HTTP/1.1 requires a Host header (RFC 9112 3.2). Node would refuse a request without one
-    // with a bare 400 before the app saw it; src/http/server.ts leaves that to this check, which
-    // answers with the JSON body and a request id like every other error.
+  // HTTP/1.1 requires a Host header (RFC 9112 3.2). Node would refuse a request without one with
+  // a bare 400 before the app saw it; src/http/server.ts leaves that to this app, which answers
+  // with the JSON body and a request id like every other error. Such a request goes to an app
+  // whose one middleware refuses it, and which builds requests and responses on this app's
+  // prototypes (so this writeHead records the answer).
+  const refusing = express();
+  refusing.disable('x-powered-by');
+  refusing.request = app.request;
+  refusing.response = app.response;
+  refusing.use((_req, _res, next) => {
+    next(new AppError('bad_request', 400, 'an HTTP/1.1 request needs a Host header'));
+  });
+  refusing.use(errorHandler(log));
+
+  // Express calls app.handle for every request, wherever the app is served
+  // (express/lib/express.js); its types leave it out.
+  const handled = app as Express & Handles;
+  const expressHandle = handled.handle.bind(app);
+  handled.handle = function handle(req, res, callback) {
+    res[RECEIVED_AT] ??= performance.now();
     if (req.headers.host === undefined && req.httpVersionMajor === 1 && req.httpVersionMinor === 1) {
-      next(new AppError('bad_request', 400, 'an HTTP/1.1 request needs a Host header'));
+      (refusing as Express & Handles).handle(req, res, callback);
       return;
     }
-    next();
+    expressHandle(req, res, callback);
   };
 }
 
@@ -214,11 +234,13 @@ function isHeaderObject(headers: unknown): headers is object {
   return typeof headers === 'object' && headers !== null && !Array.isArray(headers);
 }
 
-/** When the request reached the app; cleared once its answer is recorded. */
-const STARTED = Symbol('started');
+interface Handles {
+  handle(req: Request, res: Response & Observed, callback?: NextFunction): void;
+}
 
+/** When the request arrived; cleared once its answer is recorded. */
 interface Observed {
-  [STARTED]?: number | undefined;
+  [RECEIVED_AT]?: number | undefined;
 }
 
 /** The version in package.json (at the repository root, from src/http and from dist/http). */

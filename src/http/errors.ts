@@ -46,7 +46,9 @@ function toAppError(error: unknown): AppError | null {
 
 /** The error code a response carried, for the request log line (see app.ts). */
 export function errorCodeOf(res: Response): string | undefined {
-  const code: unknown = res.locals.errorCode;
+  // No locals: Node wrote the answer without passing the request to Express (a 417).
+  const locals = res.locals as Response['locals'] | undefined;
+  const code: unknown = locals?.errorCode;
   return typeof code === 'string' ? code : undefined;
 }
 

@@ -87,7 +87,8 @@ function cycleHandler(databaseUrl: string, max: number, ttlMs: number) {
     const { user_id: userId } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { user_id: string };
     if (req.url === '/api/tokens/activate') {
       const row = await activateLease(pool, { userId, ttlMs, evictOldest: false, waiterId: null });
-      if (row.outcome === 'created') answer(res, 201, { token_id: row.token_id, lease_id: row.lease_id });
+      // The holder as the service names it: wrk's load script releases by the answer alone.
+      if (row.outcome === 'created') answer(res, 201, { token_id: row.token_id, user_id: userId, lease_id: row.lease_id });
       else answer(res, 409, { outcome: row.outcome });
       return;
     }

@@ -1,6 +1,7 @@
 import { cpus, loadavg, totalmem } from 'node:os';
 import { Redis } from 'ioredis';
 import { withDatabase, withDatabaseClient } from './env.js';
+import { wrkVersion } from './load.js';
 import { formatTable, summarise, verdict, type Row } from './report.js';
 import { runBench, SERVICE_POOL_MAX, type BenchOptions, type Measurement } from './run.js';
 
@@ -44,7 +45,8 @@ export async function benchmark(options: BenchOptions): Promise<BenchReport> {
     `machine: ${machine.cores} x ${machine.cpu}, ${machine.memoryGb} GB; Node ${machine.node}; ${machine.postgres}; Redis ${machine.redis}`,
     `load average (1 min) before ${machine.loadBefore.toFixed(2)}, after ${machine.loadAfter.toFixed(2)}`,
     `${options.rounds} round(s) of ${options.durationSec} s per scenario after ${options.warmupSec} s of warm-up; ` +
-      `${options.connections} connections; service pool ${SERVICE_POOL_MAX} connections; service: ${options.entry}`,
+      `${options.connections} connections; service pool ${SERVICE_POOL_MAX} connections; service: ${options.entry}; ` +
+      `HTTP load: ${options.load === 'wrk' ? `${wrkVersion() ?? 'wrk'}, 1 thread` : 'autocannon'}`,
     '',
     formatTable(rows),
     '',

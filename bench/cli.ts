@@ -6,6 +6,7 @@ import { parseArgs } from 'node:util';
 import { benchmark } from './bench.js';
 import { deleteRedisKeys } from '../test/redis.js';
 import { dropBenchDatabases, root } from './env.js';
+import { wrkVersion } from './load.js';
 import { DEFAULT_GROUPS, GROUPS, type Group } from './scenarios.js';
 
 // npm run bench [-- options]: see --help.
@@ -16,12 +17,15 @@ const HELP = `Usage: npm run bench -- [options]
                       (default: all but ceilings; \`--only cycle,ceilings\` adds to the cycle
                       the same SQL behind bare node:http and bare Express)
   --rounds N          times each scenario and its baseline run, alternating (default 3)
-  --duration S        seconds measured per scenario and round (default 5)
+  --duration S        seconds measured per scenario and round (default 5; wrk takes whole seconds)
   --warmup S          seconds of unmeasured load before each measurement (default 1)
   --connections N     HTTP connections, and raw SQL concurrency (default 50)
   --large-pool N      tokens in the large pool (default 1000000)
   --expiry-leases N   leases in the expiry scenario (default 2000)
   --entry dist|src    run the compiled build (default; built first) or the sources via tsx
+  --load wrk|autocannon
+                      what generates the HTTP load (default: wrk if installed, else autocannon;
+                      wrk leaves more of the machine to the service: see the README)
   --json FILE         where to write every measurement (default bench/results/<run>.json)
 
 Environment: BENCH_DATABASE_URL (any database on the PostgreSQL server to use; default
@@ -41,6 +45,7 @@ const { values } = parseArgs({
     'large-pool': { type: 'string', default: '1000000' },
     'expiry-leases': { type: 'string', default: '2000' },
     entry: { type: 'string', default: 'dist' },
+    load: { type: 'string' },
     json: { type: 'string' },
     help: { type: 'boolean', default: false },
   },
@@ -65,6 +70,23 @@ const unknown = groups.filter((g) => !(GROUPS as readonly string[]).includes(g))
 if (unknown.length > 0 || (values.entry !== 'dist' && values.entry !== 'src')) {
   process.stderr.write(`unknown group or entry: ${[...unknown, values.entry].join(', ')}\n${HELP}`);
   process.exit(2);
+}
+
+const wrk = wrkVersion();
+const load = values.load ?? (wrk === undefined ? 'autocannon' : 'wrk');
+if (load !== 'wrk' && load !== 'autocannon') {
+  process.stderr.write(`unknown load generator: ${load}\n${HELP}`);
+  process.exit(2);
+}
+if (load === 'wrk' && wrk === undefined) {
+  process.stderr.write('--load wrk: wrk is not installed (Debian and Ubuntu: apt-get install wrk)\n');
+  process.exit(2);
+}
+if (values.load === undefined && wrk === undefined) {
+  process.stderr.write(
+    'wrk is not installed, so autocannon generates the load; it takes more of the CPU the service ' +
+      'runs on, and the HTTP figures come out lower (see the README)\n',
+  );
 }
 
 if (values.entry === 'dist') {
@@ -101,6 +123,7 @@ const report = await benchmark({
   expiryLeases: positive('expiry-leases', values['expiry-leases']),
   expiryTtlMs: 2_000,
   entry: values.entry,
+  load,
   databaseServerUrl,
   redisUrl,
   databasePrefix,

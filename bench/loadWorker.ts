@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import autocannon from 'autocannon';
-import { MEASURING, type LoadResult, type LoadSpec } from './load.js';
+import { MEASURING, unexpectedAnswers, type LoadResult, type LoadSpec } from './load.js';
 
 // The load generator's process: reads one LoadSpec on stdin, runs autocannon for the warm-up
 // (discarded) and then for the measured time, and prints one LoadResult as a JSON line.
@@ -95,14 +95,11 @@ async function run(spec: LoadSpec, durationSec: number): Promise<LoadResult> {
   for (const [status, stats] of Object.entries(result.statusCodeStats ?? {})) {
     statuses[status] = stats.count ?? 0;
   }
-  const unexpected = Object.entries(statuses)
-    .filter(([status]) => !spec.expect.includes(Number(status)))
-    .reduce((sum, [, count]) => sum + count, 0);
   return {
     seconds: result.duration,
     requests: Object.values(statuses).reduce((sum, count) => sum + count, 0),
     cycles: counters.cycles,
-    errors: unexpected + result.errors,
+    errors: unexpectedAnswers(statuses, spec.expect) + result.errors,
     statuses,
     latencyMs: { p50: result.latency.p50, p99: result.latency.p99, max: result.latency.max },
   };

@@ -18,7 +18,7 @@ import {
   type ServiceProcess,
 } from './env.js';
 import { deleteRedisKeys } from '../test/redis.js';
-import { runLoad, type LoadKind } from './load.js';
+import { runLoad, type LoadGenerator, type LoadKind } from './load.js';
 import { EXPIRY_MAX_LATENESS_MS, type Group, type ScenarioKey } from './scenarios.js';
 import { runSqlCycle } from './sqlCycle.js';
 import { percentile } from './stats.js';
@@ -37,6 +37,8 @@ export interface BenchOptions {
   readonly expiryLeases: number;
   readonly expiryTtlMs: number;
   readonly entry: 'dist' | 'src';
+  /** What generates the HTTP load (see bench/load.ts). */
+  readonly load: LoadGenerator;
   /** Any database on the PostgreSQL server to use. */
   readonly databaseServerUrl: string;
   readonly redisUrl: string;
@@ -152,14 +154,15 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
    */
   async function warmUp(target: Target): Promise<void> {
     if (options.warmupSec <= 0) return;
-    await runLoad({
+    const cycles = {
       kind: 'cycle',
       url: target.url,
       connections: options.connections,
       warmupSec: 0,
       durationSec: SERVICE_WARMUP_SEC,
       expect: [200, 201],
-    });
+    } as const;
+    await runLoad(cycles, options.load);
     await clear(target.url);
   }
 
@@ -203,6 +206,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
         durationSec: options.durationSec,
         expect,
       },
+      options.load,
       () => {
         cpuSince = serviceCpu?.();
         dbCpuSince = serverCpu?.();
@@ -356,7 +360,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       amount: count,
       overallRate: Math.max(1, Math.round(count / (ttlMs / 1000))),
       expect: [201],
-    });
+    }, options.load);
     const deadline = Date.now() + ttlMs + 15_000;
     const lateness = await withDatabaseClient(target.databaseUrl, async (client) => {
       for (;;) {

@@ -2,8 +2,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inject, describe, expect, it } from 'vitest';
-import { benchmark } from '../bench/bench.js';
-import { GROUPS, SCENARIOS } from '../bench/scenarios.js';
+import { benchmark, type BenchReport } from '../bench/bench.js';
+import { wrkVersion, type LoadGenerator } from '../bench/load.js';
+import { GROUPS, SCENARIOS, type Group } from '../bench/scenarios.js';
 import { testDatabasePrefix, uniqueName } from './databases.js';
 import { testRedisPrefix, testRedisUrl } from './redis.js';
 
@@ -11,42 +12,61 @@ import { testRedisPrefix, testRedisUrl } from './redis.js';
 // the table comes out with a row for each. It asserts no timing: figures from a test run mean
 // nothing (npm run bench measures; see the README's Performance section).
 
-describe('npm run bench', () => {
-  it('runs every scenario and prints one table with a row for each', async () => {
-    const workDir = mkdtempSync(join(tmpdir(), 'tl-bench-smoke-'));
-    try {
-      const report = await benchmark({
-        groups: GROUPS,
-        rounds: 1,
-        warmupSec: 0,
-        durationSec: 1,
-        connections: 4,
-        largePool: 1_000,
-        expiryLeases: 20,
-        expiryTtlMs: 2_000,
-        entry: 'src',
-        databaseServerUrl: process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
-        redisUrl: testRedisUrl,
-        // Under the test run's prefixes, so its teardown removes whatever a failure leaves.
-        databasePrefix: `${testDatabasePrefix(inject('runId'))}bench_${uniqueName()}_`,
-        redisPrefix: testRedisPrefix(inject('runId')),
-        workDir,
-        progress: () => undefined,
-      });
+const wrk = wrkVersion() !== undefined;
 
-      expect(report.rows.map((r) => r.key)).toEqual(SCENARIOS.map((s) => s.key));
-      for (const row of report.rows) {
-        // Lateness may round to 0 ms; every other figure is a rate or a size.
-        if (row.key === 'expiry') expect(row.value, row.label).toBeGreaterThanOrEqual(0);
-        else expect(row.value, row.label).toBeGreaterThan(0);
-        expect(row.errors, row.label).toBe(0);
-        // PostgreSQL's CPU is measured per process, so a connection closing cannot make it negative.
-        if (row.dbCpuMsPerOp !== undefined) expect(row.dbCpuMsPerOp, row.label).toBeGreaterThanOrEqual(0);
-        expect(report.text).toContain(`| ${row.label}`);
-      }
-      expect(report.text).toMatch(/^targets met: \d+ of \d+/m);
-    } finally {
-      rmSync(workDir, { recursive: true, force: true });
-    }
+/** A bench run of about a second per scenario, at a tiny size. */
+async function smokeRun(groups: readonly Group[], load: LoadGenerator): Promise<BenchReport> {
+  const workDir = mkdtempSync(join(tmpdir(), 'tl-bench-smoke-'));
+  try {
+    return await benchmark({
+      groups,
+      rounds: 1,
+      warmupSec: 0,
+      durationSec: 1,
+      connections: 4,
+      largePool: 1_000,
+      expiryLeases: 20,
+      expiryTtlMs: 2_000,
+      entry: 'src',
+      load,
+      databaseServerUrl: process.env.TEST_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+      redisUrl: testRedisUrl,
+      // Under the test run's prefixes, so its teardown removes whatever a failure leaves.
+      databasePrefix: `${testDatabasePrefix(inject('runId'))}bench_${uniqueName()}_`,
+      redisPrefix: testRedisPrefix(inject('runId')),
+      workDir,
+      progress: () => undefined,
+    });
+  } finally {
+    rmSync(workDir, { recursive: true, force: true });
+  }
+}
+
+function expectEveryRow(report: BenchReport): void {
+  for (const row of report.rows) {
+    // Lateness may round to 0 ms; every other figure is a rate or a size.
+    if (row.key === 'expiry') expect(row.value, row.label).toBeGreaterThanOrEqual(0);
+    else expect(row.value, row.label).toBeGreaterThan(0);
+    expect(row.errors, row.label).toBe(0);
+    // PostgreSQL's CPU is measured per process, so a connection closing cannot make it negative.
+    if (row.dbCpuMsPerOp !== undefined) expect(row.dbCpuMsPerOp, row.label).toBeGreaterThanOrEqual(0);
+    expect(report.text).toContain(`| ${row.label}`);
+  }
+  expect(report.text).toMatch(/^targets met: \d+ of \d+/m);
+}
+
+describe('npm run bench', () => {
+  // With the load generator the bench picks by default: wrk where it is installed.
+  it('runs every scenario and prints one table with a row for each', async () => {
+    const report = await smokeRun(GROUPS, wrk ? 'wrk' : 'autocannon');
+    expect(report.rows.map((r) => r.key)).toEqual(SCENARIOS.map((s) => s.key));
+    expectEveryRow(report);
+  }, 180_000);
+
+  // Every kind of HTTP load (cycle, activate, get, get-any, validate) with the other generator.
+  it.skipIf(!wrk)('runs the HTTP scenarios with autocannon too', async () => {
+    const report = await smokeRun(['cycle', 'exhausted', 'list', 'reads'], 'autocannon');
+    expect(report.text).toContain('HTTP load: autocannon');
+    expectEveryRow(report);
   }, 180_000);
 });

@@ -1,0 +1,99 @@
+-- The bench's HTTP load when it comes from wrk (bench/load.ts runs it; see LoadKind there):
+--   wrk -t1 -c50 -d5s -s bench/wrk.lua http://127.0.0.1:3000 -- SEED KIND [ITEM...]
+-- KIND is cycle, activate, get PATH, get-any PATH..., or validate TOKEN:USER:FENCE...
+-- It prints one line, "wrk-result {json}", with every answer's status counted, the cycles
+-- completed, and wrk's own figures.
+
+local kind
+local fixed = {}    -- the requests of get, get-any and validate, formatted once
+local released = {} -- cycle: activations answered, {token, user}, waiting for their release
+local threads = {}
+
+-- Globals, so that done() can read each thread's with thread:get.
+statuses = {}
+cycles = 0
+
+local json = { ["Content-Type"] = "application/json" }
+
+function setup(thread)
+  threads[#threads + 1] = thread
+  thread:set("id", #threads) -- each thread's own random users
+end
+
+function init(args)
+  math.randomseed(tonumber(args[1]) * 64 + id)
+  kind = args[2]
+  for i = 3, #args do
+    local item = args[i]
+    if kind == "validate" then
+      local token, user, fence = item:match("^([^:]+):([^:]+):([^:]+)$")
+      fixed[#fixed + 1] = wrk.format("POST", "/api/tokens/" .. token .. "/validate", json,
+        '{"user_id":"' .. user .. '","fence":' .. fence .. "}")
+    else
+      fixed[#fixed + 1] = wrk.format("GET", item)
+    end
+  end
+end
+
+local random = math.random
+
+-- A random (version 4) UUID: a new user for each activation.
+local function uuid()
+  return string.format("%08x-%04x-4%03x-%04x-%04x%08x", random(0, 0xffffffff), random(0, 0xffff),
+    random(0, 0xfff), random(0x8000, 0xbfff), random(0, 0xffff), random(0, 0xffffffff))
+end
+
+local function activation()
+  return wrk.format("POST", "/api/tokens/activate", json, '{"user_id":"' .. uuid() .. '"}')
+end
+
+request = function()
+  if kind == "cycle" then
+    -- A cycle is an activation and the release of the token it got. wrk does not say which
+    -- connection an answer came on, so the next request on any connection releases it.
+    local n = #released
+    if n == 0 then return activation() end
+    local lease = released[n]
+    released[n] = nil
+    return wrk.format("POST", "/api/tokens/" .. lease[1] .. "/release", json,
+      '{"user_id":"' .. lease[2] .. '"}')
+  elseif kind == "activate" then
+    return activation()
+  else
+    return fixed[random(#fixed)]
+  end
+end
+
+response = function(status, _, body)
+  statuses[status] = (statuses[status] or 0) + 1
+  if kind ~= "cycle" then return end
+  if status == 201 then
+    local token = body:match('"token_id":"([^"]+)"')
+    local user = body:match('"user_id":"([^"]+)"')
+    if token and user then released[#released + 1] = { token, user } end
+  elseif status == 200 then
+    -- Only a release answers 200: a new user's activation answers 201.
+    cycles = cycles + 1
+  end
+end
+
+function done(summary, latency, _)
+  local counts, total = {}, 0
+  for _, thread in ipairs(threads) do
+    for status, count in pairs(thread:get("statuses")) do
+      counts[status] = (counts[status] or 0) + count
+    end
+    total = total + thread:get("cycles")
+  end
+  local counted = {}
+  for status, count in pairs(counts) do
+    counted[#counted + 1] = string.format('"%d":%d', status, count)
+  end
+  local e = summary.errors
+  io.write(string.format(
+    'wrk-result {"seconds":%.6f,"requests":%d,"cycles":%d,"statuses":{%s},' ..
+    '"socketErrors":%d,"p50":%.3f,"p99":%.3f,"max":%.3f}\n',
+    summary.duration / 1e6, summary.requests, total, table.concat(counted, ","),
+    e.connect + e.read + e.write + e.timeout,
+    latency:percentile(50) / 1e3, latency:percentile(99) / 1e3, latency.max / 1e3))
+end

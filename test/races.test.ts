@@ -1,6 +1,6 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { renewLease } from '../src/db/queries.js';
+import { activateLease, addWaiter, renewLease } from '../src/db/queries.js';
 import { lockWaits, newUserId, openUsages, startTestService, waitFor, type TestService } from './helpers.js';
 import { checkInvariants, describeViolations } from './invariants.js';
 
@@ -194,5 +194,55 @@ describe('statements racing at the moment a lease runs out', () => {
     expect(res.status, res.text).toBe(200);
     expect(res.body.data).toMatchObject({ token_id: old.token_id, lease_id: again?.lease_id, end_reason: 'released' });
     await expectNoViolations();
+  });
+});
+
+// A waiter joining takes a lock on tokens that waits for every transaction changing tokens and
+// holds up the ones that start (migrations/0006). An activation locks a token row before it asks
+// for its own lock on the table: queued behind the waiter with the row held, it stalled a clear
+// that waited for that row, the waiter that waited for the clear, and itself, until PostgreSQL's
+// deadlock check broke the circle after deadlock_timeout. Under load, clears ran past their
+// statement timeout and requests behind them answered 503. The waiter now gives way after 50 ms
+// at a time (migrations/0007).
+describe('a waiter joining while tokens are being changed', () => {
+  let t: TestService;
+
+  beforeAll(async () => {
+    t = await startTestService({ POOL_SIZE: '2', LEASE_TTL_MS: '60000' });
+  });
+  afterAll(async () => {
+    await t.close();
+  });
+
+  it('does not hold up an activation that holds a token row a clear waits for', async () => {
+    const [writer, joining, activating] = await Promise.all([t.db.pool.connect(), t.db.pool.connect(), t.db.pool.connect()]);
+    try {
+      // Long enough that the deadlock check cannot break the circle within this test.
+      for (const client of [writer, joining, activating]) await client.query("SET deadlock_timeout = '60s'");
+      // A statement changing tokens (a clear, say) is under way...
+      await writer.query('BEGIN');
+      await writer.query('LOCK TABLE tokens IN ROW EXCLUSIVE MODE');
+      // ...as a waiter joins, and an activation comes.
+      const joined = addWaiter(joining, { userId: newUserId(), timeoutMs: 60_000 });
+      joined.catch(() => undefined); // awaited below; handled here should the test fail first
+      await waitFor(async () => (await lockWaits(t.db.pool)) >= 1, { what: 'the waiter to wait for the writer' });
+      let settled = false;
+      const activated = activateLease(activating, { userId: newUserId(), ttlMs: 60_000, evictOldest: false, waiterId: null });
+      activated.then(
+        () => (settled = true),
+        () => (settled = true),
+      );
+      await waitFor(async () => settled || (await lockWaits(t.db.pool)) >= 2, { what: 'the activation to wait or end' });
+      // The clear goes on to lock every token row, one of them locked by the activation.
+      await writer.query("SET LOCAL statement_timeout = '3s'");
+      await writer.query('SELECT id FROM tokens ORDER BY position FOR UPDATE');
+      await writer.query('COMMIT');
+      expect((await activated).outcome).toBe('created');
+      const waiterId = await joined;
+      await t.db.pool.query('DELETE FROM waiters WHERE id = $1', [waiterId]);
+    } finally {
+      await writer.query('ROLLBACK').catch(() => undefined);
+      for (const client of [writer, joining, activating]) client.release(true);
+    }
   });
 });

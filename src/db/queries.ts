@@ -293,7 +293,8 @@ export async function addWaiter(
   const rows = await query<{ id: string }>(
     db,
     'add-waiter',
-    // Ordered with the statements that free tokens, so that no wake-up is lost (migrations/0006).
+    // Ordered with the statements that free tokens, so that no wake-up is lost, unless the lock
+    // that orders them cannot be had within a second (migrations/0006 and 0007).
     'SELECT add_waiter($1, $2) AS id',
     [args.userId, args.timeoutMs],
   );

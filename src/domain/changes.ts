@@ -12,6 +12,7 @@
 
 import { performance } from 'node:perf_hooks';
 import type { Logger } from '../logger.js';
+import { within } from '../timeouts.js';
 
 /** Where changes are announced to, and heard from, the other processes. */
 export interface ChangeChannel {
@@ -47,15 +48,6 @@ export const ANNOUNCE_INTERVAL_MS = 10;
 const PUBLISH_TIMEOUT_MS = 1_000;
 /** When to try again after an announcement failed. */
 const RETRY_AFTER_FAILURE_MS = 250;
-
-/** `promise`, or a rejection once `ms` have passed. */
-function within<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 export function createLeaseChanges(deps: {
   channel: ChangeChannel;

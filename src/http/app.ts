@@ -7,6 +7,7 @@ import type { Leases } from '../domain/leases.js';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import { within } from '../timeouts.js';
 import { openApiDocument } from './contract.js';
 import { LIST_MAX_AGE_MS } from './listCache.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
@@ -95,22 +96,12 @@ export function createApp(deps: AppDeps): Express {
   return app;
 }
 
-async function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<'down'>((resolve) => {
-    timer = setTimeout(() => resolve('down'), READY_CHECK_TIMEOUT_MS);
-  });
-  try {
-    return await Promise.race([
-      probe().then(
-        () => 'up' as const,
-        () => 'down' as const,
-      ),
-      timeout,
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
+/** 'up' when `probe` succeeds within READY_CHECK_TIMEOUT_MS; 'down' when it fails or is late. */
+function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
+  return within(probe(), READY_CHECK_TIMEOUT_MS).then(
+    () => 'up' as const,
+    () => 'down' as const,
+  );
 }
 
 /**

@@ -2,6 +2,7 @@ import { DelayedError, Worker, type Job } from 'bullmq';
 import { z } from 'zod';
 import type { Leases } from '../domain/leases.js';
 import type { Logger } from '../logger.js';
+import { within } from '../timeouts.js';
 import { RELEASE_QUEUE, type ReleaseJobData } from './queue.js';
 import { logConnectionState, reconnectBackoff } from './redis.js';
 
@@ -113,14 +114,7 @@ const RUNNING_JOBS_GRACE_MS = 5_000;
 async function settleWithin(running: ReadonlySet<Promise<unknown>>, ms: number): Promise<void> {
   const deadline = Date.now() + ms;
   while (running.size > 0 && Date.now() < deadline) {
-    let timer: NodeJS.Timeout | undefined;
-    const timeout = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, deadline - Date.now());
-    });
-    try {
-      await Promise.race([Promise.allSettled([...running]), timeout]);
-    } finally {
-      clearTimeout(timer);
-    }
+    // allSettled never rejects: a rejection here is the time running out.
+    await within(Promise.allSettled([...running]), deadline - Date.now()).catch(() => undefined);
   }
 }

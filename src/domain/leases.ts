@@ -108,6 +108,13 @@ const RACE_ATTEMPTS = 3;
 /** Leases one release job ends at most, besides its own. */
 const EXPIRY_BATCH = 1_000;
 
+/** Called after try `attempt` of a renewal or release lost that race: 409 once all have. */
+function lostRace(attempt: number): void {
+  if (attempt >= RACE_ATTEMPTS) {
+    throw new ConflictError('conflict', 'the change conflicts with a concurrent one; retry');
+  }
+}
+
 export function createLeases(deps: LeasesDeps) {
   const { pool, log, metrics } = deps;
   const changed = () => deps.changes?.changed();
@@ -221,9 +228,7 @@ export function createLeases(deps: LeasesDeps) {
       // Active, yet the release ended nothing: while it waited for the token, the same user was
       // given this token again (an activation that ended their run-out lease on it), and the
       // statement was still looking for the lease that one replaced. Release the new one.
-      if (attempt >= RACE_ATTEMPTS) {
-        throw new ConflictError('conflict', 'the change conflicts with a concurrent one; retry');
-      }
+      lostRace(attempt);
     }
   }
 
@@ -257,9 +262,7 @@ export function createLeases(deps: LeasesDeps) {
       }
       // Not renewable a moment ago, active and below its cap now: the user was given this token
       // again in between (a concurrent activation). That lease is the one to renew.
-      if (attempt >= RACE_ATTEMPTS) {
-        throw new ConflictError('conflict', 'the change conflicts with a concurrent one; retry');
-      }
+      lostRace(attempt);
     }
   }
 

@@ -1,4 +1,5 @@
 # syntax=docker/dockerfile:1
+# docker-compose.yml runs this image as the api and worker services: see docs/operations.md.
 
 # Build: compile TypeScript, then keep only production dependencies.
 FROM node:20-bookworm-slim AS build

@@ -25,7 +25,7 @@ const HELP = `Usage: npm run bench -- [options]
   --entry dist|src    run the compiled build (default; built first) or the sources via tsx
   --load wrk|autocannon
                       what generates the HTTP load (default: wrk if installed, else autocannon;
-                      wrk leaves more of the machine to the service: see the README)
+                      wrk leaves more of the machine to the service: see docs/performance.md)
   --json FILE         where to write every measurement (default bench/results/<run>.json)
 
 Environment: BENCH_DATABASE_URL (any database on the PostgreSQL server to use; default
@@ -85,7 +85,7 @@ if (load === 'wrk' && wrk === undefined) {
 if (values.load === undefined && wrk === undefined) {
   process.stderr.write(
     'wrk is not installed, so autocannon generates the load; it takes more of the CPU the service ' +
-      'runs on, and the HTTP figures come out lower (see the README)\n',
+      'runs on, and the HTTP figures come out lower (see docs/performance.md)\n',
   );
 }
 

@@ -137,7 +137,7 @@ function figure(row: Row): string {
   }
 }
 
-/** A Markdown table: readable in a terminal, pasted as is into the README. */
+/** A Markdown table: readable in a terminal, pasted as is into docs/performance.md. */
 export function formatTable(rows: readonly Row[]): string {
   const header = ['scenario', 'result', 'p50', 'p99', 'CPU/op', 'PG CPU/op', 'vs baseline', 'target', 'met', 'spread', 'errors'];
   const cpu = (x: number | undefined) => (x === undefined ? '' : `${x.toFixed(2)} ms`);

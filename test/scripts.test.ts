@@ -60,20 +60,24 @@ describe('scripts/', () => {
     const user = newUserId();
     const lease = json((await run('activate.sh', [user])).stdout).data;
 
-    const renewed = await run('renew.sh', [lease.token_id, user]);
+    const renewed = await run('renew.sh', [lease.token_id, user, lease.lease_id]);
     expect(renewed.code).toBe(0);
     expect(json(renewed.stdout).data.lease_id).toBe(lease.lease_id);
 
     const valid = await run('validate.sh', [lease.token_id, user, String(lease.fence)]);
     expect(json(valid.stdout).data.valid).toBe(true);
 
-    const released = await run('release.sh', [lease.token_id, user]);
+    const released = await run('release.sh', [lease.token_id, user, lease.lease_id]);
     expect(released.code).toBe(0);
     expect(json(released.stdout).data.end_reason).toBe('released');
 
+    const retried = await run('release.sh', [lease.token_id, user, lease.lease_id]);
+    expect(retried.code).toBe(0);
+    expect(json(retried.stdout).data).toEqual(json(released.stdout).data);
+
     const again = await run('validate.sh', [lease.token_id, user, String(lease.fence)]);
     expect(json(again.stdout).data).toEqual({ valid: false, reason: 'released' });
-    const notHolder = await run('release.sh', [lease.token_id, newUserId()]);
+    const notHolder = await run('release.sh', [lease.token_id, newUserId(), lease.lease_id]);
     expect(notHolder.code).not.toBe(0);
     expect(json(notHolder.stdout).error.code).toBe('not_holder');
   });
@@ -110,13 +114,22 @@ describe('scripts/', () => {
     const res = await run('activate.sh', []);
     expect(res.code).toBe(2);
     expect(res.stderr).toMatch(/usage: .*activate\.sh USER_ID/);
+    // Release and renew name the lease they act on: without it, nothing is sent.
+    for (const script of ['release.sh', 'renew.sh']) {
+      const withoutLease = await run(script, [newUserId(), newUserId()]);
+      expect(withoutLease.code, script).toBe(2);
+      expect(withoutLease.stdout, script).toBe('');
+      expect(withoutLease.stderr, script).toContain(`${script} TOKEN_ID USER_ID LEASE_ID`);
+    }
   });
 
   it('refuse an id that is not one before sending anything', async () => {
     for (const [script, args] of [
       ['activate.sh', ['a"b']],
-      ['release.sh', ['../clear', newUserId()]],
-      ['renew.sh', [newUserId(), 'a b']],
+      ['release.sh', ['../clear', newUserId(), newUserId()]],
+      ['release.sh', [newUserId(), newUserId(), 'lease 1']],
+      ['renew.sh', [newUserId(), 'a b', newUserId()]],
+      ['renew.sh', [newUserId(), newUserId(), '{"x":1}']],
       ['show.sh', ['x?y']],
     ] as const) {
       const res = await run(script, [...args]);
@@ -130,7 +143,7 @@ describe('scripts/', () => {
     for (const flag of ['-h', '--help']) {
       const res = await run('release.sh', [flag]);
       expect(res.code).toBe(0);
-      expect(res.stdout).toContain('scripts/release.sh TOKEN_ID USER_ID');
+      expect(res.stdout).toContain('scripts/release.sh TOKEN_ID USER_ID LEASE_ID');
     }
   });
 });

@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import express from 'express';
-import { activateLease, releaseLease } from '../src/db/queries.js';
+import { activateLease, findPoolId, releaseLease } from '../src/db/queries.js';
 import { JSON_TYPE as contentType } from '../src/http/json.js';
 import { createHttpServer } from '../src/http/server.js';
 import { sqlCyclePool } from './sqlCycle.js';
@@ -76,6 +76,7 @@ function expressApp() {
 
 function cycleHandler(databaseUrl: string, max: number, ttlMs: number) {
   const pool = sqlCyclePool(databaseUrl, max);
+  const poolId = findPoolId(pool, 'default').then((id) => id ?? 1);
   const release = /^\/api\/tokens\/([0-9a-f-]{36})\/release$/;
   const answer = (res: ServerResponse, status: number, data: unknown) => {
     const text = JSON.stringify({ data });
@@ -84,9 +85,12 @@ function cycleHandler(databaseUrl: string, max: number, ttlMs: number) {
   async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const chunks: Buffer[] = [];
     for await (const chunk of req) chunks.push(chunk as Buffer);
-    const { user_id: userId } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { user_id: string };
+    const { user_id: userId, lease_id: leaseId } = JSON.parse(Buffer.concat(chunks).toString('utf8')) as {
+      user_id: string;
+      lease_id: string;
+    };
     if (req.url === '/api/tokens/activate') {
-      const row = await activateLease(pool, { userId, ttlMs, evictOldest: false, waiterId: null });
+      const row = await activateLease(pool, { poolId: await poolId, userId, ttlMs, evictOldest: false, waiterId: null });
       // The holder as the service names it: wrk's load script releases by the answer alone.
       if (row.outcome === 'created') answer(res, 201, { token_id: row.token_id, user_id: userId, lease_id: row.lease_id });
       else answer(res, 409, { outcome: row.outcome });
@@ -97,8 +101,8 @@ function cycleHandler(databaseUrl: string, max: number, ttlMs: number) {
       res.writeHead(404).end();
       return;
     }
-    const ended = await releaseLease(pool, { tokenId, userId });
-    answer(res, ended === null ? 409 : 200, { token_id: tokenId });
+    const ended = await releaseLease(pool, { tokenId, userId, leaseId });
+    answer(res, ended.outcome === 'released' ? 200 : 409, { token_id: tokenId });
   }
   return (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch(() => {

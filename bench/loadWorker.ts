@@ -7,7 +7,7 @@ import { MEASURING, unexpectedAnswers, type LoadResult, type LoadSpec } from './
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 
-type Context = { userId?: string; tokenId?: string };
+type Context = { userId?: string; tokenId?: string; leaseId?: string };
 
 function pick<T>(items: readonly T[]): T {
   const item = items[Math.floor(Math.random() * items.length)];
@@ -29,7 +29,10 @@ function requestsFor(spec: LoadSpec, counters: { cycles: number }): autocannon.R
             return { ...req, body: JSON.stringify({ user_id: userId }) };
           },
           onResponse: (status, body, context) => {
-            if (status === 201) (context as Context).tokenId = (JSON.parse(body) as { data: { token_id: string } }).data.token_id;
+            if (status === 201) {
+              const { data } = JSON.parse(body) as { data: { token_id: string; lease_id: string } };
+              Object.assign(context as Context, { tokenId: data.token_id, leaseId: data.lease_id });
+            }
           },
         },
         {
@@ -37,9 +40,9 @@ function requestsFor(spec: LoadSpec, counters: { cycles: number }): autocannon.R
           headers: JSON_HEADERS,
           // No token (the activation failed): autocannon starts the sequence over.
           setupRequest: (req, context) => {
-            const { userId, tokenId } = context as Context;
+            const { userId, tokenId, leaseId } = context as Context;
             if (userId === undefined || tokenId === undefined) return undefined as unknown as autocannon.Request;
-            return { ...req, path: `/api/tokens/${tokenId}/release`, body: JSON.stringify({ user_id: userId }) };
+            return { ...req, path: `/api/tokens/${tokenId}/release`, body: JSON.stringify({ user_id: userId, lease_id: leaseId }) };
           },
           onResponse: (status) => {
             if (status === 200) counters.cycles += 1;

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import { createPool, type Pool } from '../src/db/pool.js';
-import { activateLease, releaseLease } from '../src/db/queries.js';
+import { activateLease, findPoolId, releaseLease } from '../src/db/queries.js';
 import { createLogger } from '../src/logger.js';
 import type { CpuMeter } from './env.js';
 import { percentile } from './stats.js';
@@ -48,6 +48,9 @@ export async function runSqlCycle(options: {
   serverCpu?: CpuMeter | undefined;
 }): Promise<SqlCycleResult> {
   const pool = sqlCyclePool(options.databaseUrl, options.poolMax);
+  const found = await findPoolId(pool, 'default');
+  if (found === null) throw new Error('the database has no default pool');
+  const poolId = found;
   const latencies: number[] = [];
   let measuring = false;
   let cycles = 0;
@@ -66,12 +69,12 @@ export async function runSqlCycle(options: {
       const userId = randomUUID();
       try {
         const row = await timed(() =>
-          activateLease(pool, { userId, ttlMs: options.leaseTtlMs, evictOldest: false, waiterId: null }),
+          activateLease(pool, { poolId, userId, ttlMs: options.leaseTtlMs, evictOldest: false, waiterId: null }),
         );
-        if (row.outcome !== 'created' || row.token_id === null) throw new Error(`activation ${row.outcome}`);
-        const tokenId = row.token_id;
-        const ended = await timed(() => releaseLease(pool, { tokenId, userId }));
-        if (ended?.end_reason !== 'released') throw new Error('release ended nothing');
+        if (row.outcome !== 'created' || row.token_id === null || row.lease_id === null) throw new Error(`activation ${row.outcome}`);
+        const lease = { tokenId: row.token_id, userId, leaseId: row.lease_id };
+        const ended = await timed(() => releaseLease(pool, lease));
+        if (ended.outcome !== 'released') throw new Error('release ended nothing');
         if (measuring) cycles += 1;
       } catch {
         if (measuring) errors += 1;

@@ -6,7 +6,7 @@
 
 local kind
 local fixed = {}    -- the requests of get, get-any and validate, formatted once
-local released = {} -- cycle: activations answered, {token, user}, waiting for their release
+local released = {} -- cycle: activations answered, {token, user, lease}, waiting for their release
 local threads = {}
 
 -- Globals, so that done() can read each thread's with thread:get.
@@ -56,7 +56,7 @@ request = function()
     local lease = released[n]
     released[n] = nil
     return wrk.format("POST", "/api/tokens/" .. lease[1] .. "/release", json,
-      '{"user_id":"' .. lease[2] .. '"}')
+      '{"user_id":"' .. lease[2] .. '","lease_id":"' .. lease[3] .. '"}')
   elseif kind == "activate" then
     return activation()
   else
@@ -70,7 +70,8 @@ response = function(status, _, body)
   if status == 201 then
     local token = body:match('"token_id":"([^"]+)"')
     local user = body:match('"user_id":"([^"]+)"')
-    if token and user then released[#released + 1] = { token, user } end
+    local lease = body:match('"lease_id":"([^"]+)"')
+    if token and user and lease then released[#released + 1] = { token, user, lease } end
   elseif status == 200 then
     -- Only a release answers 200: a new user's activation answers 201.
     cycles = cycles + 1

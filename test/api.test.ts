@@ -412,7 +412,7 @@ describe('the token API', () => {
         await t.http.get('/healthz'),
         await t.http.get('/metrics'),
         await t.http.get('/api/tokens').set('If-None-Match', '*'),
-        await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: newUserId() }),
+        await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: newUserId(), lease_id: newUserId() }),
         await t.http.get('/api/nothing-here'),
         await t.http.delete('/healthz'),
       ];

@@ -52,7 +52,7 @@ describe('concurrent activations', () => {
     expect(new Set(open.map((u) => u.token_id)).size).toBe(100);
     expect(new Set(open.map((u) => u.user_id))).toEqual(new Set(users));
     const { rows } = await t.db.pool.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM tokens t JOIN usages u ON u.id = t.usage_id
+      `SELECT count(*)::int AS n FROM tokens t JOIN usages u ON u.id = t.lease_id
        WHERE u.ended_at IS NULL`,
     );
     expect(rows[0]?.n).toBe(100);

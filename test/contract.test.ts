@@ -90,6 +90,7 @@ describe('real answers match the documented schemas', () => {
     conforms(activated, 'post', '/api/tokens/activate', envelope(leaseSchema));
     const tokenId = activated.body.data.token_id as string;
     const fence = activated.body.data.fence as number;
+    const leaseId = activated.body.data.lease_id as string;
     conforms(await t.http.post('/api/tokens/activate').send({ user_id: user }), 'post', '/api/tokens/activate', envelope(leaseSchema));
     conforms(await t.http.post('/api/tokens/activate').send({ user_id: 'x' }), 'post', '/api/tokens/activate', errorSchema);
     await t.http.post('/api/tokens/activate').send({ user_id: newUserId() });
@@ -99,17 +100,17 @@ describe('real answers match the documented schemas', () => {
     conforms(await t.http.get(`/api/tokens/${tokenId}`), 'get', '/api/tokens/{id}', envelope(tokenDetailsSchema));
     conforms(await t.http.get('/api/tokens/nope'), 'get', '/api/tokens/{id}', errorSchema);
 
-    const renewed = await t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: user });
+    const renewed = await t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: user, lease_id: leaseId });
     conforms(renewed, 'post', '/api/tokens/{id}/renew', envelope(leaseSchema));
-    conforms(await t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: newUserId() }), 'post', '/api/tokens/{id}/renew', errorSchema);
+    conforms(await t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: newUserId(), lease_id: leaseId }), 'post', '/api/tokens/{id}/renew', errorSchema);
 
     const valid = await t.http.post(`/api/tokens/${tokenId}/validate`).send({ user_id: user, fence });
     conforms(valid, 'post', '/api/tokens/{id}/validate', envelope(validationSchema));
     const invalid = await t.http.post(`/api/tokens/${tokenId}/validate`).send({ user_id: user, fence: fence + 1 });
     conforms(invalid, 'post', '/api/tokens/{id}/validate', envelope(validationSchema));
 
-    conforms(await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: user }), 'post', '/api/tokens/{id}/release', envelope(releasedSchema));
-    conforms(await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: newUserId() }), 'post', '/api/tokens/{id}/release', errorSchema);
+    conforms(await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: user, lease_id: leaseId }), 'post', '/api/tokens/{id}/release', envelope(releasedSchema));
+    conforms(await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: newUserId(), lease_id: leaseId }), 'post', '/api/tokens/{id}/release', errorSchema);
 
     conforms(await t.http.get(`/api/tokens/${tokenId}/history?limit=1`), 'get', '/api/tokens/{id}/history', envelope(historySchema));
     conforms(await t.http.get(`/api/tokens/${tokenId}/history?limit=0`), 'get', '/api/tokens/{id}/history', errorSchema);

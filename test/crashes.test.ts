@@ -13,7 +13,7 @@ import { testRedisPrefix } from './redis.js';
 
 const LEASE_TTL_MS = 1_000;
 const SWEEP_INTERVAL_MS = 1_000;
-// How long a waiter stays live after its process's last heartbeat (waiter_is_live, migrations/0002),
+// How long a waiter stays live after its process's last heartbeat (sql/waiter_is_live.sql),
 // and how often a live process refreshes it (src/domain/waiting.ts).
 const WAITER_HEARTBEAT_WINDOW_MS = 5_000;
 const WAITER_HEARTBEAT_EVERY_MS = 1_000;
@@ -149,7 +149,7 @@ describe('processes killed mid-run', () => {
 
     await waitFor(
       async () =>
-        (await count(d.db, 'SELECT count(*) AS n FROM waiters w WHERE user_id = ANY($1) AND waiter_is_live(w)', [stranded])) === 0,
+        (await count(d.db, 'SELECT count(*) AS n FROM waiters w WHERE user_id = ANY($1) AND waiter_is_live(w, clock_timestamp())', [stranded])) === 0,
       {
         timeoutMs: WAITER_HEARTBEAT_WINDOW_MS + WAITER_HEARTBEAT_EVERY_MS + SCHEDULING_SLACK_MS,
         intervalMs: 100,

@@ -18,7 +18,7 @@ describe('unexpected errors', () => {
 
   it('answer 500 internal with no stack trace in the body', async () => {
     // A real failure from PostgreSQL: the activation function is gone from this database.
-    await t.db.pool.query('DROP FUNCTION activate_lease(uuid, integer, boolean, bigint)');
+    await t.db.pool.query('DROP FUNCTION activate_lease(integer, uuid, integer, boolean, bigint)');
 
     const res = await t.http.post('/api/tokens/activate').send({ user_id: newUserId() });
 
@@ -41,7 +41,7 @@ describe('PostgreSQL unreachable', () => {
     testLogger(),
   );
   const metrics = createMetrics();
-  const leases = createLeases({ pool, leaseTtlMs: 1_000, log: testLogger(), metrics });
+  const leases = createLeases({ pool, poolId: 1, leaseTtlMs: 1_000, log: testLogger(), metrics });
   const http = supertest(createApp({ leases, log: testLogger(), metrics, adminApiKey: undefined }));
 
   afterAll(async () => {

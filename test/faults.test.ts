@@ -305,16 +305,16 @@ describe('found by fault injection', () => {
       const holder = randomUUID();
       const waiter = randomUUID();
       const first = (await t.http.post('/api/tokens/activate').send({ user_id: holder })).body.data;
-      // Another activation of the waiter's holds the waiter's lock (class 1, migrations/0002).
+      // Another activation of the waiter's holds the waiter's lock (class 1, sql/activate_lease.sql).
       await lock.query('BEGIN');
-      await lock.query('SELECT pg_advisory_xact_lock(1, hashtext($1::uuid::text))', [waiter]);
+      await lock.query("SELECT pg_advisory_xact_lock(1, hashtext('1/' || $1::uuid::text))", [waiter]);
       const waiting = t.http.post('/api/tokens/activate').send({ user_id: waiter }).then((res) => res);
       await waitFor(
         async () =>
           (await t.db.pool.query("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'")).rows.length > 0,
         { what: 'the activation to wait for the lock' },
       );
-      expect((await t.http.post(`/api/tokens/${first.token_id}/release`).send({ user_id: holder })).status).toBe(200);
+      expect((await t.http.post(`/api/tokens/${first.token_id}/release`).send({ user_id: holder, lease_id: first.lease_id })).status).toBe(200);
       await lock.query('COMMIT');
 
       const second = (await waiting).body.data;
@@ -339,7 +339,7 @@ describe('found by fault injection', () => {
       const waiter = randomUUID();
       await t.http.post('/api/tokens/activate').send({ user_id: randomUUID() });
       await lock.query('BEGIN');
-      await lock.query('SELECT pg_advisory_xact_lock(1, hashtext($1::uuid::text))', [waiter]);
+      await lock.query("SELECT pg_advisory_xact_lock(1, hashtext('1/' || $1::uuid::text))", [waiter]);
       const waiting = t.http.post('/api/tokens/activate').send({ user_id: waiter }).then((res) => res);
       await waitFor(
         async () =>

@@ -117,13 +117,39 @@ export async function waitFor<T>(
  * service makes is between now() and stored times, so this is the same as the clock moving on.
  */
 export async function backdate(db: TestDatabase, ms: number, leaseId?: string): Promise<void> {
-  await db.pool.query(
-    `UPDATE usages SET started_at = started_at - $1 * interval '1 millisecond',
-                       expires_at = expires_at - $1 * interval '1 millisecond',
-                       ended_at = ended_at - $1 * interval '1 millisecond'
-     WHERE $2::uuid IS NULL OR id = $2::uuid`,
-    [ms, leaseId ?? null],
-  );
+  // The whole history of each token moves, earliest first, so that no two of its usages ever
+  // overlap on the way (usages_no_overlap is checked row by row); the token's copy of its open
+  // lease moves with it.
+  const client = await db.pool.connect();
+  try {
+    await client.query('BEGIN');
+    const { rows } = await client.query<{ id: string }>(
+      `SELECT u.id FROM usages u
+       WHERE $1::uuid IS NULL OR u.token_id = (SELECT token_id FROM usages WHERE id = $1::uuid)
+       ORDER BY u.started_at, u.fence`,
+      [leaseId ?? null],
+    );
+    for (const row of rows) {
+      await client.query(
+        `UPDATE usages SET started_at = started_at - $1 * interval '1 millisecond',
+                           expires_at = expires_at - $1 * interval '1 millisecond',
+                           ended_at = ended_at - $1 * interval '1 millisecond'
+         WHERE id = $2`,
+        [ms, row.id],
+      );
+    }
+    await client.query(
+      `UPDATE tokens t SET started_at = u.started_at, expires_at = u.expires_at
+       FROM usages u WHERE u.id = t.lease_id AND u.id = ANY($1::uuid[])`,
+      [rows.map((row) => row.id)],
+    );
+    await client.query('COMMIT');
+  } catch (error) {
+    await client.query('ROLLBACK');
+    throw error;
+  } finally {
+    client.release();
+  }
 }
 
 /** A usages row as the database holds it. */
@@ -155,3 +181,11 @@ export async function lockWaits(db: Pick<pg.Pool, 'query'> | Pick<pg.Client, 'qu
 
 /** A fresh, valid user id. */
 export const newUserId = (): string => randomUUID();
+
+/** Empties the pool: every token free with no history, as after seeding. */
+export async function resetPool(db: TestDatabase): Promise<void> {
+  await db.pool.query(
+    'UPDATE tokens SET lease_id = NULL, user_id = NULL, started_at = NULL, expires_at = NULL, last_fence = 0',
+  );
+  await db.pool.query('DELETE FROM usages');
+}

@@ -24,6 +24,22 @@ export interface HostileRequest {
   readonly body: HostileBody | undefined;
 }
 
+/**
+ * Stands for the user's latest lease in a call's body: leases are known only once granted, so
+ * the sender puts the id in (withLatestLease) as it sends.
+ */
+export const LATEST_LEASE = '00000000-0000-4000-8000-00000000ffff';
+
+/** The call with the user's latest lease id (from `latest`, by user id) in place of LATEST_LEASE. */
+export function withLatestLease(request: HostileRequest, latest: ReadonlyMap<string, string>): HostileRequest {
+  if (request.body?.kind !== 'call') return request;
+  const { text } = request.body;
+  const userId = /"user_id":"([^"]+)"/.exec(text)?.[1];
+  const leaseId = userId === undefined ? undefined : latest.get(userId);
+  if (leaseId === undefined) return request;
+  return { ...request, body: { ...request.body, text: text.replace(LATEST_LEASE, leaseId) } };
+}
+
 export interface World {
   /** The pool's token ids, so that paths name real tokens often. */
   readonly tokenIds: readonly string[];
@@ -342,7 +358,7 @@ function wellFormedCall(world: World): fc.Arbitrary<HostileRequest> {
       method: 'POST',
       path: p,
       headers: [['Content-Type', 'application/json']],
-      body: { kind: 'call', text: JSON.stringify({ user_id: user, fence }), encoding: 'utf8' },
+      body: { kind: 'call', text: JSON.stringify({ user_id: user, fence, lease_id: LATEST_LEASE }), encoding: 'utf8' },
     }));
   // An operator clearing the pool, with the right key, a wrong one or none.
   const clear = anyOf<Array<[string, string]>>([['Authorization', `Bearer ${world.adminApiKey}`]], [['Authorization', 'Bearer not-the-admin-key']], []).map(

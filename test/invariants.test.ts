@@ -27,7 +27,7 @@ describe('the invariant checker', () => {
           : undefined,
       });
       if (i === 0 && lease !== undefined) {
-        const released = await t.http.post(`/api/tokens/${lease.token_id}/release`).send({ user_id: userId });
+        const released = await t.http.post(`/api/tokens/${lease.token_id}/release`).send({ user_id: userId, lease_id: lease.lease_id });
         observations.push({ op: 'release', userId, tokenId: lease.token_id, status: released.status, leaseId: lease.lease_id });
       }
       if (res.status < 300 && lease !== undefined) observations.push(await validate(userId, lease));
@@ -118,9 +118,10 @@ describe('the invariant checker', () => {
   it('catches two open usages, overlap, a wrong status and a leak', async () => {
     // Take the schema's guarantees away in this database only, then break them.
     await t.db.pool.query(`
-      DROP INDEX usages_one_open_per_token;
+      ALTER TABLE usages DROP CONSTRAINT usages_no_overlap;
       DROP INDEX usages_one_open_per_user;
       ALTER TABLE usages DROP CONSTRAINT usages_token_fence_key;
+      ALTER TABLE tokens DROP CONSTRAINT tokens_lease_whole;
     `);
     const { rows } = await t.db.pool.query<{ id: string; token_id: string; user_id: string; fence: string }>(
       'SELECT id, token_id, user_id, fence FROM usages WHERE ended_at IS NULL ORDER BY fence LIMIT 1',
@@ -128,14 +129,14 @@ describe('the invariant checker', () => {
     const open = rows[0];
     if (open === undefined) throw new Error('no open usage');
     await t.db.pool.query(
-      `INSERT INTO usages (token_id, user_id, fence, started_at, expires_at)
-       VALUES ($1, $2, $3, now() - interval '1 hour', now() - interval '50 minutes')`,
+      `INSERT INTO usages (id, pool_id, token_id, user_id, fence, started_at, expires_at)
+       VALUES (gen_random_uuid(), 1, $1, $2, $3, now() - interval '1 hour', now() - interval '50 minutes')`,
       [open.token_id, open.user_id, Number(open.fence) + 1],
     );
 
     // And a token that forgot its holder: reported free while its lease is active.
     await t.db.pool.query(
-      `UPDATE tokens SET usage_id = NULL
+      `UPDATE tokens SET lease_id = NULL, user_id = NULL, started_at = NULL, expires_at = NULL
        WHERE id = (SELECT token_id FROM usages WHERE ended_at IS NULL AND token_id <> $1 LIMIT 1)`,
       [open.token_id],
     );

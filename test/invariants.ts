@@ -127,22 +127,24 @@ async function atMostOne(client: pg.Client): Promise<Violation[]> {
   }
   const perUser = await rowsOf(
     client,
-    `SELECT user_id, array_agg(id) AS usages FROM usages WHERE ended_at IS NULL
-     GROUP BY user_id HAVING count(*) > 1`,
+    `SELECT pool_id, user_id, array_agg(id) AS usages FROM usages WHERE ended_at IS NULL
+     GROUP BY pool_id, user_id HAVING count(*) > 1`,
   );
   if (perUser.length > 0) {
     found.push({ invariant: 'at-most-one', message: 'users with two open usages', rows: perUser });
   }
   const pointers = await rowsOf(
     client,
-    `SELECT t.id AS token_id, t.usage_id AS pointer, u.id AS open_usage
+    `SELECT t.id AS token_id, t.lease_id, u.id AS open_usage
      FROM tokens t FULL JOIN (SELECT * FROM usages WHERE ended_at IS NULL) u ON u.token_id = t.id
-     WHERE t.usage_id IS DISTINCT FROM u.id`,
+     WHERE (t.lease_id IS NOT NULL OR u.id IS NOT NULL) AND (t.lease_id IS DISTINCT FROM u.id OR t.user_id IS DISTINCT FROM u.user_id
+        OR t.started_at IS DISTINCT FROM u.started_at OR t.expires_at IS DISTINCT FROM u.expires_at
+        OR t.pool_id IS DISTINCT FROM u.pool_id)`,
   );
   if (pointers.length > 0) {
     found.push({
       invariant: 'at-most-one',
-      message: "tokens whose pointer does not name their open usage",
+      message: "tokens whose copy of their lease does not match their open usage",
       rows: pointers,
     });
   }
@@ -193,8 +195,9 @@ async function statusAgrees(client: pg.Client): Promise<Violation[]> {
   const disagreeing = await rowsOf(
     client,
     `WITH reported AS (
-       SELECT t.id, u.id IS NOT NULL AS active, u.user_id
-       FROM tokens t LEFT JOIN usages u ON u.id = t.usage_id AND u.expires_at > now()
+       SELECT t.id, t.expires_at > now() IS TRUE AS active,
+              CASE WHEN t.expires_at > now() THEN t.user_id END AS user_id
+       FROM tokens t
      ), truth AS (
        SELECT t.id, o.id IS NOT NULL AS active, o.user_id
        FROM tokens t
@@ -364,17 +367,29 @@ function validationsDisagreeing(
       case 'superseded':
         return endedBy('evicted');
       case 'expired':
-        // Ran out before the answer. How it ended is not checked: a release, clear or eviction
-        // that decided before the expiry may commit after the validation read it as run out.
-        return row !== undefined && row.user_id === o.userId && row.expires_at.getTime() <= o.receivedAt + slackMs;
+        // Ran out before the answer, and ended as expired: validate ends a run-out lease (under
+        // its token's lock) before it answers so.
+        return (
+          row !== undefined &&
+          row.user_id === o.userId &&
+          row.end_reason === 'expired' &&
+          row.expires_at.getTime() <= o.receivedAt + slackMs
+        );
       default:
         return false;
     }
   };
-  return observations
-    .filter((o): o is ValidateObservation => o.op === 'validate' && o.status === 200)
-    .flatMap((o) => {
-      const row = byFence.get(`${o.tokenId}/${o.fence}`);
-      return agrees(o, row) ? [] : [{ seen: o, row: row ?? null }];
-    });
+  const validations = observations.filter((o): o is ValidateObservation => o.op === 'validate' && o.status === 200);
+  // Monotonic: once a lease was answered invalid, no validation sent after that answer is valid.
+  const invalidSince = new Map<string, number>();
+  for (const o of validations) {
+    const key = `${o.tokenId}/${o.fence}/${o.userId}`;
+    if (o.valid === false) invalidSince.set(key, Math.min(invalidSince.get(key) ?? Infinity, o.receivedAt));
+  }
+  const revived = (o: ValidateObservation) =>
+    o.valid === true && (invalidSince.get(`${o.tokenId}/${o.fence}/${o.userId}`) ?? Infinity) < o.sentAt;
+  return validations.flatMap((o) => {
+    const row = byFence.get(`${o.tokenId}/${o.fence}`);
+    return agrees(o, row) && !revived(o) ? [] : [{ seen: o, row: row ?? null }];
+  });
 }

@@ -1,7 +1,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { releaseLease } from '../src/db/queries.js';
-import { newUserId, startTestService, usagesOf, type TestService } from './helpers.js';
+import { newUserId, resetPool, startTestService, usagesOf, type TestService } from './helpers.js';
 import { checkInvariants, describeViolations } from './invariants.js';
 
 // A lease's start and end are stamped when its token is taken or given back, not when the
@@ -18,8 +18,7 @@ describe('lease times follow the order in which tokens really changed hands', ()
     t = await startTestService({ POOL_SIZE: '1', LEASE_TTL_MS: '60000' });
   });
   beforeEach(async () => {
-    await t.db.pool.query('UPDATE tokens SET usage_id = NULL, last_fence = 0');
-    await t.db.pool.query('DELETE FROM usages');
+    await resetPool(t.db);
   });
   afterAll(async () => {
     await t.close();
@@ -59,9 +58,9 @@ describe('lease times follow the order in which tokens really changed hands', ()
     const row = await inTransactionBegunBefore(
       async () => {
         const lease = await activate(first);
-        await t.http.post(`/api/tokens/${lease.token_id}/release`).send({ user_id: first }).expect(200);
+        await t.http.post(`/api/tokens/${lease.token_id}/release`).send({ user_id: first, lease_id: lease.lease_id }).expect(200);
       },
-      async (tx) => (await tx.query('SELECT * FROM activate_lease($1, 60000, false)', [newUserId()])).rows[0],
+      async (tx) => (await tx.query('SELECT * FROM activate_lease(1, $1, 60000, false)', [newUserId()])).rows[0],
     );
 
     expect(row.outcome).toBe('created');
@@ -74,7 +73,7 @@ describe('lease times follow the order in which tokens really changed hands', ()
   it('evicting a lease granted after its transaction began ends it after it started', async () => {
     const row = await inTransactionBegunBefore(
       () => activate(newUserId()),
-      async (tx) => (await tx.query('SELECT * FROM activate_lease($1, 60000, true)', [newUserId()])).rows[0],
+      async (tx) => (await tx.query('SELECT * FROM activate_lease(1, $1, 60000, true)', [newUserId()])).rows[0],
     );
 
     expect(row.outcome).toBe('created');
@@ -84,15 +83,15 @@ describe('lease times follow the order in which tokens really changed hands', ()
 
   it('a release whose transaction began before the lease was granted ends it after it started', async () => {
     const user = newUserId();
-    let tokenId = '';
+    let lease = { token_id: '', lease_id: '' };
     const ended = await inTransactionBegunBefore(
       async () => {
-        tokenId = (await activate(user)).token_id;
+        lease = await activate(user);
       },
-      (tx) => releaseLease(tx, { tokenId, userId: user }),
+      (tx) => releaseLease(tx, { tokenId: lease.token_id, userId: user, leaseId: lease.lease_id }),
     );
 
-    expect(ended?.end_reason).toBe('released');
+    expect(ended.end_reason).toBe('released');
     await expectNoViolations();
   });
 });

@@ -33,10 +33,10 @@ function client(t: TestService) {
       if (res.status !== 201) throw new Error(`activation answered ${res.status}: ${res.text}`);
       return res.body.data as LeaseBody;
     },
-    release: (tokenId: string, userId: string) =>
-      t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: userId }),
-    renew: (tokenId: string, userId: string) =>
-      t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: userId }),
+    release: (tokenId: string, userId: string, leaseId: string) =>
+      t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: userId, lease_id: leaseId }),
+    renew: (tokenId: string, userId: string, leaseId: string) =>
+      t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: userId, lease_id: leaseId }),
     validate: (tokenId: string, userId: string, fence: number) =>
       t.http.post(`/api/tokens/${tokenId}/validate`).send({ user_id: userId, fence }),
   };
@@ -59,7 +59,7 @@ describe('release, renew and validate', () => {
       const user = newUserId();
       const lease = await c.activate(user);
 
-      const res = await c.release(lease.token_id, user);
+      const res = await c.release(lease.token_id, user, lease.lease_id);
 
       expect(res.status).toBe(200);
       expect(res.body.data).toMatchObject({
@@ -80,8 +80,8 @@ describe('release, renew and validate', () => {
     it('answers a retried release with the same ended usage', async () => {
       const user = newUserId();
       const lease = await c.activate(user);
-      const first = await c.release(lease.token_id, user);
-      const retry = await c.release(lease.token_id, user);
+      const first = await c.release(lease.token_id, user, lease.lease_id);
+      const retry = await c.release(lease.token_id, user, lease.lease_id);
 
       expect(retry.status).toBe(200);
       expect(retry.body).toEqual(first.body);
@@ -92,7 +92,7 @@ describe('release, renew and validate', () => {
       const holder = newUserId();
       const lease = await c.activate(holder);
 
-      const res = await c.release(lease.token_id, newUserId());
+      const res = await c.release(lease.token_id, newUserId(), lease.lease_id);
 
       expect(res.status).toBe(409);
       expect(res.body.error).toMatchObject({ code: 'not_holder', details: { reason: 'not_held' } });
@@ -100,21 +100,21 @@ describe('release, renew and validate', () => {
       expect(row?.ended_at).toBeNull();
     });
 
-    it('refuses the former holder of a cleared or expired lease with 409 not_holder', async () => {
+    it('refuses the release of an expired lease with 409 lease_expired, ending it as expired', async () => {
       const user = newUserId();
       const lease = await c.activate(user);
       await backdate(t.db, TTL_MS + 1, lease.lease_id);
 
-      const res = await c.release(lease.token_id, user);
+      const res = await c.release(lease.token_id, user, lease.lease_id);
 
       expect(res.status).toBe(409);
-      expect(res.body.error).toMatchObject({ code: 'not_holder', details: { reason: 'expired' } });
+      expect(res.body.error).toMatchObject({ code: 'lease_expired', details: { reason: 'expired' } });
       const [row] = await usagesOf(t.db, 'id = $1', [lease.lease_id]);
       expect(row?.end_reason).toBe('expired');
     });
 
     it('answers 404 for an unknown token and 422 for a bad body', async () => {
-      const unknown = await c.release('00000000-0000-4000-8000-000000000000', newUserId());
+      const unknown = await c.release('00000000-0000-4000-8000-000000000000', newUserId(), newUserId());
       expect(unknown.status).toBe(404);
       const list = await t.http.get('/api/tokens');
       const bad = await t.http.post(`/api/tokens/${list.body.data[0].id}/release`).send({ user_id: 'me' });
@@ -129,7 +129,7 @@ describe('release, renew and validate', () => {
       const lease = await c.activate(user);
       await backdate(t.db, 30_000, lease.lease_id);
 
-      const res = await c.renew(lease.token_id, user);
+      const res = await c.renew(lease.token_id, user, lease.lease_id);
 
       expect(res.status).toBe(200);
       expect(res.body.data).toMatchObject({ lease_id: lease.lease_id, fence: lease.fence });
@@ -144,7 +144,7 @@ describe('release, renew and validate', () => {
       const lease = await c.activate(user);
       await backdate(t.db, TTL_MS + 1, lease.lease_id);
 
-      const res = await c.renew(lease.token_id, user);
+      const res = await c.renew(lease.token_id, user, lease.lease_id);
 
       expect(res.status).toBe(409);
       expect(res.body.error.code).toBe('lease_expired');
@@ -155,9 +155,9 @@ describe('release, renew and validate', () => {
     it('refuses a released lease with 409 lease_ended and a foreign one with 409 not_holder', async () => {
       const user = newUserId();
       const lease = await c.activate(user);
-      expect((await c.renew(lease.token_id, newUserId())).body.error.code).toBe('not_holder');
-      await c.release(lease.token_id, user);
-      const res = await c.renew(lease.token_id, user);
+      expect((await c.renew(lease.token_id, newUserId(), lease.lease_id)).body.error.code).toBe('not_holder');
+      await c.release(lease.token_id, user, lease.lease_id);
+      const res = await c.renew(lease.token_id, user, lease.lease_id);
       expect(res.status).toBe(409);
       expect(res.body.error).toMatchObject({ code: 'lease_ended', details: { reason: 'released' } });
     });
@@ -175,7 +175,7 @@ describe('release, renew and validate', () => {
     it('refuses after expiry, after release, an old fence, another user and an unknown fence', async () => {
       const user = newUserId();
       const first = await c.activate(user);
-      await c.release(first.token_id, user);
+      await c.release(first.token_id, user, first.lease_id);
       expect((await c.validate(first.token_id, user, first.fence)).body.data).toEqual({
         valid: false,
         reason: 'released',
@@ -232,7 +232,7 @@ describe('renewal and release jobs', () => {
       await waitFor(() => queue.getJob(oldJobId), { what: 'the first release job' });
 
       await new Promise((resolve) => setTimeout(resolve, 700));
-      const renewed = (await c.renew(lease.token_id, user)).body.data as LeaseBody;
+      const renewed = (await c.renew(lease.token_id, user, lease.lease_id)).body.data as LeaseBody;
       expect(Date.parse(renewed.expires_at)).toBeGreaterThan(Date.parse(lease.expires_at));
 
       // The old job fires at the original expiry and leaves the lease alone.
@@ -265,11 +265,11 @@ describe('renewal and release jobs', () => {
       const lease = await c.activate(user);
       await backdate(t.db, 45_000, lease.lease_id);
 
-      const capped = await c.renew(lease.token_id, user);
+      const capped = await c.renew(lease.token_id, user, lease.lease_id);
       expect(capped.status).toBe(200);
       expect(Date.parse(capped.body.data.expires_at) - (Date.parse(lease.activated_at) - 45_000)).toBe(90_000);
 
-      const again = await c.renew(lease.token_id, user);
+      const again = await c.renew(lease.token_id, user, lease.lease_id);
       expect(again.status).toBe(409);
       expect(again.body.error.code).toBe('max_lease_reached');
     } finally {
@@ -321,7 +321,7 @@ describe('POOL_FULL_POLICY=evict_oldest', () => {
     expect(newcomer.fence).toBe(Number(victim?.fence) + 1);
     const res = await c.validate(victim?.token_id ?? '', victim?.user_id ?? '', Number(victim?.fence));
     expect(res.body.data).toEqual({ valid: false, reason: 'superseded' });
-    const released = await c.release(victim?.token_id ?? '', victim?.user_id ?? '');
-    expect(released.body.error).toMatchObject({ code: 'not_holder', details: { reason: 'evicted' } });
+    const released = await c.release(victim?.token_id ?? '', victim?.user_id ?? '', victim?.id ?? '');
+    expect(released.body.error).toMatchObject({ code: 'lease_ended', details: { reason: 'evicted' } });
   });
 });

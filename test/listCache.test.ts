@@ -155,7 +155,7 @@ describe('GET /api/tokens across two API processes', () => {
       what: 'the other process to show the lease',
     });
 
-    await a.http.post(`/api/tokens/${lease.token_id}/release`).send({ user_id: userId });
+    await a.http.post(`/api/tokens/${lease.token_id}/release`).send({ user_id: userId, lease_id: lease.lease_id });
     await waitFor(async () => (await statusIn(b, lease.token_id))?.status === 'available', {
       timeoutMs: 2_000,
       what: 'the other process to show the token free',

@@ -53,6 +53,7 @@ export interface Load {
 
 interface Held {
   tokenId: string;
+  leaseId: string;
   fence: number;
 }
 
@@ -136,11 +137,11 @@ export function startLoad(options: LoadOptions): Load {
     const lease =
       data === undefined ? undefined : { leaseId: String(data.lease_id), tokenId: String(data.token_id), fence: Number(data.fence) };
     observations.push({ op: 'activate', userId, sentAt: answer.sentAt, receivedAt: answer.receivedAt, status: answer.status, lease });
-    if (lease !== undefined) held.set(userId, { tokenId: lease.tokenId, fence: lease.fence });
+    if (lease !== undefined) held.set(userId, { tokenId: lease.tokenId, leaseId: lease.leaseId, fence: lease.fence });
   }
 
   async function renew(client: number, userId: string, held: Map<string, Held>, lease: Held) {
-    const { answer, data } = await call(client, 'renew', 'POST', `/api/tokens/${lease.tokenId}/renew`, { user_id: userId });
+    const { answer, data } = await call(client, 'renew', 'POST', `/api/tokens/${lease.tokenId}/renew`, { user_id: userId, lease_id: lease.leaseId });
     if (answer.status === 0) return;
     observations.push({
       op: 'renew',
@@ -153,7 +154,7 @@ export function startLoad(options: LoadOptions): Load {
   }
 
   async function release(client: number, userId: string, held: Map<string, Held>, lease: Held) {
-    const { answer, data } = await call(client, 'release', 'POST', `/api/tokens/${lease.tokenId}/release`, { user_id: userId });
+    const { answer, data } = await call(client, 'release', 'POST', `/api/tokens/${lease.tokenId}/release`, { user_id: userId, lease_id: lease.leaseId });
     if (answer.status === 0) return;
     observations.push({
       op: 'release',

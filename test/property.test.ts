@@ -46,7 +46,7 @@ function modelProperty(config: ModelConfig, env: Record<string, string>) {
   /** Every run starts from an idle pool whose fences start again at 1. */
   async function setup() {
     await t.db.pool.query(`
-      UPDATE tokens SET usage_id = NULL, last_fence = 0;
+      UPDATE tokens SET lease_id = NULL, user_id = NULL, started_at = NULL, expires_at = NULL, last_fence = 0;
       DELETE FROM usages;
       DELETE FROM waiters;`);
     const real: Real = { t, users, tokenIds, startedAt: Date.now() };

@@ -144,7 +144,7 @@ async function holdActivation(database: string, port: number) {
   const blocker = new pg.Client({ connectionString: withDatabase(database) });
   await blocker.connect();
   await blocker.query('BEGIN');
-  await blocker.query('SELECT pg_advisory_xact_lock(1, hashtext($1))', [userId]);
+  await blocker.query("SELECT pg_advisory_xact_lock(1, hashtext('1/' || $1))", [userId]);
   const answer = fetch(`http://127.0.0.1:${port}/api/tokens/activate`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },

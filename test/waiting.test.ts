@@ -61,13 +61,13 @@ describe('waiting for a token', () => {
     }
 
     const served: string[] = [];
-    let current = holder;
+    let current = { user_id: holder, lease_id: first.body.data.lease_id as string };
     for (const [i, answer] of answers.entries()) {
-      expect((await post(t.url, `/api/tokens/${tokenId}/release`, { user_id: current })).status).toBe(200);
+      expect((await post(t.url, `/api/tokens/${tokenId}/release`, current)).status).toBe(200);
       const res = await answer;
       expect(res.status, `waiter ${i}`).toBe(201);
       served.push(res.body.data.user_id as string);
-      current = res.body.data.user_id as string;
+      current = { user_id: res.body.data.user_id as string, lease_id: res.body.data.lease_id as string };
     }
 
     expect(served).toEqual(users);
@@ -95,7 +95,8 @@ describe('waiting for a token', () => {
   it('a waiter that disconnects gives up its place and consumes no token', async () => {
     const t = await start({ POOL_SIZE: '1' });
     const holder = newUserId();
-    const tokenId = (await post(t.url, '/api/tokens/activate', { user_id: holder })).body.data.token_id as string;
+    const held = (await post(t.url, '/api/tokens/activate', { user_id: holder })).body.data;
+    const tokenId = held.token_id as string;
     const quitter = newUserId();
     const patient = newUserId();
 
@@ -110,7 +111,7 @@ describe('waiting for a token', () => {
     abort.abort();
     await gone;
     await waitFor(async () => (await waitingCount(t.db)) === 1, { what: 'the quitter to leave' });
-    await post(t.url, `/api/tokens/${tokenId}/release`, { user_id: holder });
+    await post(t.url, `/api/tokens/${tokenId}/release`, { user_id: holder, lease_id: held.lease_id });
 
     expect((await next).body.data.user_id).toBe(patient);
     expect(await usagesOf(t.db, 'user_id = $1', [quitter])).toEqual([]);
@@ -119,13 +120,14 @@ describe('waiting for a token', () => {
   it('a plain activation cannot overtake a live waiter', async () => {
     const t = await start({ POOL_SIZE: '1' });
     const holder = newUserId();
-    const tokenId = (await post(t.url, '/api/tokens/activate', { user_id: holder })).body.data.token_id as string;
+    const held = (await post(t.url, '/api/tokens/activate', { user_id: holder })).body.data;
+    const tokenId = held.token_id as string;
     // A waiter of another process, live for the next few seconds.
     await t.db.pool.query(
-      "INSERT INTO waiters (user_id, deadline) VALUES ($1, now() + interval '30 seconds')",
+      "INSERT INTO waiters (pool_id, user_id, deadline) VALUES (1, $1, now() + interval '30 seconds')",
       [newUserId()],
     );
-    await post(t.url, `/api/tokens/${tokenId}/release`, { user_id: holder });
+    await post(t.url, `/api/tokens/${tokenId}/release`, { user_id: holder, lease_id: held.lease_id });
 
     const res = await post(t.url, '/api/tokens/activate', { user_id: newUserId() });
 
@@ -168,9 +170,9 @@ describe('waiting for a token', () => {
   });
 
   it('serves a waiter who joins as a token is freed at once, not at its next re-check', async () => {
-    // The freeing statement looked for waiters before it committed, and the waiter's first
-    // attempt skipped the token it still held locked: nobody woke the waiter, which got the
-    // token a second later (migrations/0006).
+    // The freeing statement looked for waiters before the waiter joined, and the waiter's first
+    // attempt skipped the token still locked by it: no notification comes, and the waiter gets
+    // the token at its look shortly after joining, not at its periodic re-check a second later.
     const t = await start({ POOL_SIZE: '1' });
     const holder = newUserId();
     const held = await post(t.url, '/api/tokens/activate', { user_id: holder });
@@ -179,9 +181,11 @@ describe('waiting for a token', () => {
     let committedAt: number;
     try {
       await release.query('BEGIN');
-      expect(await releaseLease(release, { tokenId: held.body.data.token_id as string, userId: holder })).not.toBeNull();
+      const lease = held.body.data as { token_id: string; lease_id: string };
+      expect((await releaseLease(release, { tokenId: lease.token_id, userId: holder, leaseId: lease.lease_id })).outcome).toBe('released');
       waited = post(t.url, '/api/tokens/activate?wait=5', { user_id: newUserId() });
-      await waitFor(async () => (await lockWaits(t.db.pool)) > 0, { what: 'the waiter to join behind the release' });
+      await waitFor(async () => (await waitingCount(t.db)) > 0, { what: 'the waiter to join', intervalMs: 5 });
+      expect(await lockWaits(t.db.pool)).toBe(0);
       await release.query('COMMIT');
       committedAt = Date.now();
     } finally {
@@ -199,7 +203,7 @@ describe('waiting for a token', () => {
     const t = await start({ POOL_SIZE: '2' });
     await post(t.url, '/api/tokens/activate', { user_id: newUserId() });
     await t.db.pool.query(
-      `INSERT INTO waiters (user_id, deadline) VALUES (gen_random_uuid(), now() + interval '30 seconds')`,
+      `INSERT INTO waiters (pool_id, user_id, deadline) VALUES (1, gen_random_uuid(), now() + interval '30 seconds')`,
     );
 
     const res = await post(t.url, '/api/tokens/activate', { user_id: newUserId() });
@@ -295,7 +299,8 @@ describe('waiters in two API processes', () => {
     const urlB = `http://127.0.0.1:${portB}`;
 
     const holder = newUserId();
-    const tokenId = (await post(urlA, '/api/tokens/activate', { user_id: holder })).body.data.token_id as string;
+    const held = (await post(urlA, '/api/tokens/activate', { user_id: holder })).body.data;
+    const tokenId = held.token_id as string;
     const inB = newUserId();
     const inA = newUserId();
     const queued = (n: number) =>
@@ -311,12 +316,12 @@ describe('waiters in two API processes', () => {
     const second = post(urlA, '/api/tokens/activate?wait=20', { user_id: inA });
     await queued(2);
 
-    await post(urlA, `/api/tokens/${tokenId}/release`, { user_id: holder });
+    await post(urlA, `/api/tokens/${tokenId}/release`, { user_id: holder, lease_id: held.lease_id });
     const firstAnswer = await first;
     expect(firstAnswer.status).toBe(201);
     expect(firstAnswer.body.data.user_id).toBe(inB);
 
-    await post(urlB, `/api/tokens/${tokenId}/release`, { user_id: inB });
+    await post(urlB, `/api/tokens/${tokenId}/release`, { user_id: inB, lease_id: firstAnswer.body.data.lease_id });
     const secondAnswer = await second;
     expect(secondAnswer.status).toBe(201);
     expect(secondAnswer.body.data.user_id).toBe(inA);

@@ -1,3 +1,5 @@
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { runner } from 'node-pg-migrate';
@@ -6,6 +8,25 @@ import { sqlState } from './errors.js';
 
 /** migrations/ at the repository root, from src/db (tsx, tests) and from dist/db (npm start). */
 export const migrationsDir = fileURLToPath(new URL('../../migrations', import.meta.url));
+/** sql/ at the repository root: one file per SQL function, in its current form. */
+export const functionsDir = fileURLToPath(new URL('../../sql', import.meta.url));
+
+/** The database holds a schema this version does not know: made by an earlier 0.x, say. */
+export class UnknownSchemaError extends Error {
+  constructor(readonly unknown: readonly string[]) {
+    super(
+      `the database was made by another version of token-lease (unknown migrations: ${unknown.join(', ')}); ` +
+        'versions before 0.2 cannot be upgraded: recreate the database (drop it, or point DATABASE_URL at a new one)',
+    );
+    this.name = 'UnknownSchemaError';
+  }
+}
+
+/** The names of the migrations in migrations/, in order, as node-pg-migrate records them. */
+export async function migrationNames(): Promise<string[]> {
+  const files = await readdir(migrationsDir);
+  return files.filter((f) => f.endsWith('.sql')).sort().map((f) => f.replace(/\.sql$/, ''));
+}
 
 /**
  * Creates the database named in the URL if it does not exist yet, through the server's
@@ -47,6 +68,7 @@ export async function ensureDatabase(databaseUrl: string, log: Logger): Promise<
  * runs; with `wait`, a second process starting at the same time waits for the first to finish.
  */
 export async function migrate(databaseUrl: string, log: Logger): Promise<void> {
+  await refuseUnknownSchema(databaseUrl);
   const applied = await runner({
     databaseUrl,
     dir: migrationsDir,
@@ -63,5 +85,47 @@ export async function migrate(databaseUrl: string, log: Logger): Promise<void> {
   });
   if (applied.length > 0) {
     log.info({ migrations: applied.map((m) => m.name) }, 'migrations applied');
+  }
+  await applyFunctions(databaseUrl);
+}
+
+async function refuseUnknownSchema(databaseUrl: string): Promise<void> {
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ name: string }>(
+      'SELECT name FROM pgmigrations',
+    ).catch((error: unknown) => {
+      if (sqlState(error) === '42P01') return { rows: [] }; // no pgmigrations yet: a new database
+      throw error;
+    });
+    const known = new Set(await migrationNames());
+    const unknown = rows.map((r) => r.name).filter((name) => !known.has(name));
+    if (unknown.length > 0) throw new UnknownSchemaError(unknown);
+  } finally {
+    await client.end();
+  }
+}
+
+/**
+ * (Re)creates every function in sql/ with CREATE OR REPLACE, after the migrations: each function
+ * is defined in one file, in its current form. Advisory lock class 4 keeps two processes starting
+ * at once from replacing the same function together (which PostgreSQL refuses).
+ */
+async function applyFunctions(databaseUrl: string): Promise<void> {
+  const files = (await readdir(functionsDir)).filter((f) => f.endsWith('.sql')).sort();
+  const texts = await Promise.all(files.map((f) => readFile(path.join(functionsDir, f), 'utf8')));
+  const client = new pg.Client({ connectionString: databaseUrl });
+  await client.connect();
+  try {
+    await client.query('BEGIN');
+    await client.query('SELECT pg_advisory_xact_lock(4, 0)');
+    for (const text of texts) await client.query(text);
+    await client.query('COMMIT');
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => undefined);
+    throw error;
+  } finally {
+    await client.end();
   }
 }

@@ -17,7 +17,7 @@ export interface Notifications {
 
 const RECONNECT_MAX_MS = 5_000;
 
-/** The channels the service uses: the first is fed by triggers (migrations/0002). */
+/** The channels the service uses: the first is fed by sql/wake_waiters.sql. */
 export const WAITERS_CHANNEL = 'token_lease_waiters';
 export const CHANGES_CHANNEL = 'token_lease_changes';
 

@@ -1,6 +1,6 @@
 import pg from 'pg';
 import type { Logger } from '../logger.js';
-import { fromPgError } from './errors.js';
+import { fromPgError, isRetryable } from './errors.js';
 
 export type Pool = pg.Pool;
 export type PoolClient = pg.PoolClient;
@@ -37,6 +37,9 @@ export function createPool(options: PoolOptions, log: Logger): Pool {
 /**
  * Runs one statement. Named statements are prepared once per connection, which saves the
  * parse and plan of the hot queries. Errors leave as the service's own (see errors.ts).
+ * A statement run on the pool is its own transaction: when PostgreSQL chose it as the victim of
+ * a deadlock (or a serialization failure), nothing of it was kept, so it runs again, up to
+ * three times, as withTransaction does.
  */
 export async function query<R extends pg.QueryResultRow>(
   db: Queryable,
@@ -44,10 +47,13 @@ export async function query<R extends pg.QueryResultRow>(
   text: string,
   values: unknown[] = [],
 ): Promise<R[]> {
-  try {
-    const result = await db.query<R>({ name, text, values });
-    return result.rows;
-  } catch (error) {
-    throw fromPgError(error);
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      const result = await db.query<R>({ name, text, values });
+      return result.rows;
+    } catch (error) {
+      if (db instanceof pg.Pool && attempt < 3 && isRetryable(error)) continue;
+      throw fromPgError(error);
+    }
   }
 }

@@ -1,10 +1,16 @@
 // Waiting for a token: POST /api/tokens/activate?wait=N on an exhausted pool.
 //
-// The queue itself is the `waiters` table (migrations/0002): its ids give the arrival order
-// across every API process, and activate_lease() lets only the earliest live waiter take a token.
+// The queue itself is the `waiters` table: its ids give the arrival order across every API
+// process, and activate_lease() lets only the earliest live waiter of a pool take a token.
 // This module keeps this process's waiters, wakes the earliest of them when PostgreSQL says a
-// token was freed or a waiter left (LISTEN/NOTIFY), and otherwise lets it sleep: until the
-// earliest lease expires, or for a periodic re-check, never polling in a loop.
+// token of the pool was freed or a waiter left (LISTEN/NOTIFY, sql/wake_waiters.sql), and
+// otherwise lets it sleep: until the earliest lease expires, or for a periodic re-check, never
+// polling in a loop.
+//
+// Joining takes no lock. A release that commits while a waiter joins may look for waiters
+// before the new place is visible, and the waiter's first attempt may not yet see the token
+// freed; so a new waiter looks again at each of JOIN_RECHECKS_MS after joining, which outlast
+// that window (a freeing statement commits as soon as it has run).
 
 import type { ActivateRow } from '../db/queries.js';
 import * as sql from '../db/queries.js';
@@ -13,8 +19,12 @@ import { AppError, PoolExhaustedError, UnavailableError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
 export interface WakeUps {
-  subscribe(listener: () => void): () => void;
+  /** `listener` gets the pool whose waiters should look again, or null for every pool. */
+  subscribe(listener: (poolId: number | null) => void): () => void;
 }
+
+/** A new waiter looks again this long after joining (see the header). */
+export const JOIN_RECHECKS_MS = [50, 150, 450];
 
 export class TooManyWaitersError extends AppError {
   constructor(maxWaiters: number) {
@@ -33,6 +43,7 @@ export class ClientGoneError extends AppError {
 
 interface Waiter {
   readonly id: bigint;
+  readonly poolId: number;
   /** Set when a wake-up arrives; the waiter clears it before each attempt. */
   woken: boolean;
   /** Present while the waiter sleeps. */
@@ -54,19 +65,23 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
   const { pool, log } = options;
   const recheckMs = options.recheckMs ?? 1_000;
   const heartbeatMs = options.heartbeatMs ?? 1_000;
-  const waiting: Waiter[] = []; // this process's waiters, in queue order
+  const waiting: Waiter[] = []; // this process's waiters, in queue order (per pool, by id)
   let joining = 0; // requests between the MAX_WAITERS check and join()
   let heartbeat: NodeJS.Timeout | undefined;
   let closing = false;
   let drained: (() => void) | undefined;
 
-  // Only this process's earliest waiter can be next in the whole queue; when it leaves, the
-  // next one is woken in turn (here, and everywhere by the trigger on waiters).
-  function wakeEarliest(): void {
-    const head = waiting[0];
-    if (head === undefined) return;
-    head.woken = true;
-    head.wake?.();
+  // Only this process's earliest waiter of a pool can be next in that pool's queue; when it
+  // leaves, the next one is woken in turn (here, and in other processes by removeWaiter's
+  // notification).
+  function wakeEarliest(poolId: number | null): void {
+    const woken = new Set<number>();
+    for (const waiter of waiting) {
+      if (woken.has(waiter.poolId) || (poolId !== null && waiter.poolId !== poolId)) continue;
+      woken.add(waiter.poolId);
+      waiter.woken = true;
+      waiter.wake?.();
+    }
   }
   const unsubscribe = options.wakeUps.subscribe(wakeEarliest);
 
@@ -90,12 +105,14 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
       heartbeat = undefined;
       drained?.();
     }
-    if (at === 0) wakeEarliest();
+    if (at !== -1 && !waiting.slice(0, at).some((w) => w.poolId === waiter.poolId)) wakeEarliest(waiter.poolId);
   }
 
   function sleep(waiter: Waiter, ms: number, signal: AbortSignal | undefined): Promise<void> {
     if (closing) return Promise.reject(new UnavailableError('the server is shutting down; retry'));
     if (waiter.woken) return Promise.resolve();
+    // Gone before the sleep began: the abort event has fired already and will not again.
+    if (signal?.aborted === true) return Promise.reject(new ClientGoneError());
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => waiter.wake?.(), ms);
       const onAbort = () => waiter.wake?.(new ClientGoneError());
@@ -115,6 +132,7 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
    * `timeoutMs`, the client going away, or shutdown. The place is given up on every way out.
    */
   async function wait(args: {
+    poolId: number;
     userId: string;
     timeoutMs: number;
     signal?: AbortSignal | undefined;
@@ -128,12 +146,13 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
     joining += 1;
     let waiterId: string;
     try {
-      waiterId = await sql.addWaiter(pool, { userId: args.userId, timeoutMs: args.timeoutMs });
+      waiterId = await sql.addWaiter(pool, { poolId: args.poolId, userId: args.userId, timeoutMs: args.timeoutMs });
     } finally {
       joining -= 1;
     }
-    const waiter: Waiter = { id: BigInt(waiterId), woken: true, wake: undefined };
+    const waiter: Waiter = { id: BigInt(waiterId), poolId: args.poolId, woken: true, wake: undefined };
     join(waiter);
+    const joinedAt = Date.now();
     let served = false;
     try {
       for (;;) {
@@ -152,7 +171,9 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
         if (left <= 0) throw new PoolExhaustedError(Math.max(1, Math.ceil(waitMs / 1000)));
         // At the head of a full pool, the earliest expiry frees a token without any event.
         const untilExpiry = row.outcome === 'exhausted' ? waitMs + 1 : Number.POSITIVE_INFINITY;
-        await sleep(waiter, Math.min(left, untilExpiry, recheckMs), args.signal);
+        const sinceJoin = Date.now() - joinedAt;
+        const untilJoinRecheck = (JOIN_RECHECKS_MS.find((ms) => ms > sinceJoin) ?? Number.POSITIVE_INFINITY) - sinceJoin;
+        await sleep(waiter, Math.min(left, untilExpiry, untilJoinRecheck, recheckMs), args.signal);
       }
     } finally {
       leave(waiter);

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { activateQuery, historyQuery, userBody, validateBody } from './schemas.js';
+import { activateQuery, historyQuery, leaseBody, userBody, validateBody } from './schemas.js';
 
 // The API's answers as zod schemas: the routes build their answers with these types, the
 // OpenAPI document served at GET /openapi.json is generated from them and from the request
@@ -201,26 +201,26 @@ export function openApiDocument(version: string) {
       },
       '/api/tokens/{id}/release': {
         post: {
-          summary: "End the caller's lease now",
+          summary: 'End the named lease now',
           parameters: [tokenIdParameter],
-          requestBody: body(userBody),
+          requestBody: body(leaseBody),
           responses: {
             '200': answer('The ended usage (also for a retried release)', releasedSchema),
             '404': failure('not_found'),
-            '409': failure('not_holder (details.reason says why), or conflict: a concurrent change; retry'),
+            '409': failure('lease_expired or lease_ended (details.reason says how it ended), or not_holder: the lease named is not your lease of this token'),
             ...badInput,
           },
         },
       },
       '/api/tokens/{id}/renew': {
         post: {
-          summary: "Extend the caller's lease to LEASE_TTL_MS from now",
+          summary: 'Extend the named lease to LEASE_TTL_MS from now',
           parameters: [tokenIdParameter],
-          requestBody: body(userBody),
+          requestBody: body(leaseBody),
           responses: {
             '200': answer('The renewed lease', leaseSchema),
             '404': failure('not_found'),
-            '409': failure('lease_expired, lease_ended, not_holder, max_lease_reached, or conflict: a concurrent change; retry'),
+            '409': failure('lease_expired, lease_ended, not_holder or max_lease_reached'),
             ...badInput,
           },
         },

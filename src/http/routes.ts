@@ -20,6 +20,7 @@ import {
   activateQuery,
   encodeCursor,
   historyQuery,
+  leaseBody,
   parse,
   tokenId,
   userBody,
@@ -139,8 +140,8 @@ export function tokenRoutes(
     .route('/api/tokens/:id/release')
     .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
-      const body = parse(userBody, req.body, 'body');
-      const usage = await leases.release(id, body.user_id);
+      const body = parse(leaseBody, req.body, 'body');
+      const usage = await leases.release({ tokenId: id, userId: body.user_id, leaseId: body.lease_id });
       const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage) };
       sendJson(res, 200, { data });
     })
@@ -151,7 +152,7 @@ export function tokenRoutes(
     .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(validateBody, req.body, 'body');
-      const result = await leases.validate(id, body.user_id, body.fence);
+      const result = await leases.validate({ tokenId: id, userId: body.user_id, fence: body.fence });
       const data: ValidationJson = result.valid
         ? { valid: true, lease_id: result.leaseId, expires_at: iso(result.expiresAt) }
         : { valid: false, reason: result.reason };
@@ -163,8 +164,8 @@ export function tokenRoutes(
     .route('/api/tokens/:id/renew')
     .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
-      const body = parse(userBody, req.body, 'body');
-      const lease = await leases.renew(id, body.user_id);
+      const body = parse(leaseBody, req.body, 'body');
+      const lease = await leases.renew({ tokenId: id, userId: body.user_id, leaseId: body.lease_id });
       sendJson(res, 200, { data: leaseJson(lease) });
     })
     .all(methodNotAllowed(['POST']));

@@ -9,6 +9,7 @@ const uuid = z.guid({ error: 'must be a UUID' });
 // PostgreSQL answers UUIDs in lower case; compare them that way too.
 const lowerCaseUuid = uuid.transform((id) => id.toLowerCase());
 const userId = lowerCaseUuid;
+const leaseId = lowerCaseUuid;
 
 /**
  * A number in a query string, written in plain decimal (`pattern`), from `min` to `max`. Coercing
@@ -26,6 +27,14 @@ function decimal(pattern: RegExp, message: string, min: number, max: number) {
 export const userBody = z.object(
   { user_id: userId },
   { error: 'the body must be a JSON object with a user_id' },
+);
+
+export const leaseBody = z.object(
+  {
+    user_id: userId,
+    lease_id: leaseId,
+  },
+  { error: 'the body must be a JSON object with a user_id and a lease_id' },
 );
 
 export const validateBody = z.object(

@@ -37,17 +37,9 @@ export function startReleaseWorker(deps: {
     if (result.outcome === 'not_due') {
       // Renewed since this job was added: the renewal added a job for the new expiry.
       if (result.expiresAt.getTime() > Date.parse(expiresAt)) return 'renewed';
-      // Due later by the database clock than by ours: wait until it is due.
-      let delayMs = result.remainingMs + 1;
-      if (result.remainingMs === 0) {
-        // Due by the database clock, yet the statement that ends due leases did not end it: a
-        // clock edge (the next try ends it), or a lease no token points to any more, which that
-        // statement cannot reach. Back off as the lease grows overdue, rather than retry every
-        // millisecond for ever, and say so once it is clearly not the clock.
-        const overdueMs = Date.now() - result.expiresAt.getTime();
-        delayMs = Math.min(Math.max(1, overdueMs), MAX_RETRY_DELAY_MS);
-        if (overdueMs > 1_000) log.warn({ leaseId, overdueMs }, 'lease due but not ended by its release job');
-      }
+      // Due later by the database clock than by ours: wait until it is due. (Never due here:
+      // expire_lease waits for the lease's token and ends it if it is.)
+      const delayMs = result.remainingMs + 1;
       await job.moveToDelayed(Date.now() + delayMs, token);
       throw new DelayedError();
     }
@@ -103,9 +95,6 @@ export function startReleaseWorker(deps: {
     },
   };
 }
-
-/** The longest a release job waits before it looks again at a lease due but not ended. */
-const MAX_RETRY_DELAY_MS = 60_000;
 
 /** How long close() waits for running jobs: each is a statement or two, unless Redis is away. */
 const RUNNING_JOBS_GRACE_MS = 5_000;

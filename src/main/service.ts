@@ -5,6 +5,7 @@ import { randomUUID } from 'node:crypto';
 import { CHANGES_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
 import { createLeaseChanges, type LeaseChanges } from '../domain/changes.js';
 import { createLeases, type Leases } from '../domain/leases.js';
+import { getPoolId } from '../domain/pools.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { createApp } from '../http/app.js';
 import { createReleaseQueue } from '../jobs/queue.js';
@@ -84,13 +85,21 @@ export async function startService(config: Config, log: Logger): Promise<Service
       shutdown.add('change announcements', () => announced.close());
       changes = announced;
       if (config.maxWaiters > 0) {
-        const wakeUps = { subscribe: (wake: () => void) => notifications.subscribe(WAITERS_CHANNEL, () => wake()) };
+        const wakeUps = {
+          subscribe: (wake: (poolId: number | null) => void) =>
+            notifications.subscribe(WAITERS_CHANNEL, (payload) => {
+              // The payload names the pool (sql/wake_waiters.sql); null after a reconnection.
+              const poolId = payload === null ? NaN : Number(payload);
+              wake(Number.isInteger(poolId) ? poolId : null);
+            }),
+        };
         waitingRoom = createWaitingRoom({ pool, wakeUps, maxWaiters: config.maxWaiters, log });
       }
     }
 
-    const leases = createLeases({
+    const leases = noteChanges(createLeases({
       pool,
+      poolId: await getPoolId(pool, 'default'),
       leaseTtlMs: config.leaseTtlMs,
       maxLeaseMs: config.maxLeaseMs,
       evictOldest: config.poolFullPolicy === 'evict_oldest',
@@ -98,8 +107,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       metrics,
       scheduler: releases,
       waitingRoom,
-      changes,
-    });
+    }), changes);
     await leases.seedPool(config.poolSize);
 
     if (config.role !== 'api') {
@@ -160,4 +168,29 @@ export async function startService(config: Config, log: Logger): Promise<Service
     await shutdown.run('start-up failed');
     throw error;
   }
+}
+
+/**
+ * Tells the token list's cache of every change this process makes, before the request that made
+ * it is answered. A change that fails may still have committed (its answer lost with the
+ * connection), so a failure counts as a change too.
+ */
+function noteChanges(leases: Leases, changes: Pick<LeaseChanges, 'changed'> | undefined): Leases {
+  if (changes === undefined) return leases;
+  const note = <A extends unknown[], R>(op: (...args: A) => Promise<R>) =>
+    async (...args: A): Promise<R> => {
+      try {
+        return await op(...args);
+      } finally {
+        changes.changed();
+      }
+    };
+  return {
+    ...leases,
+    activate: note(leases.activate),
+    release: note(leases.release),
+    renew: note(leases.renew),
+    clear: note(leases.clear),
+    seedPool: note(leases.seedPool),
+  };
 }

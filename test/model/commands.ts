@@ -1,6 +1,7 @@
+import { randomUUID } from 'node:crypto';
 import fc from 'fast-check';
 import { expect } from 'vitest';
-import type { TestService } from '../helpers.js';
+import { backdate, type TestService } from '../helpers.js';
 import * as model from './pool.js';
 import type { ModelUsage, PoolModel } from './pool.js';
 
@@ -125,8 +126,8 @@ export async function expectSameState(m: PoolModel, real: Real, after: string): 
             (extract(epoch FROM now() - ended_at) * 1000)::float8 AS ended_ago_ms
      FROM usages`,
   );
-  const { rows: tokens } = await db.query<{ id: string; last_fence: string; usage_id: string | null }>(
-    'SELECT id, last_fence, usage_id FROM tokens ORDER BY position',
+  const { rows: tokens } = await db.query<{ id: string; last_fence: string; lease_id: string | null }>(
+    'SELECT id, last_fence, lease_id FROM tokens ORDER BY position',
   );
   const byId = new Map(usages.map((u) => [u.id, u]));
   // Read after the rows: the real time that had passed when they were read is at most this.
@@ -155,7 +156,7 @@ export async function expectSameState(m: PoolModel, real: Real, after: string): 
     if (usage.endedAt !== null) expectWithin(row.ended_ago_ms ?? NaN, m.now - usage.endedAt, 0, elapsed, `${what}: ended`);
   }
   expect(
-    tokens.map((t) => ({ lastFence: Number(t.last_fence), lease: t.usage_id })),
+    tokens.map((t) => ({ lastFence: Number(t.last_fence), lease: t.lease_id })),
     `after ${after}: tokens`,
   ).toEqual(m.tokens.map((t) => ({ lastFence: t.lastFence, lease: t.lease?.leaseId ?? null })));
 
@@ -201,8 +202,12 @@ export function release(user: number, ref: TokenRef, tokens: number): Command {
   const name = `release(u${user}, ${refName(ref, tokens)})`;
   return command(name, async (m, real) => {
     const token = resolveToken(m, user, ref);
-    const answer = await post(real, `/api/tokens/${real.tokenIds[token]}/release`, { user_id: real.users[user] });
-    const expected = model.release(m, user, token);
+    const lease = model.namedLease(m, user, token);
+    const answer = await post(real, `/api/tokens/${real.tokenIds[token]}/release`, {
+      user_id: real.users[user],
+      lease_id: lease?.leaseId ?? randomUUID(),
+    });
+    const expected = model.release(m, token, lease);
     if (expected.status === 200) {
       expectLease(real, answer, expected, `${name} on ${tokenName(m, token)}`);
       expect(answer.body.data.end_reason, name).toBe('released');
@@ -216,8 +221,12 @@ export function renew(user: number, ref: TokenRef, tokens: number): Command {
   const name = `renew(u${user}, ${refName(ref, tokens)})`;
   return command(name, async (m, real) => {
     const token = resolveToken(m, user, ref);
-    const answer = await post(real, `/api/tokens/${real.tokenIds[token]}/renew`, { user_id: real.users[user] });
-    const expected = model.renew(m, user, token);
+    const lease = model.namedLease(m, user, token);
+    const answer = await post(real, `/api/tokens/${real.tokenIds[token]}/renew`, {
+      user_id: real.users[user],
+      lease_id: lease?.leaseId ?? randomUUID(),
+    });
+    const expected = model.renew(m, token, lease);
     if (expected.status === 200) expectLease(real, answer, expected, `${name} on ${tokenName(m, token)}`);
     else expectRefusal(answer, expected, `${name} on ${tokenName(m, token)}`);
   });
@@ -258,13 +267,9 @@ export function clear(): Command {
  */
 export function advance(ms: number): Command {
   return command(`advance(${ms / 1000} s)`, async (m, real) => {
+    await backdate(real.t.db, ms);
     await real.t.db.pool.query(
-      `WITH shifted AS (
-         UPDATE usages SET started_at = started_at - $1 * interval '1 millisecond',
-                           expires_at = expires_at - $1 * interval '1 millisecond',
-                           ended_at = ended_at - $1 * interval '1 millisecond'
-       )
-       UPDATE waiters SET created_at = created_at - $1 * interval '1 millisecond',
+      `UPDATE waiters SET created_at = created_at - $1 * interval '1 millisecond',
                           deadline = deadline - $1 * interval '1 millisecond',
                           heartbeat_at = heartbeat_at - $1 * interval '1 millisecond'`,
       [ms],

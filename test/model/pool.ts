@@ -87,22 +87,24 @@ export function latestUsageOf(m: PoolModel, user: number): ModelUsage | undefine
 const byExpiry = (a: ModelUsage, b: ModelUsage) => a.expiresAt - b.expiresAt || a.expiresSeq - b.expiresSeq;
 const byStart = (a: ModelUsage, b: ModelUsage) => a.startedAt - b.startedAt || a.startedSeq - b.startedSeq;
 
-/** activate_lease(): the held lease, else the lowest free token, a lapsed one, or the oldest lease's. */
+/**
+ * activate_lease(): the held lease; else, if it ran out, a new one on its token; else the lowest
+ * token that is free or whose lease ran out, or the oldest lease's.
+ */
 export function activate(m: PoolModel, user: number): LeaseAnswer | Exhausted {
   m.seq += 1;
+  let token = -1;
   const held = m.usages.find((u) => u.user === user && isOpen(u));
   if (held !== undefined) {
     if (isActive(m, held)) return { status: 200, usage: held, evicted: null };
     end(m, held, 'expired');
+    token = held.token;
   }
-  let token = m.tokens.findIndex((t) => t.lease === null);
   let evicted: ModelUsage | null = null;
   if (token === -1) {
-    const lapsed = openUsages(m).filter((u) => isDue(m, u)).sort(byExpiry)[0];
-    if (lapsed !== undefined) {
-      end(m, lapsed, 'expired');
-      token = lapsed.token;
-    }
+    token = m.tokens.findIndex((t) => t.lease === null || isDue(m, t.lease));
+    const lapsed = m.tokens[token]?.lease ?? null;
+    if (lapsed !== null) end(m, lapsed, 'expired');
   }
   if (token === -1 && m.config.evictOldest) {
     const oldest = openUsages(m).sort(byStart)[0];
@@ -135,46 +137,61 @@ export function activate(m: PoolModel, user: number): LeaseAnswer | Exhausted {
   return { status: 201, usage, evicted };
 }
 
-/** Ends the caller's lease now; a retry after a successful release answers the same usage. */
-export function release(m: PoolModel, user: number, token: number): { status: 200; usage: ModelUsage } | Refusal {
-  if (token === unknownToken(m)) return { status: 404, code: 'not_found' };
-  const open = m.tokens[token]?.lease ?? null;
-  if (open !== null && open.user === user) {
-    const reason = isDue(m, open) ? 'expired' : 'released';
-    end(m, open, reason);
-    if (reason === 'released') return { status: 200, usage: open };
-    return { status: 409, code: 'not_holder', reason: 'expired' };
-  }
-  const latest = latestUsage(m, user, token);
-  if (latest?.endReason === 'released') return { status: 200, usage: latest };
-  return { status: 409, code: 'not_holder', reason: latest?.endReason ?? 'not_held' };
+/** Why a named lease that has ended cannot be released or renewed. */
+function endedRefusal(usage: ModelUsage): Refusal {
+  if (usage.endReason === null || usage.endReason === 'expired') return { status: 409, code: 'lease_expired', reason: 'expired' };
+  return { status: 409, code: 'lease_ended', reason: usage.endReason };
 }
 
-/** Moves an active lease's expiry to TTL from now, capped at MAX_LEASE_MS after its start. */
-export function renew(m: PoolModel, user: number, token: number): { status: 200; usage: ModelUsage } | Refusal {
+/**
+ * Ends the named lease now (`lease`: the one the caller names, undefined for a lease id that is
+ * not theirs on this token); a retry after a successful release answers the same usage.
+ */
+export function release(
+  m: PoolModel,
+  token: number,
+  lease: ModelUsage | undefined,
+): { status: 200; usage: ModelUsage } | Refusal {
+  if (token === unknownToken(m)) return { status: 404, code: 'not_found' };
+  if (lease === undefined) return { status: 409, code: 'not_holder', reason: 'not_held' };
+  if (m.tokens[token]?.lease === lease) {
+    const reason = isDue(m, lease) ? 'expired' : 'released';
+    end(m, lease, reason);
+    if (reason === 'released') return { status: 200, usage: lease };
+  }
+  if (lease.endReason === 'released') return { status: 200, usage: lease };
+  return endedRefusal(lease);
+}
+
+/** Moves the named lease's expiry to TTL from now, capped at MAX_LEASE_MS after its start. */
+export function renew(
+  m: PoolModel,
+  token: number,
+  lease: ModelUsage | undefined,
+): { status: 200; usage: ModelUsage } | Refusal {
   m.seq += 1;
   const { ttlMs, maxLeaseMs } = m.config;
-  const open = m.tokens[token]?.lease ?? null;
-  if (
-    open !== null &&
-    open.user === user &&
-    isActive(m, open) &&
-    (maxLeaseMs === null || open.startedAt + maxLeaseMs > open.expiresAt)
-  ) {
-    const capped = maxLeaseMs !== null && open.startedAt + maxLeaseMs < m.now + ttlMs;
-    open.expiresAt = capped ? open.startedAt + maxLeaseMs : m.now + ttlMs;
-    // A capped expiry is computed from the start, so it sorts with the start's real time.
-    open.expiresSeq = capped ? open.startedSeq : m.seq;
-    return { status: 200, usage: open };
-  }
   if (token === unknownToken(m)) return { status: 404, code: 'not_found' };
-  const latest = latestUsage(m, user, token);
-  if (latest === undefined) return { status: 409, code: 'not_holder', reason: 'not_held' };
-  if (isActive(m, latest)) return { status: 409, code: 'max_lease_reached' };
-  if (latest.endReason === null || latest.endReason === 'expired') {
-    return { status: 409, code: 'lease_expired', reason: 'expired' };
+  if (lease === undefined) return { status: 409, code: 'not_holder', reason: 'not_held' };
+  if (m.tokens[token]?.lease === lease) {
+    // A renewal locks the token like any change: a lease it finds run out, it ends.
+    if (isDue(m, lease)) end(m, lease, 'expired');
+    else if (maxLeaseMs !== null && lease.startedAt + maxLeaseMs <= lease.expiresAt) {
+      return { status: 409, code: 'max_lease_reached' };
+    } else {
+      const capped = maxLeaseMs !== null && lease.startedAt + maxLeaseMs < m.now + ttlMs;
+      lease.expiresAt = capped ? lease.startedAt + maxLeaseMs : m.now + ttlMs;
+      // A capped expiry is computed from the start, so it sorts with the start's real time.
+      lease.expiresSeq = capped ? lease.startedSeq : m.seq;
+      return { status: 200, usage: lease };
+    }
   }
-  return { status: 409, code: 'lease_ended', reason: latest.endReason };
+  return endedRefusal(lease);
+}
+
+/** The usage a release or renewal by `user` of `token` names: the user's latest of that token. */
+export function namedLease(m: PoolModel, user: number, token: number): ModelUsage | undefined {
+  return latestUsage(m, user, token);
 }
 
 const INVALID_REASONS: Record<EndReason, string> = {
@@ -189,6 +206,8 @@ export function validate(m: PoolModel, user: number, token: number, fence: numbe
   if (usage === undefined) return { valid: false, reason: 'unknown_lease' };
   if (usage.user !== user) return { valid: false, reason: 'not_holder' };
   if (isActive(m, usage)) return { valid: true, usage };
+  // A lease found run out but not ended is ended first (as expired) by the validation.
+  if (usage.endReason === null) end(m, usage, 'expired');
   return { valid: false, reason: usage.endReason === null ? 'expired' : INVALID_REASONS[usage.endReason] };
 }
 

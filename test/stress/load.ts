@@ -238,7 +238,7 @@ async function runClient(
   }
 
   async function release(user: User, lease: Held): Promise<void> {
-    const answer = await post(`/api/tokens/${lease.tokenId}/release`, { user_id: user.id });
+    const answer = await post(`/api/tokens/${lease.tokenId}/release`, { user_id: user.id, lease_id: lease.leaseId });
     if (answer === null) return;
     observations.push({
       op: 'release',
@@ -248,14 +248,14 @@ async function runClient(
       leaseId: answer.status === 200 ? answer.body.data.lease_id : undefined,
     });
     if (answer.status === 200) counts.releases += 1;
-    else if (answer.status === 409 && answer.body.error?.code === 'not_holder') {
+    else if (answer.status === 409 && ['lease_ended', 'lease_expired'].includes(answer.body.error?.code)) {
       bump(counts.releaseRefused, String(answer.body.error.details?.reason));
     } else bump(counts.unexpected, describeAnswer('POST', 'release', answer));
     forget(user, lease);
   }
 
   async function renew(user: User, lease: Held): Promise<void> {
-    const answer = await post(`/api/tokens/${lease.tokenId}/renew`, { user_id: user.id });
+    const answer = await post(`/api/tokens/${lease.tokenId}/renew`, { user_id: user.id, lease_id: lease.leaseId });
     if (answer === null) return;
     const renewed = answer.status === 200 ? answer.body.data : undefined;
     observations.push({

@@ -1,0 +1,157 @@
+-- Gives p_user a lease in pool p_pool, in one round trip: the lease they hold if it has not run
+-- out, else a new one on the lowest free token (or one whose lease ran out), else, with
+-- p_evict, the token of the pool's oldest lease. p_waiter is the caller's place in the queue
+-- (null for a plain activation): nobody takes a token ahead of a live waiter who came earlier.
+--
+-- Locking order (docs/design.md): the user's advisory lock, then one token row, then the clock,
+-- read once; every decision and every time stamped uses that reading.
+CREATE OR REPLACE FUNCTION activate_lease(
+  p_pool integer,
+  p_user uuid,
+  p_ttl_ms integer,
+  p_evict boolean,
+  p_waiter bigint DEFAULT NULL
+)
+RETURNS TABLE (
+  outcome           text,
+  lease_id          uuid,
+  token_id          uuid,
+  user_id           uuid,
+  fence             bigint,
+  started_at        timestamptz,
+  expires_at        timestamptz,
+  wait_ms           bigint,
+  evicted_lease_id  uuid,
+  expired_lease_ids uuid[]
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  held      usages;
+  tok       tokens;
+  have      boolean := false;
+  clock     timestamptz;
+  old_id    uuid;
+  old_token uuid;
+  evicted   uuid;
+  expired   uuid[] := '{}';
+  new_id    uuid;
+  new_exp   timestamptz;
+BEGIN
+  -- One activation per user and pool at a time: the second sees what the first did.
+  PERFORM pg_advisory_xact_lock(1, hashtext(p_pool::text || '/' || p_user::text));
+
+  SELECT u.* INTO held FROM usages u
+    WHERE u.pool_id = p_pool AND u.user_id = p_user AND u.ended_at IS NULL;
+  IF FOUND THEN
+    SELECT t.* INTO tok FROM tokens t WHERE t.id = held.token_id FOR UPDATE;
+    clock := clock_timestamp();
+    IF tok.lease_id = held.id THEN
+      IF tok.expires_at > clock THEN
+        IF p_waiter IS NOT NULL THEN
+          DELETE FROM waiters w WHERE w.id = p_waiter;
+          PERFORM wake_waiters(p_pool);
+        END IF;
+        RETURN QUERY SELECT 'existing'::text, tok.lease_id, tok.id, tok.user_id, tok.last_fence,
+          tok.started_at, tok.expires_at, NULL::bigint, NULL::uuid, expired;
+        RETURN;
+      END IF;
+      -- Ran out and nothing has ended it yet: end it now. Its token is ours (locked) and free.
+      PERFORM end_lease(tok, clock, 'expired');
+      expired := expired || held.id;
+      have := true;
+    END IF;
+    -- Else it was ended between our read and the lock: the user holds nothing.
+  END IF;
+
+  -- First come, first served.
+  IF EXISTS (
+    SELECT 1 FROM waiters w
+    WHERE w.pool_id = p_pool AND (p_waiter IS NULL OR w.id < p_waiter)
+      AND waiter_is_live(w, clock_timestamp())
+  ) THEN
+    IF have THEN
+      PERFORM wake_waiters(p_pool);
+    END IF;
+    RETURN QUERY SELECT CASE WHEN p_waiter IS NULL THEN 'exhausted' ELSE 'queued' END,
+      NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
+      next_free_in_ms(p_pool), NULL::uuid, expired;
+    RETURN;
+  END IF;
+
+  -- The lowest token that is free or whose lease has run out. SKIP LOCKED: concurrent
+  -- activations take different tokens instead of queueing for one.
+  IF NOT have THEN
+    SELECT t.* INTO tok FROM tokens t
+      WHERE t.pool_id = p_pool AND (t.lease_id IS NULL OR t.expires_at <= clock_timestamp())
+      ORDER BY t.position
+      LIMIT 1
+      FOR UPDATE SKIP LOCKED;
+    IF FOUND THEN
+      have := true;
+      clock := clock_timestamp();
+      IF tok.lease_id IS NOT NULL THEN
+        PERFORM end_lease(tok, clock, 'expired');
+        expired := expired || tok.lease_id;
+      END IF;
+    END IF;
+  END IF;
+
+  -- evict_oldest: the token of the oldest lease. When every candidate is locked by other
+  -- evictions, wait for the oldest instead of giving up (the statement timeout bounds it); if
+  -- it changed hands meanwhile, look again.
+  IF NOT have AND p_evict THEN
+    LOOP
+      SELECT u.id, u.token_id INTO old_id, old_token FROM usages u JOIN tokens t ON t.id = u.token_id
+        WHERE u.pool_id = p_pool AND u.ended_at IS NULL
+        ORDER BY u.started_at, u.id
+        LIMIT 1
+        FOR UPDATE OF t SKIP LOCKED;
+      IF NOT FOUND THEN
+        SELECT u.id, u.token_id INTO old_id, old_token FROM usages u
+          WHERE u.pool_id = p_pool AND u.ended_at IS NULL
+          ORDER BY u.started_at, u.id
+          LIMIT 1;
+        EXIT WHEN NOT FOUND;
+      END IF;
+      SELECT t.* INTO tok FROM tokens t WHERE t.id = old_token FOR UPDATE;
+      clock := clock_timestamp();
+      IF tok.lease_id IS NULL THEN
+        have := true;
+      ELSIF tok.lease_id = old_id THEN
+        IF tok.expires_at <= clock THEN
+          PERFORM end_lease(tok, clock, 'expired');
+          expired := expired || old_id;
+        ELSE
+          PERFORM end_lease(tok, clock, 'evicted');
+          evicted := old_id;
+        END IF;
+        have := true;
+      END IF;
+      EXIT WHEN have;
+    END LOOP;
+  END IF;
+
+  IF NOT have THEN
+    RETURN QUERY SELECT 'exhausted'::text, NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint,
+      NULL::timestamptz, NULL::timestamptz, next_free_in_ms(p_pool), NULL::uuid, expired;
+    RETURN;
+  END IF;
+
+  new_id := uuid_v7(clock);
+  new_exp := clock + p_ttl_ms * interval '1 millisecond';
+  INSERT INTO usages (id, pool_id, token_id, user_id, fence, started_at, expires_at)
+    VALUES (new_id, p_pool, tok.id, p_user, tok.last_fence + 1, clock, new_exp);
+  UPDATE tokens t
+    SET last_fence = tok.last_fence + 1, lease_id = new_id, user_id = p_user,
+        started_at = clock, expires_at = new_exp
+    WHERE t.id = tok.id;
+  IF p_waiter IS NOT NULL THEN
+    DELETE FROM waiters w WHERE w.id = p_waiter;
+    PERFORM wake_waiters(p_pool);
+  END IF;
+
+  RETURN QUERY SELECT 'created'::text, new_id, tok.id, p_user, tok.last_fence + 1, clock, new_exp,
+    NULL::bigint, evicted, expired;
+END;
+$$;

@@ -1,0 +1,53 @@
+-- Ends the lease p_lease of p_user on token p_token, and no other. Outcomes:
+--   released     ended now
+--   released_before  ended by an earlier call (a retry answers the same ended usage)
+--   expired      it had run out: ended now as expired
+--   ended        it had ended otherwise before (the usage says how)
+--   not_holder   p_lease is not p_user's lease of p_token
+--   no_token     p_token does not exist
+CREATE OR REPLACE FUNCTION release_lease(p_token uuid, p_user uuid, p_lease uuid)
+RETURNS TABLE (
+  outcome    text,
+  id         uuid,
+  pool_id    integer,
+  token_id   uuid,
+  user_id    uuid,
+  fence      bigint,
+  started_at timestamptz,
+  expires_at timestamptz,
+  ended_at   timestamptz,
+  end_reason text
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  tok   tokens;
+  clock timestamptz;
+  u     usages;
+  verb  text;
+BEGIN
+  SELECT t.* INTO tok FROM tokens t WHERE t.id = p_token FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN QUERY SELECT 'no_token'::text, (NULL::usages).*;
+    RETURN;
+  END IF;
+  clock := clock_timestamp();
+
+  IF tok.lease_id = p_lease AND tok.user_id = p_user THEN
+    verb := CASE WHEN tok.expires_at <= clock THEN 'expired' ELSE 'released' END;
+    u := end_lease(tok, clock, verb);
+    PERFORM wake_waiters(tok.pool_id);
+    RETURN QUERY SELECT verb, u.*;
+    RETURN;
+  END IF;
+
+  SELECT x.* INTO u FROM usages x WHERE x.id = p_lease AND x.token_id = p_token AND x.user_id = p_user;
+  IF NOT FOUND OR u.ended_at IS NULL THEN
+    RETURN QUERY SELECT 'not_holder'::text, (NULL::usages).*;
+  ELSIF u.end_reason = 'released' THEN
+    RETURN QUERY SELECT 'released_before'::text, u.*;
+  ELSE
+    RETURN QUERY SELECT 'ended'::text, u.*;
+  END IF;
+END;
+$$;

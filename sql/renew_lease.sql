@@ -1,0 +1,73 @@
+-- Moves the expiry of the lease p_lease of p_user on token p_token to p_ttl_ms from now, capped
+-- at p_max_ms after its start (null: no cap); never moves it back. Outcomes:
+--   renewed      the usage as renewed, with remaining_ms until its new expiry
+--   max_lease    at its cap already: unchanged
+--   expired      it had run out: ended now as expired
+--   ended        it had ended before (the usage says how)
+--   not_holder   p_lease is not p_user's lease of p_token
+--   no_token     p_token does not exist
+-- It locks the token like every change, so a renewal and the end of the lease it renews are
+-- ordered, and both decide by the same clock.
+CREATE OR REPLACE FUNCTION renew_lease(
+  p_token uuid, p_user uuid, p_lease uuid, p_ttl_ms integer, p_max_ms integer
+)
+RETURNS TABLE (
+  outcome      text,
+  id           uuid,
+  pool_id      integer,
+  token_id     uuid,
+  user_id      uuid,
+  fence        bigint,
+  started_at   timestamptz,
+  expires_at   timestamptz,
+  ended_at     timestamptz,
+  end_reason   text,
+  remaining_ms integer
+)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+  tok     tokens;
+  clock   timestamptz;
+  u       usages;
+  new_exp timestamptz;
+BEGIN
+  SELECT t.* INTO tok FROM tokens t WHERE t.id = p_token FOR UPDATE;
+  IF NOT FOUND THEN
+    RETURN QUERY SELECT 'no_token'::text, (NULL::usages).*, NULL::integer;
+    RETURN;
+  END IF;
+  clock := clock_timestamp();
+
+  IF tok.lease_id = p_lease AND tok.user_id = p_user THEN
+    IF tok.expires_at <= clock THEN
+      u := end_lease(tok, clock, 'expired');
+      PERFORM wake_waiters(tok.pool_id);
+      RETURN QUERY SELECT 'expired'::text, u.*, 0;
+      RETURN;
+    END IF;
+    SELECT x.* INTO u FROM usages x WHERE x.id = p_lease;
+    IF p_max_ms IS NOT NULL AND tok.expires_at >= tok.started_at + p_max_ms * interval '1 millisecond' THEN
+      RETURN QUERY SELECT 'max_lease'::text, u.*,
+        ceil(extract(epoch FROM tok.expires_at - clock) * 1000)::integer;
+      RETURN;
+    END IF;
+    new_exp := clock + p_ttl_ms * interval '1 millisecond';
+    IF p_max_ms IS NOT NULL THEN
+      new_exp := least(new_exp, tok.started_at + p_max_ms * interval '1 millisecond');
+    END IF;
+    new_exp := greatest(new_exp, tok.expires_at);
+    UPDATE tokens t SET expires_at = new_exp WHERE t.id = tok.id;
+    UPDATE usages x SET expires_at = new_exp WHERE x.id = p_lease RETURNING x.* INTO u;
+    RETURN QUERY SELECT 'renewed'::text, u.*, ceil(extract(epoch FROM new_exp - clock) * 1000)::integer;
+    RETURN;
+  END IF;
+
+  SELECT x.* INTO u FROM usages x WHERE x.id = p_lease AND x.token_id = p_token AND x.user_id = p_user;
+  IF NOT FOUND OR u.ended_at IS NULL THEN
+    RETURN QUERY SELECT 'not_holder'::text, (NULL::usages).*, NULL::integer;
+  ELSE
+    RETURN QUERY SELECT 'ended'::text, u.*, NULL::integer;
+  END IF;
+END;
+$$;

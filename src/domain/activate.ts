@@ -1,0 +1,70 @@
+// Activation: gives a user a lease of the pool (sql/activate_lease.sql decides, in one round
+// trip), or a place in the waiting queue when the pool is full and the caller will wait.
+
+import { PoolExhaustedError } from '../errors.js';
+import * as sql from '../db/queries.js';
+import { type Lease, type LeasesDeps, leaseEnded, toLease } from './lease.js';
+import { release } from './release.js';
+import { ClientGoneError } from './waiting.js';
+
+/** One call of activate_lease(); the leases it ended as expired on the way are counted here. */
+async function attempt(deps: LeasesDeps, userId: string, waiterId: string | null): Promise<sql.ActivateRow> {
+  const row = await sql.activateLease(deps.pool, {
+    poolId: deps.poolId,
+    userId,
+    ttlMs: deps.leaseTtlMs,
+    evictOldest: deps.evictOldest ?? false,
+    waiterId,
+  });
+  for (const leaseId of row.expired_lease_ids) leaseEnded(deps, leaseId, 'expired', 'activation');
+  return row;
+}
+
+/**
+ * Gives `userId` a lease: the one they hold if it has not run out, otherwise a new one on a
+ * free token (or, with evict_oldest, the oldest lease's token). On a full pool, waits up to
+ * `waitMs` in the queue, first come first served; then throws PoolExhaustedError.
+ */
+export async function activate(
+  deps: LeasesDeps,
+  userId: string,
+  options: { waitMs?: number; signal?: AbortSignal | undefined } = {},
+): Promise<{ created: boolean; lease: Lease }> {
+  const { metrics, log } = deps;
+  let row = await attempt(deps, userId, null);
+  const waitMs = options.waitMs ?? 0;
+  if (row.outcome !== 'created' && row.outcome !== 'existing' && waitMs > 0 && deps.waitingRoom) {
+    try {
+      row = await deps.waitingRoom.wait({
+        poolId: deps.poolId,
+        userId,
+        timeoutMs: waitMs,
+        signal: options.signal,
+        attempt: (waiterId) => attempt(deps, userId, waiterId),
+      });
+    } catch (err) {
+      // The wait ran out: refused like any activation on a full pool.
+      if (err instanceof PoolExhaustedError) metrics.activations.inc({ outcome: 'exhausted' });
+      throw err;
+    }
+  }
+  metrics.activations.inc({ outcome: row.outcome === 'queued' ? 'exhausted' : row.outcome });
+  if (row.outcome !== 'created' && row.outcome !== 'existing') {
+    throw new PoolExhaustedError(Math.max(1, Math.ceil(Number(row.wait_ms ?? 0) / 1000)));
+  }
+  const lease = toLease({ ...row, id: row.lease_id });
+  if (row.evicted_lease_id !== null) {
+    metrics.evictions.inc();
+    leaseEnded(deps, row.evicted_lease_id, 'evicted', 'activation');
+    log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
+  }
+  if (row.outcome === 'created') {
+    deps.scheduler?.scheduleRelease(lease, deps.leaseTtlMs);
+    if (options.signal?.aborted === true) {
+      // The waiting client left as its lease was granted: give that lease straight back.
+      await release(deps, { tokenId: lease.tokenId, userId, leaseId: lease.leaseId }).catch(() => undefined);
+      throw new ClientGoneError();
+    }
+  }
+  return { created: row.outcome === 'created', lease };
+}

@@ -1,0 +1,115 @@
+// What every lease operation shares: the types callers see, the rows they come from, and the
+// one place where an ended lease is counted. The operations are one file each beside this one;
+// leases.ts puts them together.
+
+import type { ConflictError } from '../errors.js';
+import { ConflictError as Conflict } from '../errors.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import type { Pool } from '../db/pool.js';
+import type { EndReason, UsageRow } from '../db/queries.js';
+import type { WaitingRoom } from './waiting.js';
+
+export type { EndReason };
+
+/** An open usage: `userId` holds `tokenId` until `expiresAt`. */
+export interface Lease {
+  readonly leaseId: string;
+  readonly tokenId: string;
+  readonly userId: string;
+  readonly fence: number;
+  readonly startedAt: Date;
+  readonly expiresAt: Date;
+}
+
+/** A usage as history keeps it; `endedAt` and `endReason` are null while it is open. */
+export interface Usage extends Lease {
+  readonly endedAt: Date | null;
+  readonly endReason: EndReason | null;
+}
+
+/** What names one lease in a release or a renewal: the token, its holder and the lease. */
+export interface LeaseRef {
+  readonly tokenId: string;
+  readonly userId: string;
+  readonly leaseId: string;
+}
+
+/** Where new leases get their release job. The jobs layer implements it; the domain only calls it. */
+export interface ReleaseScheduler {
+  /** Must not throw or block: a lease is committed whether or not its job could be added. */
+  scheduleRelease(lease: Lease, delayMs: number): void;
+  /** The lease has ended, whichever way: a job not sent yet for it is not needed. */
+  leaseEnded(leaseId: string): void;
+}
+
+export interface LeasesDeps {
+  readonly pool: Pool;
+  /** The pool that activations, lists and clears act on. */
+  readonly poolId: number;
+  readonly leaseTtlMs: number;
+  /** Caps a lease's whole life across renewals; null for no cap. */
+  readonly maxLeaseMs?: number | null;
+  /** POOL_FULL_POLICY=evict_oldest: a full pool gives the oldest lease's token to a newcomer. */
+  readonly evictOldest?: boolean;
+  readonly log: Logger;
+  readonly metrics: Metrics;
+  readonly scheduler?: ReleaseScheduler | undefined;
+  /** Where activations with a wait go when the pool is full; without it they are refused. */
+  readonly waitingRoom?: WaitingRoom | undefined;
+}
+
+/**
+ * Every lease that ends through this process passes here: it is counted, and a release job not
+ * sent yet for it is dropped.
+ */
+export function leaseEnded(deps: LeasesDeps, leaseId: string, reason: EndReason, by: string): void {
+  deps.scheduler?.leaseEnded(leaseId);
+  deps.metrics.leasesEnded.inc({ reason, by });
+}
+
+export function countEnded(deps: LeasesDeps, usages: readonly UsageRow[], by: string): void {
+  for (const usage of usages) {
+    if (usage.end_reason !== null) leaseEnded(deps, usage.id, usage.end_reason, by);
+  }
+}
+
+type Nullable<T> = { [K in keyof T]: T[K] | null };
+
+export function toLease(row: Nullable<Pick<UsageRow, 'id' | 'token_id' | 'user_id' | 'fence' | 'started_at' | 'expires_at'>>): Lease {
+  if (
+    row.id === null ||
+    row.token_id === null ||
+    row.user_id === null ||
+    row.fence === null ||
+    row.started_at === null ||
+    row.expires_at === null
+  ) {
+    throw new Error('lease row is incomplete');
+  }
+  return {
+    leaseId: row.id,
+    tokenId: row.token_id,
+    userId: row.user_id,
+    fence: Number(row.fence),
+    startedAt: row.started_at,
+    expiresAt: row.expires_at,
+  };
+}
+
+export function toUsage(row: Nullable<UsageRow>): Usage {
+  return { ...toLease(row), endedAt: row.ended_at, endReason: row.end_reason };
+}
+
+/** 409 not_holder: the lease named is not this user's lease of this token. */
+export function notHolder(): ConflictError {
+  return new Conflict('not_holder', 'the lease named is not your lease of this token', { reason: 'not_held' });
+}
+
+/** 409 lease_ended (lease_expired when it ran out): the lease named has ended. */
+export function ended(usage: Nullable<UsageRow>): ConflictError {
+  const reason = usage.end_reason ?? 'expired';
+  const details = { reason, ended_at: usage.ended_at?.toISOString() ?? null };
+  if (reason === 'expired') return new Conflict('lease_expired', 'the lease has expired; activate again', details);
+  return new Conflict('lease_ended', `the lease has ended (${reason})`, details);
+}

@@ -1,0 +1,67 @@
+// Release and renewal act on the lease they name and on no other (sql/release_lease.sql,
+// sql/renew_lease.sql): a retried release answers the same ended usage, and a stale one never
+// touches the caller's newer lease of the same token.
+
+import { ConflictError, NotFoundError } from '../errors.js';
+import * as sql from '../db/queries.js';
+import { type Lease, type LeaseRef, type LeasesDeps, type Usage, ended, leaseEnded, notHolder, toLease, toUsage } from './lease.js';
+
+function noToken(tokenId: string): NotFoundError {
+  return new NotFoundError('no token has this id', { token_id: tokenId });
+}
+
+/**
+ * Ends the named lease now (`released`). A retry after a successful release answers the same
+ * ended usage; a lease that ran out or ended otherwise answers 409 with the reason.
+ */
+export async function release(deps: LeasesDeps, ref: LeaseRef): Promise<Usage> {
+  const row = await sql.releaseLease(deps.pool, ref);
+  switch (row.outcome) {
+    case 'no_token':
+      throw noToken(ref.tokenId);
+    case 'not_holder':
+      throw notHolder();
+    case 'ended':
+      throw ended(row);
+    case 'expired':
+      leaseEnded(deps, ref.leaseId, 'expired', 'release');
+      throw ended(row);
+    case 'released_before':
+      return toUsage(row);
+    case 'released':
+      leaseEnded(deps, ref.leaseId, 'released', 'release');
+      return toUsage(row);
+  }
+}
+
+/**
+ * Moves the named lease's expiry to LEASE_TTL_MS from now (capped by MAX_LEASE_MS) and
+ * schedules its release at the new time; the old job, when it fires, finds it not due.
+ */
+export async function renew(deps: LeasesDeps, ref: LeaseRef): Promise<Lease> {
+  const row = await sql.renewLease(deps.pool, {
+    ...ref,
+    ttlMs: deps.leaseTtlMs,
+    maxLeaseMs: deps.maxLeaseMs ?? null,
+  });
+  switch (row.outcome) {
+    case 'no_token':
+      throw noToken(ref.tokenId);
+    case 'not_holder':
+      throw notHolder();
+    case 'ended':
+      throw ended(row);
+    case 'expired':
+      leaseEnded(deps, ref.leaseId, 'expired', 'renewal');
+      throw ended(row);
+    case 'max_lease':
+      throw new ConflictError('max_lease_reached', 'the lease has reached MAX_LEASE_MS and cannot be renewed', {
+        expires_at: row.expires_at?.toISOString() ?? null,
+      });
+    case 'renewed': {
+      const lease = toLease(row);
+      deps.scheduler?.scheduleRelease(lease, row.remaining_ms ?? 0);
+      return lease;
+    }
+  }
+}

@@ -34,6 +34,23 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       labelNames: ['result'] as const,
       registers: [registry],
     }),
+    maintenanceRuns: new Counter({
+      name: 'token_lease_maintenance_runs_total',
+      help: 'Database upkeep runs by result: ran, skipped (another worker held the lock) or failed.',
+      labelNames: ['result'] as const,
+      registers: [registry],
+    }),
+    vacuums: new Counter({
+      name: 'token_lease_vacuums_total',
+      help: 'VACUUMs the upkeep ran, by table, because its dead rows passed VACUUM_DEAD_ROWS.',
+      labelNames: ['table'] as const,
+      registers: [registry],
+    }),
+    usagesRemoved: new Counter({
+      name: 'token_lease_usages_removed_total',
+      help: 'Ended usages removed from the history, older than HISTORY_RETENTION_DAYS.',
+      registers: [registry],
+    }),
     httpDuration: new Histogram({
       name: 'token_lease_http_request_duration_seconds',
       help: 'HTTP request duration by method, route and status code.',

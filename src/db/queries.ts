@@ -326,6 +326,65 @@ export async function listUsages(
   );
 }
 
+// Upkeep (domain/maintenance.ts). Class 5: one upkeep at a time across every worker. A session
+// lock, not a transaction's: VACUUM cannot run inside a transaction. It goes with the session if
+// the process dies.
+export async function tryLockMaintenance(client: PoolClient): Promise<boolean> {
+  const rows = await query<{ locked: boolean }>(client, 'try-lock-maintenance', 'SELECT pg_try_advisory_lock(5, 0) AS locked');
+  return one(rows).locked;
+}
+
+export async function unlockMaintenance(client: PoolClient): Promise<void> {
+  await query(client, 'unlock-maintenance', 'SELECT pg_advisory_unlock(5, 0)');
+}
+
+/** The tables the upkeep vacuums: the ones every lease change writes. */
+export const HOT_TABLES = ['tokens', 'usages', 'waiters'] as const;
+export type HotTable = (typeof HOT_TABLES)[number];
+
+export async function deadRows(db: Queryable): Promise<Array<{ table: HotTable; dead: number; live: number }>> {
+  return query(
+    db,
+    'dead-rows',
+    `SELECT relname AS table, n_dead_tup::float8 AS dead, n_live_tup::float8 AS live
+     FROM pg_stat_user_tables WHERE schemaname = 'public' AND relname = ANY($1)`,
+    [HOT_TABLES],
+  );
+}
+
+/**
+ * VACUUM takes a lock that no lease statement conflicts with; TRUNCATE false keeps it from
+ * taking the exclusive lock that giving empty pages back at the end of the table would need.
+ */
+export async function vacuum(client: PoolClient, table: HotTable): Promise<void> {
+  if (!HOT_TABLES.includes(table)) throw new Error(`not a table the upkeep vacuums: ${table}`);
+  await client.query(`VACUUM (TRUNCATE false) ${table}`);
+}
+
+/**
+ * Deletes up to `limit` usages that ended more than `days` days ago, oldest first. Found by
+ * their ids, which are UUIDv7 of their start (sql/uuid_v7_floor.sql): a range of the primary
+ * key, not a scan of the history. Open leases are never touched.
+ */
+export async function deleteOldUsages(db: Queryable, args: { days: number; limit: number }): Promise<number> {
+  const rows = await query<{ n: number }>(
+    db,
+    'delete-old-usages',
+    `WITH old AS (
+       SELECT id FROM usages
+       WHERE id < uuid_v7_floor(now() - $1::int * interval '1 day')
+         AND ended_at < now() - $1::int * interval '1 day'
+       ORDER BY id
+       LIMIT $2
+     ), gone AS (
+       DELETE FROM usages u USING old WHERE u.id = old.id RETURNING 1
+     )
+     SELECT count(*)::int AS n FROM gone`,
+    [args.days, args.limit],
+  );
+  return one(rows).n;
+}
+
 /** Sends a notification to every session LISTENing on `channel`, when the transaction commits. */
 export async function notify(db: Queryable, args: { channel: string; payload: string }): Promise<void> {
   await query(db, 'notify', 'SELECT pg_notify($1, $2)', [args.channel, args.payload]);

@@ -1,15 +1,12 @@
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import { type Periodic, startPeriodic } from './periodic.js';
 
-export interface Sweeper {
-  /** Stops the timer and waits for a run in progress. */
-  stop(): Promise<void>;
-}
+export type Sweeper = Periodic;
 
 /**
- * Runs `sweep` now and then every `intervalMs` after the previous run ends. The trigger is a
- * timer in this process, not a job in Redis, so it keeps running when Redis loses its data or
- * is down; the sweep itself takes an advisory lock, so one runs at a time across processes.
+ * Runs `sweep` now and then every `intervalMs` (see startPeriodic); the sweep itself takes an
+ * advisory lock, so one runs at a time across processes.
  */
 export function startSweeper(deps: {
   sweep: () => Promise<number | null>;
@@ -18,11 +15,7 @@ export function startSweeper(deps: {
   metrics: Metrics;
 }): Sweeper {
   const { log, metrics } = deps;
-  let timer: NodeJS.Timeout | undefined;
-  let running: Promise<void> | undefined;
-  let stopped = false;
-
-  async function runOnce(): Promise<void> {
+  return startPeriodic(async () => {
     const started = Date.now();
     try {
       const ended = await deps.sweep();
@@ -34,24 +27,5 @@ export function startSweeper(deps: {
       metrics.sweepRuns.inc({ result: 'failed' });
       log.error({ err }, 'sweep failed');
     }
-  }
-
-  function schedule(delayMs: number): void {
-    if (stopped) return;
-    timer = setTimeout(() => {
-      running = runOnce().finally(() => {
-        running = undefined;
-        schedule(deps.intervalMs);
-      });
-    }, delayMs);
-  }
-
-  schedule(0);
-  return {
-    async stop() {
-      stopped = true;
-      clearTimeout(timer);
-      await running;
-    },
-  };
+  }, deps.intervalMs);
 }

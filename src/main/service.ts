@@ -5,12 +5,14 @@ import { randomUUID } from 'node:crypto';
 import { CHANGES_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
 import { createLeaseChanges, type LeaseChanges } from '../domain/changes.js';
 import { createLeases, type Leases } from '../domain/leases.js';
+import { maintain } from '../domain/maintenance.js';
 import { getPoolId } from '../domain/pools.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { createApp } from '../http/app.js';
 import { createReleaseQueue } from '../jobs/queue.js';
 import { createProducerConnection } from '../jobs/redis.js';
 import { startReleaseWorker } from '../jobs/releaseWorker.js';
+import { startMaintenance } from '../jobs/maintenance.js';
 import { startSweeper } from '../jobs/sweep.js';
 import type { Logger } from '../logger.js';
 import { createMetrics, type Metrics } from '../metrics.js';
@@ -126,6 +128,19 @@ export async function startService(config: Config, log: Logger): Promise<Service
         metrics,
       });
       shutdown.add('sweeper', () => sweeper.stop());
+      const upkeep = startMaintenance({
+        maintain: () =>
+          maintain({
+            pool,
+            log,
+            vacuumDeadRows: config.vacuumDeadRows,
+            historyRetentionDays: config.historyRetentionDays,
+          }),
+        intervalMs: config.maintenanceIntervalMs,
+        log,
+        metrics,
+      });
+      shutdown.add('maintenance', () => upkeep.stop());
 
       // Whenever Redis (re)appears, possibly empty after a restart, give every open lease its
       // release job back; jobs that still exist are left alone.

@@ -1,0 +1,60 @@
+// Upkeep the service does for itself, so that cost stays flat as work and history grow, even on
+// a PostgreSQL whose autovacuum is off or slow: the hot tables are vacuumed once their dead rows
+// pass a threshold, and usages that ended more than HISTORY_RETENTION_DAYS ago are removed in
+// small batches. One worker at a time (advisory lock class 5); nothing here takes a lock that a
+// lease statement waits for.
+
+import type { Pool, Queryable } from '../db/pool.js';
+import * as sql from '../db/queries.js';
+import type { Logger } from '../logger.js';
+
+export interface MaintenanceDeps {
+  readonly pool: Pool;
+  readonly log: Logger;
+  /** A hot table is vacuumed once it has this many dead rows. */
+  readonly vacuumDeadRows: number;
+  /** 0 keeps all history. */
+  readonly historyRetentionDays: number;
+  /** Rows per retention batch, and batches per run at most. */
+  readonly retentionBatch?: number;
+  readonly retentionBatchesPerRun?: number;
+}
+
+export interface MaintenanceReport {
+  readonly vacuumed: ReadonlyArray<{ table: sql.HotTable; dead: number }>;
+  readonly usagesRemoved: number;
+}
+
+/** One upkeep run; null when another process holds the upkeep lock. */
+export async function maintain(deps: MaintenanceDeps): Promise<MaintenanceReport | null> {
+  const client = await deps.pool.connect();
+  let locked = false;
+  try {
+    locked = await sql.tryLockMaintenance(client);
+    if (!locked) return null;
+    const usagesRemoved = await removeOldUsages(deps, client);
+    const vacuumed: Array<{ table: sql.HotTable; dead: number }> = [];
+    for (const { table, dead } of await sql.deadRows(client)) {
+      if (dead < deps.vacuumDeadRows) continue;
+      await sql.vacuum(client, table);
+      vacuumed.push({ table, dead });
+    }
+    return { vacuumed, usagesRemoved };
+  } finally {
+    // A connection that could not give the lock back is closed, which gives it back.
+    const kept = !locked || (await sql.unlockMaintenance(client).then(() => true, () => false));
+    client.release(!kept);
+  }
+}
+
+async function removeOldUsages(deps: MaintenanceDeps, client: Queryable): Promise<number> {
+  if (deps.historyRetentionDays === 0) return 0;
+  const batch = deps.retentionBatch ?? 1_000;
+  let removed = 0;
+  for (let i = 0; i < (deps.retentionBatchesPerRun ?? 100); i += 1) {
+    const n = await sql.deleteOldUsages(client, { days: deps.historyRetentionDays, limit: batch });
+    removed += n;
+    if (n < batch) break;
+  }
+  return removed;
+}

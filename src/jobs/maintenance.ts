@@ -1,0 +1,33 @@
+import type { MaintenanceReport } from '../domain/maintenance.js';
+import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
+import { type Periodic, startPeriodic } from './periodic.js';
+
+/**
+ * Runs the database upkeep (domain/maintenance.ts) now and then every `intervalMs`, in every
+ * worker; an advisory lock lets one run at a time across all of them.
+ */
+export function startMaintenance(deps: {
+  maintain: () => Promise<MaintenanceReport | null>;
+  intervalMs: number;
+  log: Logger;
+  metrics: Metrics;
+}): Periodic {
+  const { log, metrics } = deps;
+  return startPeriodic(async () => {
+    const started = Date.now();
+    try {
+      const report = await deps.maintain();
+      metrics.maintenanceRuns.inc({ result: report === null ? 'skipped' : 'ran' });
+      if (report === null) return;
+      for (const table of report.vacuumed) metrics.vacuums.inc({ table: table.table });
+      metrics.usagesRemoved.inc(report.usagesRemoved);
+      const fields = { ...report, ms: Date.now() - started };
+      if (report.vacuumed.length > 0 || report.usagesRemoved > 0) log.info(fields, 'maintenance ran');
+      else log.debug(fields, 'maintenance ran');
+    } catch (err) {
+      metrics.maintenanceRuns.inc({ result: 'failed' });
+      log.error({ err }, 'maintenance failed');
+    }
+  }, deps.intervalMs);
+}

@@ -1,3 +1,4 @@
+import { availableParallelism } from 'node:os';
 import { z } from 'zod';
 
 // Every setting the service reads, with its default. `.env.example` and the README's
@@ -39,6 +40,10 @@ export const envSchema = z
     POOL_SIZE: whole(100, 1, 10_000_000),
     LEASE_TTL_MS: milliseconds(120_000, 100),
     SWEEP_INTERVAL_MS: milliseconds(30_000, 10),
+    API_PROCESSES: z
+      .union([z.literal('auto'), digits(1, 256)], { error: 'must be a whole number from 1 to 256, or auto' })
+      .default(1)
+      .transform((n) => (n === 'auto' ? availableParallelism() : n)),
     MAINTENANCE_INTERVAL_MS: milliseconds(60_000, 10),
     VACUUM_DEAD_ROWS: whole(10_000, 1, 1_000_000_000),
     HISTORY_RETENTION_DAYS: whole(90, 0, 36_500),
@@ -81,6 +86,7 @@ export const envSchema = z
     poolSize: e.POOL_SIZE,
     leaseTtlMs: e.LEASE_TTL_MS,
     sweepIntervalMs: e.SWEEP_INTERVAL_MS,
+    apiProcesses: e.ROLE === 'worker' ? 1 : e.API_PROCESSES,
     maintenanceIntervalMs: e.MAINTENANCE_INTERVAL_MS,
     vacuumDeadRows: e.VACUUM_DEAD_ROWS,
     historyRetentionDays: e.HISTORY_RETENTION_DAYS,

@@ -1,6 +1,7 @@
 import { setFlagsFromString } from 'node:v8';
 import { ConfigError, loadConfig } from '../config.js';
 import { createLogger } from '../logger.js';
+import { isSupervisor, superviseCopies } from './cluster.js';
 import { startService } from './service.js';
 
 // The process entry point: read the configuration once, start the role, stop on a signal.
@@ -24,6 +25,10 @@ async function main(): Promise<void> {
     throw error;
   }
   const log = createLogger({ level: config.logLevel });
+  if (isSupervisor(config.apiProcesses)) {
+    superviseCopies({ copies: config.apiProcesses, shutdownTimeoutMs: config.shutdownTimeoutMs, log });
+    return;
+  }
   log.info({ role: config.role }, 'starting');
 
   let service;

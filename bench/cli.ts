@@ -7,6 +7,7 @@ import { benchmark } from './bench.js';
 import { deleteRedisKeys } from '../test/redis.js';
 import { dropBenchDatabases, root } from './env.js';
 import { wrkVersion } from './load.js';
+import { runHistory, runSoak } from './soak.js';
 import { DEFAULT_GROUPS, GROUPS, type Group } from './scenarios.js';
 
 // npm run bench [-- options]: see --help.
@@ -16,6 +17,9 @@ const HELP = `Usage: npm run bench -- [options]
   --only GROUPS       comma-separated, from: ${GROUPS.join(', ')}
                       (default: all but ceilings; \`--only cycle,ceilings\` adds to the cycle
                       the same SQL behind bare node:http and bare Express)
+                      or, run only when asked and alone: soak, history
+  --minutes N         soak: minutes of full-speed cycles (default 5)
+  --history-usages N  history: usages seeded into the history (default 10000000, about 4 GB)
   --rounds N          times each scenario and its baseline run, alternating (default 3)
   --duration S        seconds measured per scenario and round (default 5; wrk takes whole seconds)
   --warmup S          seconds of unmeasured load before each measurement (default 1)
@@ -44,6 +48,8 @@ const { values } = parseArgs({
     connections: { type: 'string', default: '50' },
     'large-pool': { type: 'string', default: '1000000' },
     'expiry-leases': { type: 'string', default: '2000' },
+    minutes: { type: 'string', default: '5' },
+    'history-usages': { type: 'string', default: '10000000' },
     entry: { type: 'string', default: 'dist' },
     load: { type: 'string' },
     json: { type: 'string' },
@@ -66,7 +72,13 @@ function positive(name: string, raw: string): number {
 }
 
 const groups = (values.only?.split(',') ?? [...DEFAULT_GROUPS]).map((g) => g.trim());
-const unknown = groups.filter((g) => !(GROUPS as readonly string[]).includes(g));
+const LONG_RUNS = ['soak', 'history'];
+const longRuns = groups.filter((g) => LONG_RUNS.includes(g));
+if (longRuns.length > 0 && longRuns.length !== groups.length) {
+  process.stderr.write(`soak and history run alone: ${groups.join(', ')}\n${HELP}`);
+  process.exit(2);
+}
+const unknown = groups.filter((g) => !(GROUPS as readonly string[]).includes(g) && !LONG_RUNS.includes(g));
 if (unknown.length > 0 || (values.entry !== 'dist' && values.entry !== 'src')) {
   process.stderr.write(`unknown group or entry: ${[...unknown, values.entry].join(', ')}\n${HELP}`);
   process.exit(2);
@@ -112,6 +124,35 @@ process.once('SIGINT', () => {
     deleteRedisKeys(redisUrl, `${redisPrefix}-*`),
   ]).then(() => process.exit(130));
 });
+
+if (longRuns.length > 0) {
+  const workDir = join(resultsDir, runId);
+  mkdirSync(workDir, { recursive: true });
+  const options = {
+    minutes: positive('minutes', values.minutes),
+    historyUsages: positive('history-usages', values['history-usages']),
+    connections: positive('connections', values.connections),
+    load: load === 'wrk' ? ('wrk' as const) : ('autocannon' as const),
+    entry: values.entry === 'src' ? ('src' as const) : ('dist' as const),
+    databaseServerUrl,
+    redisUrl,
+    databasePrefix,
+    redisPrefix,
+    workDir,
+    progress: (line: string) => process.stderr.write(`${line}\n`),
+  };
+  try {
+    for (const run of longRuns) {
+      const text = run === 'soak' ? await runSoak(options) : await runHistory(options);
+      writeFileSync(join(workDir, `${run}.md`), `${text}\n`);
+      process.stdout.write(`\n${run}:\n${text}\n`);
+    }
+  } finally {
+    await dropBenchDatabases(databaseServerUrl, databasePrefix);
+    await deleteRedisKeys(redisUrl, `${redisPrefix}-*`);
+  }
+  process.exit(0);
+}
 
 const report = await benchmark({
   groups: groups as Group[],

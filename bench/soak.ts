@@ -1,0 +1,233 @@
+import { join } from 'node:path';
+import { encodeCursor } from '../src/http/schemas.js';
+import { createBenchDatabase, startServiceProcess, withDatabaseClient, type ServiceProcess } from './env.js';
+import { runLoad, type LoadGenerator, type LoadResult } from './load.js';
+
+// The long scenarios, run only when asked (npm run bench -- --only soak|history):
+//
+// soak: full-speed activate + release cycles for N minutes on one service (pool 100, the
+// defaults), with no pause, clear or VACUUM in between, as a long-running deployment sees it;
+// per minute the rate, the p99 and the dead rows of the hot tables. Targets: the last minute
+// keeps at least 0.9 of the first minute's rate and at most 1.5 x its p99.
+//
+// history: the cycle on an empty history, then on one seeded with many usages (10 million by
+// default, with generate_series: several GB), and a history page read first and last. Target:
+// the cycle with the history keeps at least 0.9 of the rate without. Then the same with the
+// exclusion constraint dropped, to show what its index costs.
+
+export interface LongRunOptions {
+  readonly minutes: number;
+  readonly historyUsages: number;
+  readonly connections: number;
+  readonly load: LoadGenerator;
+  readonly entry: 'dist' | 'src';
+  readonly databaseServerUrl: string;
+  readonly redisUrl: string;
+  readonly databasePrefix: string;
+  readonly redisPrefix: string;
+  readonly workDir: string;
+  readonly progress: (line: string) => void;
+}
+
+export interface SoakMinute {
+  readonly minute: number;
+  readonly cyclesPerSec: number;
+  readonly p99Ms: number;
+  readonly errors: number;
+  readonly deadTokens: number;
+  readonly deadUsages: number;
+  /** Share of the updates of `tokens` that were HOT, this minute. */
+  readonly hotShare: number;
+  readonly vacuums: number;
+}
+
+const SOAK_TARGETS = { rate: 0.9, p99: 1.5 };
+const HISTORY_TARGET = 0.9;
+
+async function startOn(options: LongRunOptions, name: string, env: Record<string, string> = {}): Promise<{ service: ServiceProcess; databaseUrl: string }> {
+  const databaseUrl = await createBenchDatabase(options.databaseServerUrl, `${options.databasePrefix}${name}`);
+  const service = await startServiceProcess({
+    entry: options.entry,
+    env: {
+      DATABASE_URL: databaseUrl,
+      REDIS_URL: options.redisUrl,
+      REDIS_PREFIX: `${options.redisPrefix}-${name}`,
+      POOL_SIZE: '100',
+      LOG_LEVEL: 'info',
+      ...env,
+    },
+    logFile: join(options.workDir, `${name}.log`),
+  });
+  return { service, databaseUrl };
+}
+
+function cycle(options: LongRunOptions, url: string, seconds: number): Promise<LoadResult> {
+  return runLoad(
+    { kind: 'cycle', url, connections: options.connections, warmupSec: 0, durationSec: seconds, expect: [200, 201] },
+    options.load,
+  );
+}
+
+async function tableStats(databaseUrl: string) {
+  return withDatabaseClient(databaseUrl, async (client) => {
+    const { rows } = await client.query<{ relname: string; dead: number; upd: number; hot: number; vacuums: number }>(
+      `SELECT relname, n_dead_tup::float8 AS dead, n_tup_upd::float8 AS upd, n_tup_hot_upd::float8 AS hot,
+              vacuum_count::float8 AS vacuums
+       FROM pg_stat_user_tables WHERE relname IN ('tokens', 'usages')`,
+    );
+    const of = (name: string) => rows.find((r) => r.relname === name) ?? { dead: 0, upd: 0, hot: 0, vacuums: 0 };
+    return { tokens: of('tokens'), usages: of('usages') };
+  });
+}
+
+export async function runSoak(options: LongRunOptions): Promise<string> {
+  const { service, databaseUrl } = await startOn(options, 'soak');
+  const minutes: SoakMinute[] = [];
+  try {
+    let before = await tableStats(databaseUrl);
+    for (let minute = 1; minute <= options.minutes; minute += 1) {
+      const result = await cycle(options, service.url, 60);
+      const after = await tableStats(databaseUrl);
+      const updates = after.tokens.upd - before.tokens.upd;
+      minutes.push({
+        minute,
+        cyclesPerSec: result.cycles / result.seconds,
+        p99Ms: result.latencyMs.p99,
+        errors: result.errors,
+        deadTokens: after.tokens.dead,
+        deadUsages: after.usages.dead,
+        hotShare: updates === 0 ? 1 : (after.tokens.hot - before.tokens.hot) / updates,
+        vacuums: after.tokens.vacuums + after.usages.vacuums - before.tokens.vacuums - before.usages.vacuums,
+      });
+      const m = minutes.at(-1)!;
+      options.progress(`soak: minute ${minute}: ${m.cyclesPerSec.toFixed(0)} cycles/s, p99 ${m.p99Ms.toFixed(1)} ms`);
+      before = after;
+    }
+  } finally {
+    await service.stop();
+  }
+  return formatSoak(minutes);
+}
+
+export function formatSoak(minutes: readonly SoakMinute[]): string {
+  const lines = [
+    '| Minute | Cycles/s | p99 ms | Errors | Dead rows tokens | Dead rows usages | HOT updates of tokens | VACUUMs |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    ...minutes.map(
+      (m) =>
+        `| ${m.minute} | ${m.cyclesPerSec.toFixed(0)} | ${m.p99Ms.toFixed(1)} | ${m.errors} | ${m.deadTokens} | ${m.deadUsages} | ${(m.hotShare * 100).toFixed(1)}% | ${m.vacuums} |`,
+    ),
+  ];
+  const first = minutes[0];
+  const last = minutes.at(-1);
+  if (first !== undefined && last !== undefined) {
+    const rate = last.cyclesPerSec / first.cyclesPerSec;
+    const p99 = last.p99Ms / first.p99Ms;
+    lines.push(
+      '',
+      `last minute / first minute: rate ${rate.toFixed(2)} (target >= ${SOAK_TARGETS.rate}: ${rate >= SOAK_TARGETS.rate ? 'met' : 'MISSED'}), ` +
+        `p99 ${p99.toFixed(2)} (target <= ${SOAK_TARGETS.p99}: ${p99 <= SOAK_TARGETS.p99 ? 'met' : 'MISSED'})`,
+    );
+  }
+  return lines.join('\n');
+}
+
+/** Adds `count` ended usages, spread over the pool's tokens and back in time, in batches. */
+async function seedHistory(databaseUrl: string, count: number, progress: (line: string) => void): Promise<void> {
+  const batch = 1_000_000;
+  for (let done = 0; done < count; done += batch) {
+    const n = Math.min(batch, count - done);
+    await withDatabaseClient(databaseUrl, (client) =>
+      client.query(
+        // Each token's usages are back to back, 1 s each, ending a year ago and earlier; fences
+        // stay below the live ones (which the service numbers from last_fence).
+        `WITH t AS (SELECT id, row_number() OVER (ORDER BY position) - 1 AS i, count(*) OVER () AS n FROM tokens)
+         INSERT INTO usages (id, pool_id, token_id, user_id, fence, started_at, expires_at, ended_at, end_reason)
+         SELECT uuid_v7(s), 1, t.id, gen_random_uuid(), k / t.n + 1, s, s + interval '2 minutes', s + interval '1 second', 'released'
+         FROM generate_series($1::bigint, $1::bigint + $2 - 1) k
+         JOIN t ON t.i = k % t.n
+         CROSS JOIN LATERAL (SELECT now() - interval '365 days' - ($3::bigint - k / t.n) * interval '1 second' AS s) x`,
+        [done, n, Math.ceil(count / 100)],
+      ),
+    );
+    progress(`history: ${done + n} usages seeded`);
+  }
+  await withDatabaseClient(databaseUrl, async (client) => {
+    await client.query(`UPDATE tokens t SET last_fence = f.m FROM (SELECT token_id, max(fence) AS m FROM usages GROUP BY token_id) f WHERE f.token_id = t.id`);
+    await client.query('VACUUM (ANALYZE) tokens, usages');
+  });
+}
+
+export async function runHistory(options: LongRunOptions): Promise<string> {
+  const seconds = 20;
+  const rows: string[] = ['| Scenario | Cycles/s | p99 ms |', '| --- | ---: | ---: |'];
+  const row = (name: string, r: LoadResult) => rows.push(`| ${name} | ${(r.cycles / r.seconds).toFixed(0)} | ${r.latencyMs.p99.toFixed(1)} |`);
+
+  const empty = await startOn(options, 'history_empty');
+  let emptyRate: number;
+  try {
+    await cycle(options, empty.service.url, 2); // warm-up
+    const r = await cycle(options, empty.service.url, seconds);
+    emptyRate = r.cycles / r.seconds;
+    row('empty history', r);
+  } finally {
+    await empty.service.stop();
+  }
+
+  const full = await startOn(options, 'history_full', { HISTORY_RETENTION_DAYS: '0' });
+  const lines: string[] = [];
+  try {
+    await full.service.stop(); // seeded with nothing else running, then started again
+    await seedHistory(full.databaseUrl, options.historyUsages, options.progress);
+    const again = await startServiceProcess({
+      entry: options.entry,
+      env: {
+        DATABASE_URL: full.databaseUrl,
+        REDIS_URL: options.redisUrl,
+        REDIS_PREFIX: `${options.redisPrefix}-history_full`,
+        POOL_SIZE: '100',
+        HISTORY_RETENTION_DAYS: '0',
+      },
+      logFile: join(options.workDir, 'history_full.log'),
+    });
+    try {
+      await cycle(options, again.url, 2);
+      const r = await cycle(options, again.url, seconds);
+      row(`${options.historyUsages.toLocaleString('en')} usages in history`, r);
+      const ratio = r.cycles / r.seconds / emptyRate;
+      lines.push(`with history / empty: ${ratio.toFixed(2)} (target >= ${HISTORY_TARGET}: ${ratio >= HISTORY_TARGET ? 'met' : 'MISSED'})`);
+
+      const tokenId = await withDatabaseClient(full.databaseUrl, async (c) => (await c.query<{ id: string }>('SELECT id FROM tokens ORDER BY position LIMIT 1')).rows[0]?.id);
+      const page = async (cursor: string | null) =>
+        runLoad(
+          {
+            kind: 'get',
+            path: `/api/tokens/${tokenId}/history?limit=50${cursor === null ? '' : `&cursor=${cursor}`}`,
+            url: again.url,
+            connections: options.connections,
+            warmupSec: 1,
+            durationSec: 5,
+            expect: [200],
+          },
+          options.load,
+        );
+      const firstPage = await page(null);
+      const lastPage = await page(encodeCursor(51));
+      rows.push('', '| History page | Requests/s | p99 ms |', '| --- | ---: | ---: |');
+      rows.push(`| first | ${(firstPage.requests / firstPage.seconds).toFixed(0)} | ${firstPage.latencyMs.p99.toFixed(1)} |`);
+      rows.push(`| last | ${(lastPage.requests / lastPage.seconds).toFixed(0)} | ${lastPage.latencyMs.p99.toFixed(1)} |`);
+
+      // What the no-overlap constraint's index costs on the same history.
+      await withDatabaseClient(full.databaseUrl, (c) => c.query('ALTER TABLE usages DROP CONSTRAINT usages_no_overlap'));
+      const without = await cycle(options, again.url, seconds);
+      row('same history, without usages_no_overlap', without);
+      const cost = 1 - r.cycles / r.seconds / (without.cycles / without.seconds);
+      lines.push(`usages_no_overlap costs ${(cost * 100).toFixed(1)}% of the cycle rate with this history`);
+    } finally {
+      await again.stop();
+    }
+  } finally {
+    await full.service.stop();
+  }
+  return [...rows, '', ...lines].join('\n');
+}

@@ -1,0 +1,23 @@
+// Who is calling, once their credential is verified: the one shape every credential check (the
+// admin key, a JWT, and API clients next) produces, and the routes read.
+
+export type Scope = 'read' | 'admin' | 'lease';
+
+export interface Caller {
+  /** anonymous: AUTH_MODE=none without credentials; user: a JWT's sub; admin: ADMIN_API_KEY. */
+  readonly kind: 'anonymous' | 'user' | 'client' | 'admin';
+  /** The user the caller is (a JWT's sub); null for anyone else. */
+  readonly userId: string | null;
+  /** The API client the caller is; null for anyone else. */
+  readonly clientId: string | null;
+  readonly scopes: ReadonlySet<string>;
+}
+
+export const ANONYMOUS: Caller = { kind: 'anonymous', userId: null, clientId: null, scopes: new Set() };
+
+export const ADMIN: Caller = { kind: 'admin', userId: null, clientId: null, scopes: new Set(['admin', 'read', 'lease']) };
+
+/** Whether the caller holds `scope`; admin holds every scope. */
+export function hasScope(caller: Caller, scope: Scope): boolean {
+  return caller.scopes.has(scope) || caller.scopes.has('admin');
+}

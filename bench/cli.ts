@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { benchmark } from './bench.js';
 import { deleteRedisKeys } from '../test/redis.js';
-import { dropBenchDatabases, root } from './env.js';
+import { root } from './env.js';
+import { dropDatabases } from '../test/harness/databases.js';
 import { wrkVersion } from './load.js';
 import { DEFAULT_GROUPS, GROUPS, type Group } from './scenarios.js';
 
@@ -108,7 +109,7 @@ mkdirSync(resultsDir, { recursive: true });
 process.once('SIGINT', () => {
   process.stderr.write('interrupted: removing the run\'s databases and Redis keys\n');
   void Promise.allSettled([
-    dropBenchDatabases(databaseServerUrl, databasePrefix),
+    dropDatabases(databasePrefix, databaseServerUrl),
     deleteRedisKeys(redisUrl, `${redisPrefix}-*`),
   ]).then(() => process.exit(130));
 });

@@ -1,9 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { count, drainAndCheck, granted, report, undocumentedAnswers } from './faultChecks.js';
-import { createTestDatabase, waitFor, type TestDatabase } from './helpers.js';
+import { createTestDatabase, type TestDatabase, spawnService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { startLoad, type Load } from './loadClients.js';
-import { spawnService, type ServiceProcess } from './processes.js';
+import type { ServiceProcess } from './harness/processes.js';
 import { testRedisPrefix } from './redis.js';
 
 // Processes killed with SIGKILL while clients keep using the service: separate ROLE=api and

@@ -1,15 +1,8 @@
 import { Queue } from 'bullmq';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RELEASE_QUEUE, releaseJobId } from '../src/jobs/queue.js';
-import {
-  backdate,
-  newUserId,
-  openUsages,
-  startTestService,
-  usagesOf,
-  waitFor,
-  type TestService,
-} from './helpers.js';
+import { backdate, newUserId, openUsages, startTestService, usagesOf, type TestService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { testRedisUrl } from './redis.js';
 
 // Release, renew, validate with a fence, and the evict_oldest policy, over real PostgreSQL and

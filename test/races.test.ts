@@ -1,7 +1,8 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { activateLease, addWaiter, renewLease } from '../src/db/queries.js';
-import { lockWaits, newUserId, openUsages, startTestService, waitFor, type TestService } from './helpers.js';
+import { lockWaits, newUserId, openUsages, startTestService, type TestService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { checkInvariants, describeViolations } from './invariants.js';
 
 type Answer = Awaited<ReturnType<TestService['http']['get']>>;

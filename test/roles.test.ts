@@ -2,9 +2,10 @@ import { Queue } from 'bullmq';
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, inject, it } from 'vitest';
 import { RELEASE_QUEUE } from '../src/jobs/queue.js';
-import { dropDatabase, testDatabasePrefix, uniqueName, withDatabase } from './databases.js';
-import { newUserId, waitFor } from './helpers.js';
-import { spawnService, type ServiceProcess } from './processes.js';
+import { dropDatabase, testDatabasePrefix, uniqueName, withDatabase } from './harness/databases.js';
+import { newUserId, spawnService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
+import type { ServiceProcess } from './harness/processes.js';
 import { testRedisPrefix, testRedisUrl } from './redis.js';
 
 // ROLE=api and ROLE=worker as separate OS processes on one database and one Redis: the split

@@ -1,5 +1,5 @@
 import { describe, expect, inject, it } from 'vitest';
-import { testDatabasePrefix } from './databases.js';
+import { testDatabasePrefix } from './harness/databases.js';
 import { describeViolations } from './invariants.js';
 import { testRedisPrefix } from './redis.js';
 import { defaultStressOptions, formatReport, runStress } from './stress/run.js';

@@ -224,7 +224,8 @@ describe('renewal and release jobs', () => {
       const oldJobId = releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) });
       await waitFor(() => queue.getJob(oldJobId), { what: 'the first release job' });
 
-      await new Promise((resolve) => setTimeout(resolve, 700));
+      // Renewed 700 ms into the lease, the new expiry lies past the old one.
+      await waitFor(() => Date.now() > Date.parse(lease.expires_at) - 1_500 + 700, { what: '700 ms into the lease' });
       const renewed = (await c.renew(lease.token_id, user)).body.data as LeaseBody;
       expect(Date.parse(renewed.expires_at)).toBeGreaterThan(Date.parse(lease.expires_at));
 

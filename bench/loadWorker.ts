@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import autocannon from 'autocannon';
+import { releaseBody } from '../test/harness/leaseBodies.js';
 import { MEASURING, unexpectedAnswers, type LoadResult, type LoadSpec } from './load.js';
 
 // The load generator's process: reads one LoadSpec on stdin, runs autocannon for the warm-up
@@ -7,7 +8,7 @@ import { MEASURING, unexpectedAnswers, type LoadResult, type LoadSpec } from './
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 
-type Context = { userId?: string; tokenId?: string };
+type Context = { userId?: string; tokenId?: string; leaseId?: string };
 
 function pick<T>(items: readonly T[]): T {
   const item = items[Math.floor(Math.random() * items.length)];
@@ -29,7 +30,10 @@ function requestsFor(spec: LoadSpec, counters: { cycles: number }): autocannon.R
             return { ...req, body: JSON.stringify({ user_id: userId }) };
           },
           onResponse: (status, body, context) => {
-            if (status === 201) (context as Context).tokenId = (JSON.parse(body) as { data: { token_id: string } }).data.token_id;
+            if (status !== 201) return;
+            const { data } = JSON.parse(body) as { data: { token_id: string; lease_id: string } };
+            (context as Context).tokenId = data.token_id;
+            (context as Context).leaseId = data.lease_id;
           },
         },
         {
@@ -37,9 +41,9 @@ function requestsFor(spec: LoadSpec, counters: { cycles: number }): autocannon.R
           headers: JSON_HEADERS,
           // No token (the activation failed): autocannon starts the sequence over.
           setupRequest: (req, context) => {
-            const { userId, tokenId } = context as Context;
-            if (userId === undefined || tokenId === undefined) return undefined as unknown as autocannon.Request;
-            return { ...req, path: `/api/tokens/${tokenId}/release`, body: JSON.stringify({ user_id: userId }) };
+            const { userId, tokenId, leaseId } = context as Context;
+            if (userId === undefined || tokenId === undefined || leaseId === undefined) return undefined as unknown as autocannon.Request;
+            return { ...req, path: `/api/tokens/${tokenId}/release`, body: JSON.stringify(releaseBody(userId, leaseId)) };
           },
           onResponse: (status) => {
             if (status === 200) counters.cycles += 1;

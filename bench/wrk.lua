@@ -55,8 +55,9 @@ request = function()
     if n == 0 then return activation() end
     local lease = released[n]
     released[n] = nil
+    -- The body as test/harness/leaseBodies.ts builds it: the user and the lease.
     return wrk.format("POST", "/api/tokens/" .. lease[1] .. "/release", json,
-      '{"user_id":"' .. lease[2] .. '"}')
+      '{"user_id":"' .. lease[2] .. '","lease_id":"' .. lease[3] .. '"}')
   elseif kind == "activate" then
     return activation()
   else
@@ -70,7 +71,8 @@ response = function(status, _, body)
   if status == 201 then
     local token = body:match('"token_id":"([^"]+)"')
     local user = body:match('"user_id":"([^"]+)"')
-    if token and user then released[#released + 1] = { token, user } end
+    local lease = body:match('"lease_id":"([^"]+)"')
+    if token and user and lease then released[#released + 1] = { token, user, lease } end
   elseif status == 200 then
     -- Only a release answers 200: a new user's activation answers 201.
     cycles = cycles + 1

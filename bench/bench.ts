@@ -1,6 +1,7 @@
 import { cpus, loadavg, totalmem } from 'node:os';
 import { Redis } from 'ioredis';
-import { withDatabase, withDatabaseClient } from './env.js';
+import { withDatabaseClient } from './env.js';
+import { withDatabase } from '../test/harness/databases.js';
 import { wrkVersion } from './load.js';
 import { formatTable, summarise, verdict, type Row } from './report.js';
 import { runBench, SERVICE_POOL_MAX, type BenchOptions, type Measurement } from './run.js';
@@ -56,7 +57,7 @@ export async function benchmark(options: BenchOptions): Promise<BenchReport> {
 }
 
 async function describeMachine(options: BenchOptions, loadBefore: number): Promise<Machine> {
-  const postgres = await withDatabaseClient(withDatabase(options.databaseServerUrl, 'postgres'), async (c) => {
+  const postgres = await withDatabaseClient(withDatabase('postgres', options.databaseServerUrl), async (c) => {
     const { rows } = await c.query<{ version: string }>('SELECT current_setting($1) AS version', ['server_version']);
     return `PostgreSQL ${rows[0]?.version ?? '?'}`;
   });

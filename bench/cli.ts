@@ -5,7 +5,8 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { benchmark } from './bench.js';
 import { deleteRedisKeys } from '../test/redis.js';
-import { dropBenchDatabases, root } from './env.js';
+import { root } from './env.js';
+import { dropDatabases } from '../test/harness/databases.js';
 import { wrkVersion } from './load.js';
 import { runHistory, runSoak } from './soak.js';
 import { DEFAULT_GROUPS, GROUPS, type Group } from './scenarios.js';
@@ -120,7 +121,7 @@ mkdirSync(resultsDir, { recursive: true });
 process.once('SIGINT', () => {
   process.stderr.write('interrupted: removing the run\'s databases and Redis keys\n');
   void Promise.allSettled([
-    dropBenchDatabases(databaseServerUrl, databasePrefix),
+    dropDatabases(databasePrefix, databaseServerUrl),
     deleteRedisKeys(redisUrl, `${redisPrefix}-*`),
   ]).then(() => process.exit(130));
 });
@@ -148,7 +149,7 @@ if (longRuns.length > 0) {
       process.stdout.write(`\n${run}:\n${text}\n`);
     }
   } finally {
-    await dropBenchDatabases(databaseServerUrl, databasePrefix);
+    await dropDatabases(databasePrefix, databaseServerUrl);
     await deleteRedisKeys(redisUrl, `${redisPrefix}-*`);
   }
   process.exit(0);

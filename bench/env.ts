@@ -1,54 +1,15 @@
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
-import { migrate } from '../src/db/migrate.js';
-import { createLogger } from '../src/logger.js';
-import { freePort } from '../test/ports.js';
+import { startServiceProcess, type ServiceProcess } from '../test/harness/processes.js';
 
 // What the bench runs against: its own databases on the shared PostgreSQL server, its own Redis
-// key prefix, and the service as a separate OS process started the way `npm start` starts it.
+// key prefix, and the service as a separate OS process started by the tests' harness.
 
 export const root = fileURLToPath(new URL('..', import.meta.url));
 
 export const BENCH_ADMIN_KEY = 'bench-admin-key-0123456789';
-
-export function withDatabase(serverUrl: string, name: string): string {
-  const url = new URL(serverUrl);
-  url.pathname = `/${name}`;
-  return url.toString();
-}
-
-async function withAdmin<T>(serverUrl: string, work: (admin: pg.Client) => Promise<T>): Promise<T> {
-  const admin = new pg.Client({ connectionString: withDatabase(serverUrl, 'postgres') });
-  await admin.connect();
-  try {
-    return await work(admin);
-  } finally {
-    await admin.end();
-  }
-}
-
-/** Creates and migrates a database of its own; the service then finds it ready. */
-export async function createBenchDatabase(serverUrl: string, name: string): Promise<string> {
-  await withAdmin(serverUrl, (admin) => admin.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`));
-  const url = withDatabase(serverUrl, name);
-  await migrate(url, createLogger({ level: 'warn' }));
-  return url;
-}
-
-export async function dropBenchDatabases(serverUrl: string, prefix: string): Promise<void> {
-  await withAdmin(serverUrl, async (admin) => {
-    const { rows } = await admin.query<{ datname: string }>(
-      'SELECT datname FROM pg_database WHERE starts_with(datname, $1)',
-      [prefix],
-    );
-    for (const { datname } of rows) {
-      await admin.query(`DROP DATABASE IF EXISTS ${pg.escapeIdentifier(datname)} WITH (FORCE)`);
-    }
-  });
-}
 
 /** Runs statements on a database outside the service (seeding, VACUUM, reading rows back). */
 export async function withDatabaseClient<T>(url: string, work: (client: pg.Client) => Promise<T>): Promise<T> {
@@ -158,85 +119,30 @@ function parseStat(stat: string): { command: string; cpuSeconds: number } {
   };
 }
 
-export interface ServiceProcess {
-  readonly url: string;
-  readonly pid: number;
-  rss(): number;
-  stop(): Promise<void>;
-}
-
 /**
- * Starts the service: `dist` runs the compiled build exactly as `npm start` does (the bench
- * builds it first); `src` runs the TypeScript sources through tsx (the smoke test, no build).
- * Its log goes to `logFile`, as a production log would go to a file or a collector.
+ * Starts the service (test/harness/processes.ts): `dist` runs the compiled build exactly as
+ * `npm start` does (the bench builds it first); `src` runs the TypeScript sources through tsx
+ * (the smoke test, no build). Its log goes to `logFile`, as a production log would go to a file
+ * or a collector.
  */
-export async function startServiceProcess(options: {
+export async function startBenchService(options: {
   entry: 'dist' | 'src';
   env: Record<string, string>;
   logFile: string;
 }): Promise<ServiceProcess> {
-  const port = await freePort();
-  const args =
-    options.entry === 'dist'
-      ? [fileURLToPath(new URL('../dist/main/index.js', import.meta.url))]
-      : ['--import', 'tsx', fileURLToPath(new URL('../src/main/index.ts', import.meta.url))];
-  const log = openSync(options.logFile, 'a');
-  let child: ChildProcess;
-  try {
+  const service = await startServiceProcess({
+    entry: options.entry,
+    port: 'free',
+    logFile: options.logFile,
     // Node flags for a profile of the service (--cpu-prof and the like); none by default.
-    const nodeArgs = process.env.BENCH_SERVICE_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [];
-    child = spawn(process.execPath, [...nodeArgs, ...args], {
-      cwd: root,
-      env: {
-        PATH: process.env.PATH ?? '',
-        NODE_ENV: 'production',
-        HOST: '127.0.0.1',
-        PORT: String(port),
-        ADMIN_API_KEY: BENCH_ADMIN_KEY,
-        ...options.env,
-      },
-      stdio: ['ignore', log, log],
-    });
-  } finally {
-    closeSync(log);
+    nodeArgs: process.env.BENCH_SERVICE_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [],
+    env: { NODE_ENV: 'production', ADMIN_API_KEY: BENCH_ADMIN_KEY, ...options.env },
+  });
+  try {
+    await service.ready();
+  } catch (error) {
+    service.kill('SIGKILL');
+    throw error;
   }
-  const exited = once(child, 'exit');
-  const url = `http://127.0.0.1:${port}`;
-  await waitUntilHealthy(url, child, options.logFile);
-  const pid = child.pid ?? 0;
-  return {
-    url,
-    pid,
-    rss: () => rssOf(pid),
-    async stop() {
-      if (child.exitCode !== null || child.signalCode !== null) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-      try {
-        await exited;
-      } finally {
-        clearTimeout(timer);
-      }
-    },
-  };
-}
-
-async function waitUntilHealthy(url: string, child: ChildProcess, logFile: string): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  for (;;) {
-    if (child.exitCode !== null) {
-      throw new Error(`the service exited with ${child.exitCode} at start; see ${logFile}`);
-    }
-    try {
-      const res = await fetch(`${url}/readyz`);
-      if (res.ok) return;
-    } catch {
-      // not listening yet
-    }
-    if (Date.now() > deadline) {
-      child.kill('SIGKILL');
-      throw new Error(`the service did not become ready within 60 s; see ${logFile}`);
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
+  return service;
 }

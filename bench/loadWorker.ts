@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import autocannon from 'autocannon';
+import { releaseBody } from '../test/harness/leaseBodies.js';
 import { MEASURING, unexpectedAnswers, type LoadResult, type LoadSpec } from './load.js';
 
 // The load generator's process: reads one LoadSpec on stdin, runs autocannon for the warm-up
@@ -29,10 +30,10 @@ function requestsFor(spec: LoadSpec, counters: { cycles: number }): autocannon.R
             return { ...req, body: JSON.stringify({ user_id: userId }) };
           },
           onResponse: (status, body, context) => {
-            if (status === 201) {
-              const { data } = JSON.parse(body) as { data: { token_id: string; lease_id: string } };
-              Object.assign(context as Context, { tokenId: data.token_id, leaseId: data.lease_id });
-            }
+            if (status !== 201) return;
+            const { data } = JSON.parse(body) as { data: { token_id: string; lease_id: string } };
+            (context as Context).tokenId = data.token_id;
+            (context as Context).leaseId = data.lease_id;
           },
         },
         {
@@ -41,8 +42,8 @@ function requestsFor(spec: LoadSpec, counters: { cycles: number }): autocannon.R
           // No token (the activation failed): autocannon starts the sequence over.
           setupRequest: (req, context) => {
             const { userId, tokenId, leaseId } = context as Context;
-            if (userId === undefined || tokenId === undefined) return undefined as unknown as autocannon.Request;
-            return { ...req, path: `/api/tokens/${tokenId}/release`, body: JSON.stringify({ user_id: userId, lease_id: leaseId }) };
+            if (userId === undefined || tokenId === undefined || leaseId === undefined) return undefined as unknown as autocannon.Request;
+            return { ...req, path: `/api/tokens/${tokenId}/release`, body: JSON.stringify(releaseBody(userId, leaseId)) };
           },
           onResponse: (status) => {
             if (status === 200) counters.cycles += 1;

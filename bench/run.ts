@@ -6,17 +6,17 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
   BENCH_ADMIN_KEY,
-  createBenchDatabase,
-  dropBenchDatabases,
   postgresCpuMeter,
   processCpuMeter,
   root,
-  startServiceProcess,
+  rssOf,
+  startBenchService,
   vacuum,
   withDatabaseClient,
   type CpuMeter,
-  type ServiceProcess,
 } from './env.js';
+import { createMigratedDatabase, dropDatabases } from '../test/harness/databases.js';
+import type { ServiceProcess } from '../test/harness/processes.js';
 import { deleteRedisKeys } from '../test/redis.js';
 import { runLoad, type LoadGenerator, type LoadKind } from './load.js';
 import { EXPIRY_MAX_LATENESS_MS, type Group, type ScenarioKey } from './scenarios.js';
@@ -129,9 +129,9 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     env: Record<string, string>,
     setup?: (databaseUrl: string) => Promise<void>,
   ): Promise<Target & { databaseUrl: string; service: ServiceProcess }> {
-    const databaseUrl = await createBenchDatabase(options.databaseServerUrl, `${options.databasePrefix}${name}`);
+    const databaseUrl = await createMigratedDatabase(`${options.databasePrefix}${name}`, options.databaseServerUrl);
     await setup?.(databaseUrl);
-    const service = await startServiceProcess({
+    const service = await startBenchService({
       entry: options.entry,
       logFile: join(options.workDir, `service-${name}.log`),
       env: {
@@ -144,7 +144,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       },
     });
     services.push(service);
-    return { databaseUrl, url: service.url, pid: service.pid, service };
+    return { databaseUrl, url: await service.url(), pid: service.pid, service };
   }
 
   /**
@@ -413,12 +413,12 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     }
     const m = options.groups.some((g) => g !== 'large' && g !== 'expiry') ? await main() : undefined;
     if (m !== undefined) {
-      measurements.push({ key: 'rss', round: options.rounds, value: m.service.rss(), errors: 0 });
+      measurements.push({ key: 'rss', round: options.rounds, value: rssOf(m.service.pid), errors: 0 });
     }
     return measurements;
   } finally {
     await Promise.allSettled(services.map((s) => s.stop()));
-    await dropBenchDatabases(options.databaseServerUrl, options.databasePrefix);
+    await dropDatabases(options.databasePrefix, options.databaseServerUrl);
     await deleteRedisKeys(options.redisUrl, `${options.redisPrefix}-*`);
   }
 }

@@ -1,6 +1,8 @@
 import { join } from 'node:path';
 import { encodeCursor } from '../src/http/schemas.js';
-import { createBenchDatabase, startServiceProcess, withDatabaseClient, type ServiceProcess } from './env.js';
+import { createMigratedDatabase } from '../test/harness/databases.js';
+import type { ServiceProcess } from '../test/harness/processes.js';
+import { startBenchService, withDatabaseClient } from './env.js';
 import { runLoad, type LoadGenerator, type LoadResult } from './load.js';
 
 // The long scenarios, run only when asked (npm run bench -- --only soak|history):
@@ -44,9 +46,13 @@ export interface SoakMinute {
 const SOAK_TARGETS = { rate: 0.9, p99: 1.5 };
 const HISTORY_TARGET = 0.9;
 
-async function startOn(options: LongRunOptions, name: string, env: Record<string, string> = {}): Promise<{ service: ServiceProcess; databaseUrl: string }> {
-  const databaseUrl = await createBenchDatabase(options.databaseServerUrl, `${options.databasePrefix}${name}`);
-  const service = await startServiceProcess({
+async function startOn(
+  options: LongRunOptions,
+  name: string,
+  env: Record<string, string> = {},
+): Promise<{ service: ServiceProcess; url: string; databaseUrl: string }> {
+  const databaseUrl = await createMigratedDatabase(`${options.databasePrefix}${name}`, options.databaseServerUrl);
+  const service = await startBenchService({
     entry: options.entry,
     env: {
       DATABASE_URL: databaseUrl,
@@ -58,7 +64,7 @@ async function startOn(options: LongRunOptions, name: string, env: Record<string
     },
     logFile: join(options.workDir, `${name}.log`),
   });
-  return { service, databaseUrl };
+  return { service, url: await service.url(), databaseUrl };
 }
 
 function cycle(options: LongRunOptions, url: string, seconds: number): Promise<LoadResult> {
@@ -81,12 +87,12 @@ async function tableStats(databaseUrl: string) {
 }
 
 export async function runSoak(options: LongRunOptions): Promise<string> {
-  const { service, databaseUrl } = await startOn(options, 'soak');
+  const { service, url, databaseUrl } = await startOn(options, 'soak');
   const minutes: SoakMinute[] = [];
   try {
     let before = await tableStats(databaseUrl);
     for (let minute = 1; minute <= options.minutes; minute += 1) {
-      const result = await cycle(options, service.url, 60);
+      const result = await cycle(options, url, 60);
       const after = await tableStats(databaseUrl);
       const updates = after.tokens.upd - before.tokens.upd;
       minutes.push({
@@ -166,8 +172,8 @@ export async function runHistory(options: LongRunOptions): Promise<string> {
   const empty = await startOn(options, 'history_empty');
   let emptyRate: number;
   try {
-    await cycle(options, empty.service.url, 2); // warm-up
-    const r = await cycle(options, empty.service.url, seconds);
+    await cycle(options, empty.url, 2); // warm-up
+    const r = await cycle(options, empty.url, seconds);
     emptyRate = r.cycles / r.seconds;
     row('empty history', r);
   } finally {
@@ -179,7 +185,7 @@ export async function runHistory(options: LongRunOptions): Promise<string> {
   try {
     await full.service.stop(); // seeded with nothing else running, then started again
     await seedHistory(full.databaseUrl, options.historyUsages, options.progress);
-    const again = await startServiceProcess({
+    const again = await startBenchService({
       entry: options.entry,
       env: {
         DATABASE_URL: full.databaseUrl,
@@ -190,9 +196,10 @@ export async function runHistory(options: LongRunOptions): Promise<string> {
       },
       logFile: join(options.workDir, 'history_full.log'),
     });
+    const againUrl = await again.url();
     try {
-      await cycle(options, again.url, 2);
-      const r = await cycle(options, again.url, seconds);
+      await cycle(options, againUrl, 2);
+      const r = await cycle(options, againUrl, seconds);
       row(`${options.historyUsages.toLocaleString('en')} usages in history`, r);
       const ratio = r.cycles / r.seconds / emptyRate;
       lines.push(`with history / empty: ${ratio.toFixed(2)} (target >= ${HISTORY_TARGET}: ${ratio >= HISTORY_TARGET ? 'met' : 'MISSED'})`);
@@ -203,7 +210,7 @@ export async function runHistory(options: LongRunOptions): Promise<string> {
           {
             kind: 'get',
             path: `/api/tokens/${tokenId}/history?limit=50${cursor === null ? '' : `&cursor=${cursor}`}`,
-            url: again.url,
+            url: againUrl,
             connections: options.connections,
             warmupSec: 1,
             durationSec: 5,
@@ -219,7 +226,7 @@ export async function runHistory(options: LongRunOptions): Promise<string> {
 
       // What the no-overlap constraint's index costs on the same history.
       await withDatabaseClient(full.databaseUrl, (c) => c.query('ALTER TABLE usages DROP CONSTRAINT usages_no_overlap'));
-      const without = await cycle(options, again.url, seconds);
+      const without = await cycle(options, againUrl, seconds);
       row('same history, without usages_no_overlap', without);
       const cost = 1 - r.cycles / r.seconds / (without.cycles / without.seconds);
       lines.push(`usages_no_overlap costs ${(cost * 100).toFixed(1)}% of the cycle rate with this history`);

@@ -55,6 +55,7 @@ request = function()
     if n == 0 then return activation() end
     local lease = released[n]
     released[n] = nil
+    -- The body as test/harness/leaseBodies.ts builds it: the user and the lease.
     return wrk.format("POST", "/api/tokens/" .. lease[1] .. "/release", json,
       '{"user_id":"' .. lease[2] .. '","lease_id":"' .. lease[3] .. '"}')
   elseif kind == "activate" then

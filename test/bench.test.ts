@@ -5,7 +5,7 @@ import { inject, describe, expect, it } from 'vitest';
 import { benchmark, type BenchReport } from '../bench/bench.js';
 import { wrkVersion, type LoadGenerator } from '../bench/load.js';
 import { GROUPS, SCENARIOS, type Group } from '../bench/scenarios.js';
-import { testDatabasePrefix, uniqueName } from './databases.js';
+import { testDatabasePrefix, uniqueName } from './harness/databases.js';
 import { testRedisPrefix, testRedisUrl } from './redis.js';
 
 // The benchmark's own smoke test: every scenario runs for about a second, at a tiny size, and

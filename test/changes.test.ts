@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { createLeaseChanges, type ChangeChannel } from '../src/domain/changes.js';
-import { testLogger, waitFor } from './helpers.js';
+import { testLogger } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 
 // How one process announces its changes to the others (NOTIFY token_lease_changes), with a
 // channel standing in for the connection, to make it fail in ways a real one rarely does.

@@ -1,7 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, waitFor, type TestDatabase } from './helpers.js';
-import { spawnService, type ServiceProcess } from './processes.js';
+import { createTestDatabase, spawnService, type TestDatabase } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
+import type { ServiceProcess } from './harness/processes.js';
 
 // API_PROCESSES: one supervisor, that many copies of the service behind one port.
 

@@ -1,10 +1,13 @@
 import { randomUUID } from 'node:crypto';
+import { Queue } from 'bullmq';
 import { afterEach, describe, expect, inject, it } from 'vitest';
 import { count, drainAndCheck, granted, report, undocumentedAnswers } from './faultChecks.js';
-import { createTestDatabase, waitFor, type TestDatabase } from './helpers.js';
+import { createTestDatabase, type TestDatabase, spawnService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { startLoad, type Load } from './loadClients.js';
-import { spawnService, type ServiceProcess } from './processes.js';
-import { testRedisPrefix } from './redis.js';
+import type { ServiceProcess } from './harness/processes.js';
+import { RELEASE_QUEUE } from '../src/jobs/queue.js';
+import { testRedisPrefix, testRedisUrl } from './redis.js';
 
 // Processes killed with SIGKILL while clients keep using the service: separate ROLE=api and
 // ROLE=worker OS processes on one database and one Redis prefix. After each crash the answers
@@ -26,6 +29,7 @@ afterEach(async () => {
 
 interface Deployment {
   readonly db: TestDatabase;
+  readonly redisPrefix: string;
   start(role: 'api' | 'worker'): Promise<{ proc: ServiceProcess; url: string }>;
 }
 
@@ -42,6 +46,7 @@ async function deployment(env: Record<string, string>): Promise<Deployment> {
   };
   return {
     db,
+    redisPrefix: shared.REDIS_PREFIX,
     async start(role) {
       const proc = spawnService({ ...shared, ROLE: role });
       cleanups.push(async () => {
@@ -78,7 +83,7 @@ async function untilAJobEndsALease(load: Load, workerUrl: string, what: string):
 }
 
 describe('processes killed mid-run', () => {
-  it('a worker SIGKILLed and restarted: answers are unaffected, every lease still ends', async () => {
+  it('a worker SIGKILLed and restarted: answers are unaffected, every lease and every release job still ends', async () => {
     // A pool larger than the load's users, with room for the leases it abandons.
     const d = await deployment({ POOL_SIZE: '40' });
     const [api, first] = await Promise.all([d.start('api'), d.start('worker')]);
@@ -100,7 +105,22 @@ describe('processes killed mid-run', () => {
     report('worker killed', load.answers);
     // The API never failed: not even a 503.
     expect(undocumentedAnswers(load.answers, false)).toEqual([]);
-  });
+
+    // The jobs that fell due while no worker ran have been processed too, and the one the killed
+    // worker held is taken back once its lock lapses and BullMQ finds it stalled (30 s each).
+    const queue = new Queue(RELEASE_QUEUE, { connection: { url: testRedisUrl }, prefix: d.redisPrefix });
+    try {
+      await waitFor(
+        async () => {
+          const counts = await queue.getJobCounts('delayed', 'wait', 'active', 'prioritized');
+          return Object.values(counts).every((n) => n === 0);
+        },
+        { timeoutMs: 75_000, intervalMs: 500, what: 'the release queue to drain' },
+      );
+    } finally {
+      await queue.close();
+    }
+  }, 150_000);
 
   it('an API process SIGKILLed mid-request, waiters included: its waiters stop holding the queue within the heartbeat window', async () => {
     const d = await deployment({ POOL_SIZE: '3', DATABASE_CONNECT_TIMEOUT_MS: '1000', DATABASE_STATEMENT_TIMEOUT_MS: '1000' });

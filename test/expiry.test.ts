@@ -1,16 +1,8 @@
 import { Queue } from 'bullmq';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RELEASE_QUEUE, releaseJobId } from '../src/jobs/queue.js';
-import {
-  backdate,
-  createTestDatabase,
-  newUserId,
-  startTestService,
-  usagesOf,
-  waitFor,
-  type TestDatabase,
-  type TestService,
-} from './helpers.js';
+import { backdate, createTestDatabase, newUserId, startTestService, usagesOf, type TestDatabase, type TestService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { testRedisUrl } from './redis.js';
 import { startRedisServer, type RedisServer } from './redisServer.js';
 

@@ -1,5 +1,6 @@
 import { expect } from 'vitest';
-import { waitFor, type TestDatabase } from './helpers.js';
+import { type TestDatabase } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { checkInvariants, describeViolations } from './invariants.js';
 import { everyActivationAnswered, tally, type Answer, type Load } from './loadClients.js';
 

@@ -1,10 +1,10 @@
 import { randomUUID } from 'node:crypto';
 import { afterEach, describe, expect, it } from 'vitest';
 import { count, drainAndCheck, granted, report, unavailable, undocumentedAnswers } from './faultChecks.js';
-import { createTestDatabase, startTestService, usagesOf, waitFor, type TestDatabase, type TestService } from './helpers.js';
+import { createTestDatabase, startTestService, usagesOf, type TestDatabase, type TestService, spawnService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { checkInvariants, describeViolations } from './invariants.js';
 import { startLoad, type Answer, type Load } from './loadClients.js';
-import { spawnService } from './processes.js';
 import { startRedisServer } from './redisServer.js';
 import { startTcpProxy, type TcpProxy } from './tcpProxy.js';
 

@@ -2,7 +2,8 @@ import { randomUUID } from 'node:crypto';
 import http from 'node:http';
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { backdate, startTestService, waitFor, type TestService } from './helpers.js';
+import { backdate, startTestService, type TestService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { hostileRequest, requestHead, send, withLatestLease, type HostileRequest, type Reply, type World } from './hostileRequests.js';
 import { checkInvariants, describeViolations, type Observation } from './invariants.js';
 import { isWellFormedBody } from './loadClients.js';
@@ -202,12 +203,17 @@ describe('fuzzing the HTTP API', () => {
       `fuzz: ${tally.sent} requests in ${Date.now() - started} ms (${retries} sent again after a reset): ${JSON.stringify(tally.byStatus)}`,
     );
 
-    // Not vacuous: a full-sized run reaches every kind of answer the API documents.
-    if (RUNS < 10_000) return;
+    // Not vacuous: a full-sized run (10,000 requests) reaches every kind of answer the API
+    // documents; a smaller run must reach a share of them in proportion to its size, so even a
+    // quick run checks that the generators reach past the first validation.
+    const expectedAnswers = ['200', '201', '204', '400 invalid_json', '401 unauthorized', '403 forbidden', '404 not_found', '405 method_not_allowed', '409 pool_exhausted', '413 payload_too_large', '415 unsupported_media_type', '422 validation_failed', '400 node', '431 node'];
     const seen = Object.keys(tally.byStatus);
-    for (const expected of ['200', '201', '204', '400 invalid_json', '401 unauthorized', '403 forbidden', '404 not_found', '405 method_not_allowed', '409 pool_exhausted', '413 payload_too_large', '415 unsupported_media_type', '422 validation_failed', '400 node', '431 node']) {
-      expect(seen.filter((s) => s === expected || s.startsWith(`${expected} `)), `no "${expected}" answer among ${seen.join(', ')}`).not.toEqual([]);
-    }
+    const reached = expectedAnswers.filter((expected) => seen.some((s) => s === expected || s.startsWith(`${expected} `)));
+    const required = Math.ceil(expectedAnswers.length * Math.min(1, RUNS / 10_000));
+    expect(
+      reached.length,
+      `${RUNS} requests reached ${reached.length} of the documented answers, ${required} required; missing: ${expectedAnswers.filter((e) => !reached.includes(e)).join(', ')}`,
+    ).toBeGreaterThanOrEqual(required);
   }, 300_000);
 
   it(`survives ${RAW_RUNS} malformed raw HTTP requests: no 5xx, no crash`, async () => {

@@ -6,11 +6,12 @@ import { loadConfig } from '../src/config.js';
 import type { UsageRow } from '../src/db/queries.js';
 import { createLogger, type Logger } from '../src/logger.js';
 import { startService, type Service } from '../src/main/service.js';
-import { cloneTemplate, dropDatabase, testDatabasePrefix, uniqueName } from './databases.js';
+import { cloneTemplate, dropDatabase, testDatabasePrefix, uniqueName } from './harness/databases.js';
+import { spawnServiceProcess, type ServiceProcess } from './harness/processes.js';
 import { deleteRedisKeys, testRedisPrefix, testRedisUrl } from './redis.js';
 
 // Test helpers: a database per test file cloned from the run's migrated template, the service
-// started in-process on port 0, and polling instead of sleeping.
+// started in-process on port 0 or as a separate process (test/harness/processes.ts).
 
 const open = new Set<string>();
 
@@ -98,18 +99,14 @@ export async function startTestService(
   };
 }
 
-/** Polls `probe` until it returns something other than undefined or false, or fails at the deadline. */
-export async function waitFor<T>(
-  probe: () => Promise<T | undefined | false> | T | undefined | false,
-  { timeoutMs = 5_000, intervalMs = 20, what = 'condition' } = {},
-): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, intervalMs));
-  }
+/**
+ * The service as a separate OS process (test/harness/processes.ts) on the run's Redis, under a
+ * prefix of its own, picking its own port.
+ */
+export function spawnService(env: Record<string, string>): ServiceProcess {
+  return spawnServiceProcess({
+    env: { REDIS_URL: testRedisUrl, REDIS_PREFIX: testRedisPrefix(inject('runId')), ...env },
+  });
 }
 
 /**

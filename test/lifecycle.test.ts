@@ -1,15 +1,8 @@
 import { Queue } from 'bullmq';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { RELEASE_QUEUE, releaseJobId } from '../src/jobs/queue.js';
-import {
-  backdate,
-  newUserId,
-  openUsages,
-  startTestService,
-  usagesOf,
-  waitFor,
-  type TestService,
-} from './helpers.js';
+import { backdate, newUserId, openUsages, startTestService, usagesOf, type TestService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { testRedisUrl } from './redis.js';
 
 // Release, renew, validate with a fence, and the evict_oldest policy, over real PostgreSQL and
@@ -231,7 +224,8 @@ describe('renewal and release jobs', () => {
       const oldJobId = releaseJobId({ leaseId: lease.lease_id, expiresAt: new Date(lease.expires_at) });
       await waitFor(() => queue.getJob(oldJobId), { what: 'the first release job' });
 
-      await new Promise((resolve) => setTimeout(resolve, 700));
+      // Renewed 700 ms into the lease, the new expiry lies past the old one.
+      await waitFor(() => Date.now() > Date.parse(lease.expires_at) - 1_500 + 700, { what: '700 ms into the lease' });
       const renewed = (await c.renew(lease.token_id, user, lease.lease_id)).body.data as LeaseBody;
       expect(Date.parse(renewed.expires_at)).toBeGreaterThan(Date.parse(lease.expires_at));
 

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createListCache, type Rendered } from '../src/http/listCache.js';
-import { newUserId, openUsages, startTestService, waitFor, type TestService } from './helpers.js';
+import { newUserId, openUsages, startTestService, type TestService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 
 // GET /api/tokens answers from a cache of its serialised body. The cache's rules on a fake clock
 // first, then the guarantees end to end: never a stale holder after a change (in this process at

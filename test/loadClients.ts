@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { Observation } from './invariants.js';
+import { activateBody, releaseBody, renewBody, validateBody } from './harness/leaseBodies.js';
 
 // A few virtual clients that activate, renew, release, validate and read at random against one
 // or more API processes while a fault test breaks things, recording every answer (status, error
@@ -52,8 +53,8 @@ export interface Load {
 }
 
 interface Held {
-  tokenId: string;
   leaseId: string;
+  tokenId: string;
   fence: number;
 }
 
@@ -132,16 +133,16 @@ export function startLoad(options: LoadOptions): Load {
 
   async function activate(client: number, userId: string, held: Map<string, Held>, wait: boolean) {
     const path = wait ? `/api/tokens/activate?wait=${waitSeconds}` : '/api/tokens/activate';
-    const { answer, data } = await call(client, wait ? 'wait' : 'activate', 'POST', path, { user_id: userId });
+    const { answer, data } = await call(client, wait ? 'wait' : 'activate', 'POST', path, activateBody(userId));
     if (answer.status === 0) return;
     const lease =
       data === undefined ? undefined : { leaseId: String(data.lease_id), tokenId: String(data.token_id), fence: Number(data.fence) };
     observations.push({ op: 'activate', userId, sentAt: answer.sentAt, receivedAt: answer.receivedAt, status: answer.status, lease });
-    if (lease !== undefined) held.set(userId, { tokenId: lease.tokenId, leaseId: lease.leaseId, fence: lease.fence });
+    if (lease !== undefined) held.set(userId, lease);
   }
 
   async function renew(client: number, userId: string, held: Map<string, Held>, lease: Held) {
-    const { answer, data } = await call(client, 'renew', 'POST', `/api/tokens/${lease.tokenId}/renew`, { user_id: userId, lease_id: lease.leaseId });
+    const { answer, data } = await call(client, 'renew', 'POST', `/api/tokens/${lease.tokenId}/renew`, renewBody(userId, lease.leaseId));
     if (answer.status === 0) return;
     observations.push({
       op: 'renew',
@@ -154,7 +155,7 @@ export function startLoad(options: LoadOptions): Load {
   }
 
   async function release(client: number, userId: string, held: Map<string, Held>, lease: Held) {
-    const { answer, data } = await call(client, 'release', 'POST', `/api/tokens/${lease.tokenId}/release`, { user_id: userId, lease_id: lease.leaseId });
+    const { answer, data } = await call(client, 'release', 'POST', `/api/tokens/${lease.tokenId}/release`, releaseBody(userId, lease.leaseId));
     if (answer.status === 0) return;
     observations.push({
       op: 'release',
@@ -180,7 +181,7 @@ export function startLoad(options: LoadOptions): Load {
       } else if (roll < 0.8) {
         await release(client, userId, held, lease);
       } else if (roll < 0.9) {
-        await call(client, 'validate', 'POST', `/api/tokens/${lease.tokenId}/validate`, { user_id: userId, fence: lease.fence });
+        await call(client, 'validate', 'POST', `/api/tokens/${lease.tokenId}/validate`, validateBody(userId, lease.fence));
       } else {
         await call(client, 'read', 'GET', pick(['/api/tokens', `/api/tokens/${lease.tokenId}`]));
       }

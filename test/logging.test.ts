@@ -1,7 +1,8 @@
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { newUserId, startTestService, waitFor, type TestService } from './helpers.js';
+import { newUserId, startTestService, type TestService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 
 // The request log: one line per request, at a level that keeps the log readable under load.
 

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { deadRows } from '../src/db/queries.js';
 import { maintain, type MaintenanceDeps } from '../src/domain/maintenance.js';
-import { createTestDatabase, newUserId, testLogger, waitFor, type TestDatabase } from './helpers.js';
+import { createTestDatabase, newUserId, testLogger, type TestDatabase } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 
 describe('database upkeep', () => {
   let db: TestDatabase;

@@ -2,7 +2,8 @@ import type pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { addWaiter } from '../src/db/queries.js';
 import { createWaitingRoom, ClientGoneError } from '../src/domain/waiting.js';
-import { lockWaits, newUserId, openUsages, startTestService, testLogger, waitFor, type TestService } from './helpers.js';
+import { lockWaits, newUserId, openUsages, startTestService, testLogger, type TestService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
 import { checkInvariants, describeViolations } from './invariants.js';
 
 type Answer = Awaited<ReturnType<TestService['http']['get']>>;

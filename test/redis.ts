@@ -1,5 +1,5 @@
 import { Redis } from 'ioredis';
-import { uniqueName } from './databases.js';
+import { uniqueName } from './harness/databases.js';
 
 // The tests' Redis: the machine's shared one, never flushed; each service gets its own key
 // prefix under the run's, and the run's keys are deleted at the end.

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { Redis } from 'ioredis';
-import { freePort } from './ports.js';
+import { freePort } from './harness/ports.js';
 
 // A private redis-server on a spare port, for tests that stop, restart or flush Redis without
 // touching the machine's shared one. No persistence: a restart comes back empty.

@@ -1,8 +1,9 @@
 import pg from 'pg';
 import { inject, afterAll, describe, expect, it } from 'vitest';
-import { dropDatabase, testDatabasePrefix, uniqueName, withDatabase } from './databases.js';
-import { lockWaits, newUserId, waitFor } from './helpers.js';
-import { spawnService, type ServiceProcess } from './processes.js';
+import { dropDatabase, testDatabasePrefix, uniqueName, withDatabase } from './harness/databases.js';
+import { lockWaits, newUserId, spawnService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
+import type { ServiceProcess } from './harness/processes.js';
 
 // Start-up and shutdown of the real process: a missing database is created, migrations run once
 // even when processes race, the pool is topped up and never shrinks, SIGTERM exits 0.

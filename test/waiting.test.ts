@@ -1,18 +1,10 @@
 import pg from 'pg';
 import { afterAll, afterEach, describe, expect, inject, it } from 'vitest';
 import { releaseLease } from '../src/db/queries.js';
-import { dropDatabase, testDatabasePrefix, uniqueName, withDatabase } from './databases.js';
-import {
-  createTestDatabase,
-  lockWaits,
-  newUserId,
-  startTestService,
-  usagesOf,
-  waitFor,
-  type TestDatabase,
-  type TestService,
-} from './helpers.js';
-import { spawnService, type ServiceProcess } from './processes.js';
+import { dropDatabase, testDatabasePrefix, uniqueName, withDatabase } from './harness/databases.js';
+import { createTestDatabase, lockWaits, newUserId, startTestService, usagesOf, type TestDatabase, type TestService, spawnService } from './helpers.js';
+import { waitFor } from './harness/waitFor.js';
+import type { ServiceProcess } from './harness/processes.js';
 
 // POST /api/tokens/activate?wait=N: waiters on a full pool, served first come first served
 // across processes, woken by PostgreSQL notifications.

@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { Observation } from '../invariants.js';
 import type { Answer, HttpClient } from './http.js';
+import { activateBody, releaseBody, renewBody, validateBody } from '../harness/leaseBodies.js';
 
 // The load generator: `clients` virtual clients, each a sequential loop over a few virtual users
 // of its own, so concurrency is bounded by the number of clients. A user that holds no lease
@@ -197,7 +198,7 @@ async function runClient(
     const path = wait > 0 ? `/api/tokens/activate?wait=${wait.toFixed(2)}` : '/api/tokens/activate';
     if (wait > 0) counts.waits.sent += 1;
     const sentAt = Date.now();
-    const answer = await post(path, { user_id: user.id }, wait * 1000 + 30_000);
+    const answer = await post(path, activateBody(user.id), wait * 1000 + 30_000);
     const receivedAt = Date.now();
     if (answer === null) return;
     const lease = answer.status === 200 || answer.status === 201 ? answer.body.data : undefined;
@@ -238,7 +239,7 @@ async function runClient(
   }
 
   async function release(user: User, lease: Held): Promise<void> {
-    const answer = await post(`/api/tokens/${lease.tokenId}/release`, { user_id: user.id, lease_id: lease.leaseId });
+    const answer = await post(`/api/tokens/${lease.tokenId}/release`, releaseBody(user.id, lease.leaseId));
     if (answer === null) return;
     observations.push({
       op: 'release',
@@ -255,7 +256,7 @@ async function runClient(
   }
 
   async function renew(user: User, lease: Held): Promise<void> {
-    const answer = await post(`/api/tokens/${lease.tokenId}/renew`, { user_id: user.id, lease_id: lease.leaseId });
+    const answer = await post(`/api/tokens/${lease.tokenId}/renew`, renewBody(user.id, lease.leaseId));
     if (answer === null) return;
     const renewed = answer.status === 200 ? answer.body.data : undefined;
     observations.push({
@@ -277,10 +278,7 @@ async function runClient(
 
   async function validate(user: User, lease: Held): Promise<void> {
     const sentAt = Date.now();
-    const answer = await post(`/api/tokens/${lease.tokenId}/validate`, {
-      user_id: user.id,
-      fence: lease.fence,
-    });
+    const answer = await post(`/api/tokens/${lease.tokenId}/validate`, validateBody(user.id, lease.fence));
     const receivedAt = Date.now();
     if (answer === null) return;
     const result = answer.status === 200 ? answer.body.data : undefined;

@@ -114,7 +114,6 @@ export async function runStress(
           ADMIN_API_KEY: adminApiKey,
         },
       },
-      http,
     );
     const db = cluster.databaseUrl;
 

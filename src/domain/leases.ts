@@ -1,14 +1,13 @@
 // The lease operations. HTTP routes, the release job and the sweep all end leases through the
 // functions here, which run the statements in src/db/queries.ts; nothing else writes leases.
 
-import { ConflictError, NotFoundError, PoolExhaustedError } from '../errors.js';
+import { AppError, ERRORS, NotFoundError, PoolExhaustedError } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { Pool } from '../db/pool.js';
 import * as sql from '../db/queries.js';
 import type { EndReason, UsageRow } from '../db/queries.js';
 import { withTransaction } from '../db/tx.js';
-import type { LeaseChanges } from './changes.js';
 import { ClientGoneError, type WaitingRoom } from './waiting.js';
 
 export type { EndReason };
@@ -76,8 +75,6 @@ export interface LeasesDeps {
   readonly scheduler?: ReleaseScheduler | undefined;
   /** Where activations with a wait go when the pool is full; without it they are refused. */
   readonly waitingRoom?: WaitingRoom | undefined;
-  /** Told of every change to what the token list shows, before the request that made it is answered. */
-  readonly changes?: Pick<LeaseChanges, 'changed'> | undefined;
 }
 
 export type Validation =
@@ -111,27 +108,12 @@ const EXPIRY_BATCH = 1_000;
 /** Called after try `attempt` of a renewal or release lost that race: 409 once all have. */
 function lostRace(attempt: number): void {
   if (attempt >= RACE_ATTEMPTS) {
-    throw new ConflictError('conflict', 'the change conflicts with a concurrent one; retry');
+    throw new AppError(ERRORS.conflict);
   }
 }
 
 export function createLeases(deps: LeasesDeps) {
   const { pool, log, metrics } = deps;
-  const changed = () => deps.changes?.changed();
-
-  /**
-   * Runs a statement that changes leases. One that fails may still have committed (its answer
-   * lost with the connection), so a change is counted all the same: else this process's list
-   * cache could hide the caller's own write from the retry that follows.
-   */
-  async function changing<T>(statement: Promise<T>): Promise<T> {
-    try {
-      return await statement;
-    } catch (err) {
-      changed();
-      throw err;
-    }
-  }
 
   /**
    * Every lease that ends through this process passes here: it is counted, and a release job
@@ -150,14 +132,12 @@ export function createLeases(deps: LeasesDeps) {
 
   /** One call of activate_lease(); the leases it ended as expired on the way are counted here. */
   async function attempt(userId: string, waiterId: string | null): Promise<sql.ActivateRow> {
-    const row = await changing(
-      sql.activateLease(pool, {
-        userId,
-        ttlMs: deps.leaseTtlMs,
-        evictOldest: deps.evictOldest ?? false,
-        waiterId,
-      }),
-    );
+    const row = await sql.activateLease(pool, {
+      userId,
+      ttlMs: deps.leaseTtlMs,
+      evictOldest: deps.evictOldest ?? false,
+      waiterId,
+    });
     for (const leaseId of row.expired_lease_ids) leaseEnded(leaseId, 'expired', 'activation');
     return row;
   }
@@ -198,7 +178,6 @@ export function createLeases(deps: LeasesDeps) {
       log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
     }
     if (row.outcome === 'created') {
-      changed();
       deps.scheduler?.scheduleRelease(lease, deps.leaseTtlMs);
       if (options.signal?.aborted === true) {
         // The waiting client left as its lease was granted: give the token straight back.
@@ -215,9 +194,8 @@ export function createLeases(deps: LeasesDeps) {
    */
   async function release(tokenId: string, userId: string): Promise<Usage> {
     for (let attempt = 1; ; attempt += 1) {
-      const ended = await changing(sql.releaseLease(pool, { tokenId, userId }));
+      const ended = await sql.releaseLease(pool, { tokenId, userId });
       if (ended !== null) {
-        changed();
         countEnded([ended], 'release');
         if (ended.end_reason === 'released') return toUsage(ended);
         throw notHolder('expired');
@@ -238,16 +216,13 @@ export function createLeases(deps: LeasesDeps) {
    */
   async function renew(tokenId: string, userId: string): Promise<Lease> {
     for (let attempt = 1; ; attempt += 1) {
-      const renewed = await changing(
-        sql.renewLease(pool, {
-          tokenId,
-          userId,
-          ttlMs: deps.leaseTtlMs,
-          maxLeaseMs: deps.maxLeaseMs ?? null,
-        }),
-      );
+      const renewed = await sql.renewLease(pool, {
+        tokenId,
+        userId,
+        ttlMs: deps.leaseTtlMs,
+        maxLeaseMs: deps.maxLeaseMs ?? null,
+      });
       if (renewed !== null) {
-        changed();
         const lease = toLease(renewed);
         deps.scheduler?.scheduleRelease(lease, renewed.remaining_ms);
         return lease;
@@ -256,7 +231,7 @@ export function createLeases(deps: LeasesDeps) {
       if (latest === null) throw notHolder('not_held');
       if (!latest.active) return refuseRenewal(latest);
       if (atMaxLease(latest)) {
-        throw new ConflictError('max_lease_reached', 'the lease has reached MAX_LEASE_MS and cannot be renewed', {
+        throw new AppError(ERRORS.max_lease_reached, {
           expires_at: latest.expires_at.toISOString(),
         });
       }
@@ -274,11 +249,11 @@ export function createLeases(deps: LeasesDeps) {
   /** Why a lease that is no longer active cannot be renewed. */
   function refuseRenewal(latest: UsageRow): never {
     if (latest.end_reason === null || latest.end_reason === 'expired') {
-      throw new ConflictError('lease_expired', 'the lease has expired; activate again', {
+      throw new AppError(ERRORS.lease_expired, {
         reason: 'expired',
       });
     }
-    throw new ConflictError('lease_ended', `the lease has ended (${latest.end_reason})`, {
+    throw new AppError(ERRORS.lease_ended, {
       reason: latest.end_reason,
     });
   }
@@ -299,7 +274,7 @@ export function createLeases(deps: LeasesDeps) {
   async function latestUsage(tokenId: string, userId: string) {
     const latest = await sql.findLatestUsage(pool, { tokenId, userId });
     if (latest === null && !(await sql.tokenExists(pool, tokenId))) {
-      throw new NotFoundError('no token has this id', { token_id: tokenId });
+      throw new NotFoundError({ token_id: tokenId });
     }
     return latest;
   }
@@ -317,7 +292,7 @@ export function createLeases(deps: LeasesDeps) {
 
   async function getToken(tokenId: string): Promise<TokenState> {
     const row = await sql.findToken(pool, tokenId);
-    if (row === null) throw new NotFoundError('no token has this id', { token_id: tokenId });
+    if (row === null) throw new NotFoundError({ token_id: tokenId });
     return toTokenState(row);
   }
 
@@ -328,7 +303,7 @@ export function createLeases(deps: LeasesDeps) {
     // One row more than asked tells whether another page follows.
     const rows = await sql.listUsages(pool, { tokenId, ...page, limit: page.limit + 1 });
     if (rows.length === 0 && !(await sql.tokenExists(pool, tokenId))) {
-      throw new NotFoundError('no token has this id', { token_id: tokenId });
+      throw new NotFoundError({ token_id: tokenId });
     }
     const usages = rows.slice(0, page.limit).map(toUsage);
     const last = usages.at(-1);
@@ -341,8 +316,7 @@ export function createLeases(deps: LeasesDeps) {
 
   /** Ends every open lease; those already past their expiry end as expired, not cleared. */
   async function clear(): Promise<{ cleared: number; expired: number }> {
-    const ended = await changing(sql.clearLeases(pool));
-    if (ended.length > 0) changed();
+    const ended = await sql.clearLeases(pool);
     countEnded(ended, 'clear');
     const cleared = ended.filter((u) => u.end_reason === 'cleared').length;
     log.info({ cleared, expired: ended.length - cleared }, 'leases cleared');
@@ -419,7 +393,6 @@ export function createLeases(deps: LeasesDeps) {
       return sql.topUpPool(tx, size);
     });
     if (created > 0) {
-      changed();
       log.info({ created, size }, 'token pool topped up');
     }
     return created;
@@ -488,6 +461,6 @@ function toTokenState(row: sql.TokenRow): TokenState {
 }
 
 /** 409 not_holder; `reason` says why: not_held, expired, cleared or evicted. */
-function notHolder(reason: EndReason | 'not_held'): ConflictError {
-  return new ConflictError('not_holder', 'you do not hold this token', { reason });
+function notHolder(reason: EndReason | 'not_held'): AppError {
+  return new AppError(ERRORS.not_holder, { reason });
 }

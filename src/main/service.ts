@@ -3,10 +3,10 @@ import { ensureDatabase, migrate } from '../db/migrate.js';
 import { createPool } from '../db/pool.js';
 import { randomUUID } from 'node:crypto';
 import { CHANGES_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
-import { createLeaseChanges, type LeaseChanges } from '../domain/changes.js';
 import { createLeases, type Leases } from '../domain/leases.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { createApp } from '../http/app.js';
+import { createReadModel, type ChangeChannel, type ReadModel } from '../http/readModel.js';
 import { createReleaseQueue } from '../jobs/queue.js';
 import { createProducerConnection } from '../jobs/redis.js';
 import { startReleaseWorker } from '../jobs/releaseWorker.js';
@@ -64,7 +64,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     // API processes hear of freed tokens (for waiting clients) and of each other's changes (for
     // the cached token list) through LISTEN/NOTIFY, on a connection of their own.
     let waitingRoom: WaitingRoom | undefined;
-    let changes: LeaseChanges | undefined;
+    let channel: ChangeChannel | undefined;
     if (config.role !== 'worker') {
       const notifications = listenForNotifications({
         connectionString: config.databaseUrl,
@@ -72,17 +72,11 @@ export async function startService(config: Config, log: Logger): Promise<Service
         log,
       });
       shutdown.add('notification connection', () => notifications.close());
-      const announced = createLeaseChanges({
-        channel: {
-          subscribe: (listener) => notifications.subscribe(CHANGES_CHANNEL, listener),
-          publish: (payload) => notifications.notify(CHANGES_CHANNEL, payload),
-          isListening: () => notifications.isListening(),
-        },
-        processId: randomUUID(),
-        log,
-      });
-      shutdown.add('change announcements', () => announced.close());
-      changes = announced;
+      channel = {
+        subscribe: (listener) => notifications.subscribe(CHANGES_CHANNEL, listener),
+        publish: (payload) => notifications.notify(CHANGES_CHANNEL, payload),
+        isListening: () => notifications.isListening(),
+      };
       if (config.maxWaiters > 0) {
         const wakeUps = { subscribe: (wake: () => void) => notifications.subscribe(WAITERS_CHANNEL, () => wake()) };
         waitingRoom = createWaitingRoom({ pool, wakeUps, maxWaiters: config.maxWaiters, log });
@@ -98,9 +92,21 @@ export async function startService(config: Config, log: Logger): Promise<Service
       metrics,
       scheduler: releases,
       waitingRoom,
-      changes,
     });
-    await leases.seedPool(config.poolSize);
+    let readModel: ReadModel | undefined;
+    if (config.role !== 'worker') {
+      const model = createReadModel({
+        listTokens: () => leases.listTokens(),
+        channel,
+        processId: randomUUID(),
+        log,
+        maxAgeMs: config.listCacheMaxAgeMs,
+      });
+      shutdown.add('change announcements', () => model.close());
+      readModel = model;
+    }
+    // Tokens added here change the list the other API processes may be keeping.
+    if ((await leases.seedPool(config.poolSize)) > 0) readModel?.changed();
 
     if (config.role !== 'api') {
       const worker = startReleaseWorker({
@@ -143,8 +149,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       adminApiKey: config.adminApiKey,
       serveApi: config.role !== 'worker',
       redisPing: () => releases.ping(),
-      changes,
-      listCacheMaxAgeMs: config.listCacheMaxAgeMs,
+      readModel,
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());

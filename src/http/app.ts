@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import express, { type Express, type RequestHandler } from 'express';
 import type { Leases } from '../domain/leases.js';
@@ -18,6 +17,8 @@ export interface AppDeps {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly adminApiKey: string | undefined;
+  /** The service's version, for the OpenAPI document. */
+  readonly version?: string;
   /** False for ROLE=worker: only /healthz, /readyz and /metrics are served. */
   readonly serveApi?: boolean;
   /** Reports Redis for /readyz; absent when this process does not use Redis. */
@@ -48,7 +49,7 @@ export function createApp(deps: AppDeps): Express {
         createReadModel({ listTokens: () => deps.leases.listTokens(), processId: 'uncached', log, maxAgeMs: 0 }),
     });
     // Built and serialised once: it is generated from the schemas the routes use.
-    const openApi = JSON.stringify(openApiDocument(packageVersion()));
+    const openApi = JSON.stringify(openApiDocument(deps.version ?? '0.0.0'));
     app
       .route('/openapi.json')
       .get((_req, res) => {
@@ -151,13 +152,6 @@ function observe(log: Logger, metrics: Metrics): RequestHandler {
     });
     next();
   };
-}
-
-/** The version in package.json (at the repository root, from src/http and from dist/http). */
-function packageVersion(): string {
-  const text = readFileSync(new URL('../../package.json', import.meta.url), 'utf8');
-  const { version } = JSON.parse(text) as { version?: unknown };
-  return typeof version === 'string' ? version : '0.0.0';
 }
 
 interface Observer {

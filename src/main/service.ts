@@ -8,12 +8,12 @@ import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { createApp } from '../http/app.js';
 import { createReadModel, type ChangeChannel, type ReadModel } from '../http/readModel.js';
 import { createReleaseQueue } from '../jobs/queue.js';
-import { createProducerConnection } from '../jobs/redis.js';
 import { startReleaseWorker } from '../jobs/releaseWorker.js';
 import { startSweeper } from '../jobs/sweep.js';
 import type { Logger } from '../logger.js';
 import { createMetrics, type Metrics } from '../metrics.js';
 import { listen } from './api.js';
+import { createProducerConnection, createWorkerConnection, notificationClientFactory, packageVersion } from './clients.js';
 import { createShutdown } from './shutdown.js';
 
 export interface Service {
@@ -67,7 +67,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     let channel: ChangeChannel | undefined;
     if (config.role !== 'worker') {
       const notifications = listenForNotifications({
-        connectionString: config.databaseUrl,
+        newClient: notificationClientFactory(config.databaseUrl),
         channels: [WAITERS_CHANNEL, CHANGES_CHANNEL],
         log,
       });
@@ -109,8 +109,11 @@ export async function startService(config: Config, log: Logger): Promise<Service
     if ((await leases.seedPool(config.poolSize)) > 0) readModel?.changed();
 
     if (config.role !== 'api') {
+      const workerConnection = createWorkerConnection(config.redisUrl, log);
+      // Added first, so closed after the worker (shutdown runs in reverse).
+      shutdown.add('worker redis connection', () => workerConnection.disconnect());
       const worker = startReleaseWorker({
-        redisUrl: config.redisUrl,
+        connection: workerConnection,
         prefix: config.redisPrefix,
         concurrency: config.releaseConcurrency,
         leases,
@@ -147,6 +150,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       log,
       metrics,
       adminApiKey: config.adminApiKey,
+      version: packageVersion(),
       serveApi: config.role !== 'worker',
       redisPing: () => releases.ping(),
       readModel,

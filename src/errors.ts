@@ -21,7 +21,7 @@ function registry<T extends Entries>(entries: T): { readonly [K in keyof T & str
 }
 
 export const ERRORS = registry({
-  bad_request: { status: 400, message: 'the request is not valid HTTP for this service' },
+  bad_request: { status: 400, message: 'the request cannot be read' },
   invalid_json: { status: 400, message: 'the body is not valid JSON' },
   unauthorized: { status: 401, message: 'this route needs Authorization: Bearer <admin key>' },
   forbidden: { status: 403, message: 'the admin key is not valid' },

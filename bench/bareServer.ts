@@ -3,18 +3,17 @@ import { createServer, type IncomingMessage, type ServerResponse } from 'node:ht
 import express from 'express';
 import { activateLease, findPoolId, releaseLease } from '../src/db/queries.js';
 import { JSON_TYPE as contentType } from '../src/http/json.js';
-import { createHttpServer } from '../src/http/server.js';
 import { sqlCyclePool } from './sqlCycle.js';
 
 // The bare HTTP baselines.
 // - node|express BODY_FILE: a minimal server answering GET /api/tokens with a static JSON body
 //   (the service's own answer, captured just before), already serialised, so that the figure is
 //   the ceiling of the framework itself. Express gets the service's settings (no ETag, no
-//   X-Powered-By) and its server (src/http/server.ts); node:http shows what the framework costs.
+//   X-Powered-By) on a plain node:http server; node:http shows what the framework costs.
 // - node-cycle|express-cycle DATABASE_URL POOL_MAX LEASE_TTL_MS: the raw SQL cycle served over
 //   HTTP: POST activate and release run the service's statements through node-postgres and
 //   answer the fields the load needs, with no validation, release job, metrics or log; on
-//   node:http, or on two Express routes with the same handler on the service's server. They
+//   node:http, or on two Express routes with the same handler. They
 //   show what HTTP alone, and then Express, cost the cycle on this machine, and so what the
 //   service adds to that.
 //
@@ -38,7 +37,7 @@ if (kind === 'node-cycle' || kind === 'express-cycle') {
     const app = expressApp();
     app.post('/api/tokens/activate', cycle);
     app.post('/api/tokens/:id/release', cycle);
-    server = createHttpServer(app).listen(0, '127.0.0.1');
+    server = createServer(app).listen(0, '127.0.0.1');
   } else {
     server = createServer(cycle).listen(0, '127.0.0.1');
   }
@@ -49,7 +48,7 @@ if (kind === 'node-cycle' || kind === 'express-cycle') {
     app.get('/api/tokens', (_req, res) => {
       res.set('Content-Type', contentType).send(body);
     });
-    server = createHttpServer(app).listen(0, '127.0.0.1');
+    server = createServer(app).listen(0, '127.0.0.1');
   } else {
     server = createServer((req, res) => {
       if (req.method === 'GET' && req.url === '/api/tokens') {

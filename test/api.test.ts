@@ -284,76 +284,23 @@ describe('the token API', () => {
       expect(res.body.error.code).toEqual(expect.any(String));
     });
 
+    // Node's parser (or Node itself, for an unmet Expect) refuses these before the app sees them,
+    // with Node's own bare answer: a 4xx, never a 5xx, and the connection closed.
     it.each([
-      ['a header line that is not HTTP', 'GET /healthz HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n', 400, 'bad_request'],
-      ['headers over 16 KiB', `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431, 'headers_too_large'],
-      ['an Expect other than 100-continue', 'GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n', 417, 'expectation_failed'],
-      ['an HTTP/1.1 request without Host', 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n', 400, 'bad_request'],
-    ])('answers %s with a JSON error too', async (_what, request, status, code) => {
-      const answer = await rawRequest(t.url, request);
-      expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}`);
-      const body = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { error: { code: string } };
-      expect(body.error.code).toBe(code);
-    });
-
-    // Node answers an unmet Expect for the server, without passing the request to the app, and a
-    // request without Host goes to an app of its own (src/http/app.ts). Both are recorded like
-    // every other answer: a request id, and a duration under the route "unmatched".
-    it('records the answers to an unmet Expect and to a missing Host like any other', async () => {
-      const answers = [
-        await rawRequest(t.url, 'GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\n\r\n'),
-        await rawRequest(t.url, 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n'),
-      ];
-      expect(answers.map((answer) => answer.split(' ')[1])).toEqual(['417', '400']);
-      for (const answer of answers) {
-        expect(answer.match(/^X-Request-Id: [0-9a-f-]{36}\r$/gim), answer).toHaveLength(1);
-      }
-      const metrics = (await t.http.get('/metrics')).text;
-      for (const status of ['417', '400']) {
-        const labels = `method="GET",route="unmatched",status="${status}"`;
-        expect(metrics, labels).toMatch(new RegExp(`^token_lease_http_request_duration_seconds_count\\{${labels}\\} [1-9]`, 'm'));
-      }
-    });
-
-    // A HEAD answer has no body; Node's client, like other strict clients, fails on one instead of
-    // reading the status. The fuzzer found this with a HEAD whose headers ran over 16 KiB. What
-    // has no request line to tell its method by is answered the same way.
-    it.each([
+      ['a header line that is not HTTP', 'GET /healthz HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n', 400],
+      ['headers over 16 KiB', `GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431],
+      ['an Expect other than 100-continue', 'GET /healthz HTTP/1.1\r\nHost: x\r\nExpect: teapot\r\nConnection: close\r\n\r\n', 417],
+      ['an HTTP/1.1 request without Host', 'GET /healthz HTTP/1.1\r\nConnection: close\r\n\r\n', 400],
       ['a HEAD with headers over 16 KiB', `HEAD /healthz HTTP/1.1\r\nHost: x\r\nX-Big: ${'a'.repeat(20_000)}\r\n\r\n`, 431],
-      ['a HEAD with a header line that is not HTTP', 'HEAD /healthz HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n', 400],
       ['a request line that is not HTTP', 'NOT HTTP AT ALL\r\n\r\n', 400],
-    ])('answers %s without a body', async (_what, request, status) => {
+    ])("answers %s with Node's own %i", async (_what, request, status) => {
       const answer = await rawRequest(t.url, request);
       expect(answer.split('\r\n')[0]).toBe(`HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}`);
-      expect(answer.split('\r\n')).toContain('Content-Length: 0');
-      expect(answer.endsWith('\r\n\r\n')).toBe(true);
     });
 
     it('serves an HTTP/1.0 request without Host, which that version allows', async () => {
       const answer = await rawRequest(t.url, 'GET /healthz HTTP/1.0\r\n\r\n');
       expect(answer.split('\r\n')[0]).toBe('HTTP/1.1 200 OK');
-    });
-
-    // The answers to requests read before the refused one go first: ending the connection with
-    // the error at once dropped them, and the client read the 400 as the answer to an activation
-    // that had been granted.
-    it.each([
-      ['a request that follows it on the same connection', 'GET /healthz HTTP/1.1\r\nHost: x\r\nnot a header\r\n\r\n'],
-      ['bytes left over after its body', ' \x00'],
-    ])('answers an activation before refusing %s', async (_what, after) => {
-      const user = newUserId();
-      const body = JSON.stringify({ user_id: user });
-      const activation =
-        `POST /api/tokens/activate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
-      const { port } = new URL(t.url);
-      const { replies, closedByServer } = await sendRaw(Number(port), Buffer.from(activation + after, 'latin1'), 5_000);
-
-      expect(replies.map((reply) => reply.status)).toEqual([201, 400]);
-      expect(JSON.parse(replies[0]!.body.toString()).data.user_id).toBe(user);
-      expect(JSON.parse(replies[1]!.body.toString()).error.code).toBe('bad_request');
-      expect(closedByServer).toBe(true);
-      expect(await usagesOf(t.db, 'user_id = $1 AND ended_at IS NULL', [user])).toHaveLength(1);
     });
 
     it('refuses a body the parser cannot read at once, without waiting for its own answer', async () => {

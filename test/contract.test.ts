@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import type { Express } from 'express';
 import supertest from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -15,6 +16,7 @@ import {
   validationSchema,
 } from '../src/http/contract.js';
 import { createApp } from '../src/http/app.js';
+import { ERRORS } from '../src/errors.js';
 import { newUserId, startTestService, type TestService } from './helpers.js';
 
 // The served OpenAPI document against the app's real routes and real answers.
@@ -125,5 +127,30 @@ describe('real answers match the documented schemas', () => {
     );
 
     conforms(await t.http.get('/readyz'), 'get', '/readyz', envelope(readySchema));
+  });
+});
+
+describe('the error registry', () => {
+  it('is the table of errors in docs/api.md: every code, its status and its message', () => {
+    const markdown = readFileSync(new URL('../docs/api.md', import.meta.url), 'utf8');
+    const section = markdown.slice(markdown.indexOf('## Errors'));
+    const rows = [...section.matchAll(/^\| (\d{3}) \| `([a-z_]+)` \| `([^`]*)` \|/gm)].map((m) => ({
+      status: Number(m[1]),
+      code: m[2],
+      message: m[3],
+    }));
+    const registry = Object.values(ERRORS).map(({ status, code, message }) => ({ status, code, message }));
+    expect(rows).toEqual(expect.arrayContaining(registry));
+    expect(rows).toHaveLength(registry.length);
+  });
+
+  it('gives every error the OpenAPI document names its entry in the registry', async () => {
+    const doc = (await t.http.get('/openapi.json')).body as { paths: Record<string, Record<string, { responses: Record<string, { 'x-error-codes'?: string[] }> }>> };
+    const named = Object.values(doc.paths)
+      .flatMap((ops) => Object.values(ops))
+      .flatMap((op) => Object.entries(op.responses).flatMap(([status, r]) => (r['x-error-codes'] ?? []).map((code) => [code, Number(status)] as const)));
+    expect(named.length).toBeGreaterThan(0);
+    const statusOf = new Map(Object.values(ERRORS).map((e) => [e.code as string, e.status]));
+    for (const [code, status] of named) expect(statusOf.get(code), code).toBe(status);
   });
 });

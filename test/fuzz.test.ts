@@ -12,10 +12,9 @@ import { rawRequest, sendRaw, type RawReply } from './rawHttp.js';
 // Fuzzing: generated hostile requests against a running server, over Node's HTTP client and over
 // raw sockets. Every answer must be below 500; every answer the application wrote (it carries
 // X-Request-Id) must be JSON of the documented shape, {"error":{"code","message","details"}} for
-// every 4xx; answers to what Node's own HTTP parser refuses (malformed HTTP; the server answers
-// those with a JSON error too, see answerProtocolErrors) need only be 4xx, since the connection
-// is closed at once and a reset can cut the answer short. After
-// the run the server must still be healthy and serve a normal activation, and the invariants must
+// every 4xx; answers to what Node refuses before the application sees it (malformed HTTP,
+// oversized headers, no Host, an unmet Expect) are Node's own bare ones and need only be 4xx.
+// After the run the server must still be healthy and serve a normal activation, and the invariants must
 // hold. FUZZ_RUNS and FUZZ_RAW_RUNS size the run, FUZZ_SEED replays one.
 
 const RUNS = Number(process.env.FUZZ_RUNS ?? 10_000);

@@ -1,4 +1,4 @@
-import { AppError, ConflictError, UnavailableError } from '../errors.js';
+import { AppError, ERRORS, UnavailableError } from '../errors.js';
 
 // The one place where PostgreSQL and driver errors become the service's errors (SQLSTATE to
 // typed error), so the HTTP layer never needs to know about SQLSTATE codes.
@@ -61,15 +61,15 @@ export function fromPgError(error: unknown): unknown {
   if (error instanceof AppError) return error;
   const code = sqlState(error);
   if (isConnectionError(error)) {
-    return new UnavailableError('the database is unreachable; retry shortly', { cause: error });
+    return new UnavailableError('database_unreachable', { cause: error });
   }
   if (code === '57014' || code === '55P03' || (code?.startsWith('53') ?? false) || isRetryable(error)) {
     // statement timeout, lock timeout, out of connections or memory, repeated conflicts
-    return new UnavailableError('the database is overloaded; retry shortly', { cause: error });
+    return new UnavailableError('database_overloaded', { cause: error });
   }
   if (code === '23505') {
     const constraint = (error as PgLikeError).constraint;
-    return new ConflictError('conflict', 'the change conflicts with a concurrent one; retry', {
+    return new AppError(ERRORS.conflict, {
       constraint: typeof constraint === 'string' ? constraint : undefined,
     });
   }

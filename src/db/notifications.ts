@@ -27,7 +27,8 @@ export const CHANGES_CHANNEL = 'token_lease_changes';
  * so it calls them once it is back, and callers keep a periodic re-check as well.
  */
 export function listenForNotifications(options: {
-  connectionString: string;
+  /** Builds the connection (main/ does), anew on each reconnection. */
+  newClient: () => pg.Client;
   channels: readonly string[];
   log: Logger;
 }): Notifications {
@@ -46,15 +47,7 @@ export function listenForNotifications(options: {
 
   async function connect(): Promise<void> {
     if (closed) return;
-    const next = new pg.Client({
-      connectionString: options.connectionString,
-      application_name: 'token-lease-listener',
-      // This connection only listens, so nothing else would notice it die without a word (a
-      // host gone, a firewall dropping it): TCP probes start after 10 s of silence rather than
-      // the system's default two hours.
-      keepAlive: true,
-      keepAliveInitialDelayMillis: 10_000,
-    });
+    const next = options.newClient();
     next.on('notification', (message) => dispatch(message.channel, message.payload ?? ''));
     next.on('error', (err) => {
       log.warn({ err }, 'notification connection failed');

@@ -2,8 +2,7 @@
 // one place where an ended lease is counted. The operations are one file each beside this one;
 // leases.ts puts them together.
 
-import type { ConflictError } from '../errors.js';
-import { ConflictError as Conflict } from '../errors.js';
+import { AppError, ERRORS } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { Pool } from '../db/pool.js';
@@ -102,14 +101,13 @@ export function toUsage(row: Nullable<UsageRow>): Usage {
 }
 
 /** 409 not_holder: the lease named is not this user's lease of this token. */
-export function notHolder(): ConflictError {
-  return new Conflict('not_holder', 'the lease named is not your lease of this token', { reason: 'not_held' });
+export function notHolder(): AppError {
+  return new AppError(ERRORS.not_holder, { reason: 'not_held' });
 }
 
 /** 409 lease_ended (lease_expired when it ran out): the lease named has ended. */
-export function ended(usage: Nullable<UsageRow>): ConflictError {
+export function ended(usage: Nullable<UsageRow>): AppError {
   const reason = usage.end_reason ?? 'expired';
   const details = { reason, ended_at: usage.ended_at?.toISOString() ?? null };
-  if (reason === 'expired') return new Conflict('lease_expired', 'the lease has expired; activate again', details);
-  return new Conflict('lease_ended', `the lease has ended (${reason})`, details);
+  return new AppError(reason === 'expired' ? ERRORS.lease_expired : ERRORS.lease_ended, details);
 }

@@ -28,6 +28,14 @@ export interface MaintenanceReport {
 /** One upkeep run; null when another process holds the upkeep lock. */
 export async function maintain(deps: MaintenanceDeps): Promise<MaintenanceReport | null> {
   const client = await deps.pool.connect();
+  // pg-pool takes its own error listener off a client while it is checked out: without one, a
+  // connection that breaks during the upkeep would be an unhandled 'error' event and end the
+  // process. The statement in flight fails with the same error.
+  const connection = { broken: false };
+  const onError = () => {
+    connection.broken = true;
+  };
+  client.on('error', onError);
   let locked = false;
   try {
     locked = await sql.tryLockMaintenance(client);
@@ -42,7 +50,8 @@ export async function maintain(deps: MaintenanceDeps): Promise<MaintenanceReport
     return { vacuumed, usagesRemoved };
   } finally {
     // A connection that could not give the lock back is closed, which gives it back.
-    const kept = !locked || (await sql.unlockMaintenance(client).then(() => true, () => false));
+    const kept = !connection.broken && (!locked || (await sql.unlockMaintenance(client).then(() => true, () => false)));
+    client.off('error', onError);
     client.release(!kept);
   }
 }

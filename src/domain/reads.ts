@@ -43,7 +43,7 @@ const INVALID_REASONS: Record<EndReason, InvalidReason> = {
 };
 
 function noToken(tokenId: string): NotFoundError {
-  return new NotFoundError('no token has this id', { token_id: tokenId });
+  return new NotFoundError({ token_id: tokenId });
 }
 
 /**

@@ -2,12 +2,12 @@
 // sql/renew_lease.sql): a retried release answers the same ended usage, and a stale one never
 // touches the caller's newer lease of the same token.
 
-import { ConflictError, NotFoundError } from '../errors.js';
+import { AppError, ERRORS, NotFoundError } from '../errors.js';
 import * as sql from '../db/queries.js';
 import { type Lease, type LeaseRef, type LeasesDeps, type Usage, ended, leaseEnded, notHolder, toLease, toUsage } from './lease.js';
 
 function noToken(tokenId: string): NotFoundError {
-  return new NotFoundError('no token has this id', { token_id: tokenId });
+  return new NotFoundError({ token_id: tokenId });
 }
 
 /**
@@ -55,9 +55,7 @@ export async function renew(deps: LeasesDeps, ref: LeaseRef): Promise<Lease> {
       leaseEnded(deps, ref.leaseId, 'expired', 'renewal');
       throw ended(row);
     case 'max_lease':
-      throw new ConflictError('max_lease_reached', 'the lease has reached MAX_LEASE_MS and cannot be renewed', {
-        expires_at: row.expires_at?.toISOString() ?? null,
-      });
+      throw new AppError(ERRORS.max_lease_reached, { expires_at: row.expires_at?.toISOString() ?? null });
     case 'renewed': {
       const lease = toLease(row);
       deps.scheduler?.scheduleRelease(lease, row.remaining_ms ?? 0);

@@ -15,7 +15,7 @@
 import type { ActivateRow } from '../db/queries.js';
 import * as sql from '../db/queries.js';
 import type { Pool } from '../db/pool.js';
-import { AppError, PoolExhaustedError, UnavailableError } from '../errors.js';
+import { AppError, ERRORS, PoolExhaustedError, UnavailableError } from '../errors.js';
 import type { Logger } from '../logger.js';
 
 export interface WakeUps {
@@ -28,16 +28,14 @@ export const JOIN_RECHECKS_MS = [50, 150, 450];
 
 export class TooManyWaitersError extends AppError {
   constructor(maxWaiters: number) {
-    super('too_many_waiters', 503, 'too many clients are waiting on this server; retry later', {
-      max_waiters: maxWaiters,
-    });
+    super(ERRORS.too_many_waiters, { max_waiters: maxWaiters });
   }
 }
 
 /** The client went away while waiting; nobody reads this answer. */
 export class ClientGoneError extends AppError {
   constructor() {
-    super('client_closed_request', 499, 'the client closed the request while waiting');
+    super(ERRORS.client_closed_request);
   }
 }
 
@@ -109,7 +107,7 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
   }
 
   function sleep(waiter: Waiter, ms: number, signal: AbortSignal | undefined): Promise<void> {
-    if (closing) return Promise.reject(new UnavailableError('the server is shutting down; retry'));
+    if (closing) return Promise.reject(new UnavailableError('shutting_down'));
     if (waiter.woken) return Promise.resolve();
     // Gone before the sleep began: the abort event has fired already and will not again.
     if (signal?.aborted === true) return Promise.reject(new ClientGoneError());
@@ -138,7 +136,7 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
     signal?: AbortSignal | undefined;
     attempt: (waiterId: string) => Promise<ActivateRow>;
   }): Promise<ActivateRow> {
-    if (closing) throw new UnavailableError('the server is shutting down; retry');
+    if (closing) throw new UnavailableError('shutting_down');
     // Counted from the check on, not from join(): a burst of requests all passed the check while
     // their places were being added, and MAX_WAITERS let through as many as came.
     if (waiting.length + joining >= options.maxWaiters) throw new TooManyWaitersError(options.maxWaiters);
@@ -159,7 +157,7 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
         if (args.signal?.aborted === true) throw new ClientGoneError();
         // close() may have run during the previous attempt or sleep.
         // eslint-disable-next-line @typescript-eslint/no-unnecessary-condition
-        if (closing) throw new UnavailableError('the server is shutting down; retry');
+        if (closing) throw new UnavailableError('shutting_down');
         waiter.woken = false;
         const row = await args.attempt(waiterId);
         if (row.outcome === 'created' || row.outcome === 'existing') {
@@ -194,7 +192,7 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
       closing = true;
       unsubscribe();
       const done = waiting.length === 0 ? Promise.resolve() : new Promise<void>((resolve) => (drained = resolve));
-      for (const waiter of waiting) waiter.wake?.(new UnavailableError('the server is shutting down; retry'));
+      for (const waiter of waiting) waiter.wake?.(new UnavailableError('shutting_down'));
       await done;
     },
   };

@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { RequestHandler } from 'express';
-import { AppError } from '../errors.js';
+import { AppError, ERRORS } from '../errors.js';
 
 const digest = (value: string) => createHash('sha256').update(value).digest();
 
@@ -17,10 +17,10 @@ export function requireAdmin(adminApiKey: string | undefined): RequestHandler {
     const presented = match?.[1];
     if (presented === undefined) {
       res.set('WWW-Authenticate', 'Bearer realm="token-lease admin"');
-      throw new AppError('unauthorized', 401, 'this route needs Authorization: Bearer <admin key>');
+      throw new AppError(ERRORS.unauthorized);
     }
     if (!timingSafeEqual(digest(presented), expected)) {
-      throw new AppError('forbidden', 403, 'the admin key is not valid');
+      throw new AppError(ERRORS.forbidden);
     }
     next();
   };

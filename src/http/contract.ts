@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { ERRORS, type ErrorDefinition } from '../errors.js';
 import { activateQuery, historyQuery, leaseBody, userBody, validateBody } from './schemas.js';
 
 // The API's answers as zod schemas: the routes build their answers with these types, the
@@ -111,10 +112,24 @@ const answer = (description: string, schema: z.ZodType) => ({
   content: { 'application/json': { schema: json(envelope(schema)) } },
 });
 
-const failure = (description: string) => ({
-  description,
-  content: { 'application/json': { schema: json(errorSchema) } },
-});
+/**
+ * The error answers of an operation, by status, from the registry (src/errors.ts): each status
+ * lists its codes and their messages, and names them in `x-error-codes`.
+ */
+function failures(...definitions: readonly ErrorDefinition[]) {
+  const byStatus = new Map<number, ErrorDefinition[]>();
+  for (const d of definitions) byStatus.set(d.status, [...(byStatus.get(d.status) ?? []), d]);
+  return Object.fromEntries(
+    [...byStatus].map(([status, list]) => [
+      String(status),
+      {
+        description: list.map((d) => `${d.code}: ${d.message}`).join('; '),
+        'x-error-codes': list.map((d) => d.code),
+        content: { 'application/json': { schema: json(errorSchema) } },
+      },
+    ]),
+  );
+}
 
 const body = (schema: z.ZodType) => ({
   required: true,
@@ -134,13 +149,15 @@ function queryParameters(schema: z.ZodObject) {
   return Object.entries(properties).map(([name, property]) => ({ name, in: 'query', required: false, schema: property }));
 }
 
-const badInput = {
-  '400': failure('invalid_json or bad_request'),
-  '413': failure('payload_too_large: the body is over 16 KiB'),
-  '415': failure('unsupported_media_type: the body is not application/json'),
-  '422': failure('validation_failed: details.fields names each bad field'),
-  '503': failure('unavailable: PostgreSQL unreachable or too slow; retry'),
-};
+/** What any route that reads a JSON body may answer besides its own errors. */
+const BAD_INPUT = [
+  ERRORS.invalid_json,
+  ERRORS.bad_request,
+  ERRORS.payload_too_large,
+  ERRORS.unsupported_media_type,
+  ERRORS.validation_failed,
+  ERRORS.unavailable,
+] as const;
 
 /** The OpenAPI 3.1 description of the token API. */
 export function openApiDocument(version: string) {
@@ -164,16 +181,14 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('The unexpired lease the user already holds', leaseSchema),
             '201': answer('A new lease', leaseSchema),
-            '409': failure('pool_exhausted, with Retry-After'),
-            ...badInput,
-            '503': failure('unavailable, or too_many_waiters for ?wait='),
+            ...failures(ERRORS.pool_exhausted, ...BAD_INPUT, ERRORS.too_many_waiters, ERRORS.client_closed_request),
           },
         },
       },
       '/api/tokens': {
         get: {
           summary: 'The whole pool, in a stable order',
-          responses: { '200': answer('Every token', z.array(tokenSchema)), '503': badInput['503'] },
+          responses: { '200': answer('Every token', z.array(tokenSchema)), ...failures(ERRORS.unavailable) },
         },
       },
       '/api/tokens/{id}': {
@@ -182,8 +197,7 @@ export function openApiDocument(version: string) {
           parameters: [tokenIdParameter],
           responses: {
             '200': answer('The token', tokenDetailsSchema),
-            '404': failure('not_found'),
-            '503': badInput['503'],
+            ...failures(ERRORS.not_found, ERRORS.unavailable),
           },
         },
       },
@@ -193,9 +207,7 @@ export function openApiDocument(version: string) {
           parameters: [tokenIdParameter, ...queryParameters(historyQuery)],
           responses: {
             '200': answer('A page of usages', historySchema),
-            '404': failure('not_found'),
-            '422': badInput['422'],
-            '503': badInput['503'],
+            ...failures(ERRORS.not_found, ERRORS.validation_failed, ERRORS.unavailable),
           },
         },
       },
@@ -206,9 +218,7 @@ export function openApiDocument(version: string) {
           requestBody: body(leaseBody),
           responses: {
             '200': answer('The ended usage (also for a retried release)', releasedSchema),
-            '404': failure('not_found'),
-            '409': failure('lease_expired or lease_ended (details.reason says how it ended), or not_holder: the lease named is not your lease of this token'),
-            ...badInput,
+            ...failures(ERRORS.not_found, ERRORS.lease_expired, ERRORS.lease_ended, ERRORS.not_holder, ...BAD_INPUT),
           },
         },
       },
@@ -219,9 +229,14 @@ export function openApiDocument(version: string) {
           requestBody: body(leaseBody),
           responses: {
             '200': answer('The renewed lease', leaseSchema),
-            '404': failure('not_found'),
-            '409': failure('lease_expired, lease_ended, not_holder or max_lease_reached'),
-            ...badInput,
+            ...failures(
+              ERRORS.not_found,
+              ERRORS.lease_expired,
+              ERRORS.lease_ended,
+              ERRORS.not_holder,
+              ERRORS.max_lease_reached,
+              ...BAD_INPUT,
+            ),
           },
         },
       },
@@ -232,8 +247,7 @@ export function openApiDocument(version: string) {
           requestBody: body(validateBody),
           responses: {
             '200': answer('Valid with the expiry, or not with the reason', validationSchema),
-            '404': failure('not_found (malformed token id)'),
-            ...badInput,
+            ...failures(ERRORS.not_found, ...BAD_INPUT),
           },
         },
       },
@@ -243,9 +257,7 @@ export function openApiDocument(version: string) {
           security: [{ adminKey: [] }],
           responses: {
             '200': answer('How many active leases were ended', clearedSchema),
-            '401': failure('unauthorized: no bearer key'),
-            '403': failure('forbidden: wrong key'),
-            '503': badInput['503'],
+            ...failures(ERRORS.unauthorized, ERRORS.forbidden, ERRORS.unavailable),
           },
         },
       },
@@ -258,7 +270,7 @@ export function openApiDocument(version: string) {
       '/readyz': {
         get: {
           summary: 'PostgreSQL answers (Redis is reported, not required)',
-          responses: { '200': answer('Ready', readySchema), '503': failure('not_ready') },
+          responses: { '200': answer('Ready', readySchema), ...failures(ERRORS.not_ready) },
         },
       },
       '/openapi.json': {

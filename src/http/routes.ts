@@ -1,6 +1,5 @@
 import type { Express } from 'express';
-import type { LeaseChanges } from '../domain/changes.js';
-import type { Lease, Leases, TokenState, Usage } from '../domain/leases.js';
+import type { Lease, Leases, Usage } from '../domain/leases.js';
 import { NotFoundError, PoolExhaustedError } from '../errors.js';
 import { requireAdmin } from './auth.js';
 import { jsonBody } from './body.js';
@@ -9,13 +8,12 @@ import type {
   LeaseJson,
   ReleasedJson,
   TokenDetailsJson,
-  TokenJson,
   UsageJson,
   ValidationJson,
 } from './contract.js';
 import { methodNotAllowed, sendError } from './errors.js';
 import { sendJson, sendSerializedJson } from './json.js';
-import { createListCache } from './listCache.js';
+import { isPoolExhausted, iso, tokenJson, type ReadModel } from './readModel.js';
 import {
   activateQuery,
   encodeCursor,
@@ -29,8 +27,6 @@ import {
 
 // The token API. Field names are the public contract: add fields, never rename them.
 
-const iso = (date: Date) => date.toISOString();
-
 function leaseJson(lease: Lease): LeaseJson {
   return {
     token_id: lease.tokenId,
@@ -39,17 +35,6 @@ function leaseJson(lease: Lease): LeaseJson {
     expires_at: iso(lease.expiresAt),
     lease_id: lease.leaseId,
     fence: lease.fence,
-  };
-}
-
-function tokenJson(token: TokenState): TokenJson {
-  const { lease } = token;
-  return {
-    id: token.id,
-    status: lease === null ? 'available' : 'active',
-    current_user_id: lease?.userId ?? null,
-    activated_at: lease === null ? null : iso(lease.startedAt),
-    expires_at: lease === null ? null : iso(lease.expiresAt),
   };
 }
 
@@ -67,7 +52,7 @@ function usageJson(usage: Usage): UsageJson {
 
 function parseTokenId(raw: unknown): string {
   const parsed = tokenId.safeParse(raw);
-  if (!parsed.success) throw new NotFoundError('no token has this id', { token_id: raw });
+  if (!parsed.success) throw new NotFoundError({ token_id: raw });
   return parsed.data;
 }
 
@@ -77,21 +62,12 @@ export function tokenRoutes(
   deps: {
     leases: Leases;
     adminApiKey: string | undefined;
-    changes?: Pick<LeaseChanges, 'version' | 'isHeard'> | undefined;
-    listCacheMaxAgeMs: number;
+    readModel: ReadModel;
   },
 ): void {
-  const { leases } = deps;
-
-  const list = createListCache({
-    // Without a maximum age there is no cache: every request reads the pool.
-    changes: deps.listCacheMaxAgeMs > 0 ? deps.changes : undefined,
-    maxAgeMs: deps.listCacheMaxAgeMs,
-    async load() {
-      const { tokens, nextExpiryInMs } = await leases.listTokens();
-      return { body: Buffer.from(JSON.stringify({ data: tokens.map(tokenJson) })), validForMs: nextExpiryInMs };
-    },
-  });
+  const { leases, readModel: list } = deps;
+  // Every write goes through the read model, which counts it as a change to the token list.
+  const write = list.write.bind(list);
 
   // The router tries routes in this order: the busiest first, but /clear before /:id, which
   // would take it.
@@ -121,7 +97,11 @@ export function tokenRoutes(
       }
       let activated: Awaited<ReturnType<Leases['activate']>>;
       try {
-        activated = await leases.activate(body.user_id, { waitMs, signal: gone?.signal });
+        // An activation that found the user's lease, or was refused, changed nothing.
+        activated = await write(
+          leases.activate(body.user_id, { waitMs, signal: gone?.signal }),
+          (outcome) => isPoolExhausted(outcome) || (!(outcome instanceof Error) && !outcome.created),
+        );
       } catch (error) {
         // A full pool's refusal, the answer this route gives most under load, is sent from
         // here: passed to next(), Express would match every later route's path on its way to
@@ -141,7 +121,7 @@ export function tokenRoutes(
     .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(leaseBody, req.body, 'body');
-      const usage = await leases.release({ tokenId: id, userId: body.user_id, leaseId: body.lease_id });
+      const usage = await write(leases.release({ tokenId: id, userId: body.user_id, leaseId: body.lease_id }));
       const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage) };
       sendJson(res, 200, { data });
     })
@@ -165,7 +145,7 @@ export function tokenRoutes(
     .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(leaseBody, req.body, 'body');
-      const lease = await leases.renew({ tokenId: id, userId: body.user_id, leaseId: body.lease_id });
+      const lease = await write(leases.renew({ tokenId: id, userId: body.user_id, leaseId: body.lease_id }));
       sendJson(res, 200, { data: leaseJson(lease) });
     })
     .all(methodNotAllowed(['POST']));
@@ -174,7 +154,7 @@ export function tokenRoutes(
     .route('/api/tokens/clear')
     // Takes no body: the key is checked first, and whatever was sent is left unread.
     .post(requireAdmin(deps.adminApiKey), async (_req, res) => {
-      const { cleared } = await leases.clear();
+      const { cleared } = await write(leases.clear());
       sendJson(res, 200, { data: { cleared_tokens: cleared } });
     })
     .all(methodNotAllowed(['POST']));

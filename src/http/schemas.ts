@@ -99,7 +99,6 @@ export function parse<S extends z.ZodType>(schema: S, input: unknown, what: stri
   const result = schema.safeParse(input);
   if (result.success) return result.data;
   throw new ValidationError(
-    `invalid ${what}`,
     result.error.issues.map((issue) => ({
       field: issue.path.length === 0 ? what : issue.path.join('.'),
       message: issue.message,

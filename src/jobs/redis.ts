@@ -1,4 +1,3 @@
-import { Redis, type RedisOptions } from 'ioredis';
 import type { Logger } from '../logger.js';
 
 /** Reconnect forever, backing off to at most 2 s between attempts. */
@@ -24,22 +23,4 @@ export function logConnectionState(
     up = true;
     log.info({ connection: what }, 'redis connection restored');
   });
-}
-
-/**
- * A connection for adding jobs. It fails fast rather than queueing commands while Redis is
- * down (enableOfflineQueue: false, as BullMQ advises for producers behind an HTTP API) and gives
- * up on a command that takes over a second, so a slow Redis never holds up a caller.
- */
-export function createProducerConnection(redisUrl: string, log: Logger): Redis {
-  const options: RedisOptions = {
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
-    commandTimeout: 1_000,
-    connectTimeout: 2_000,
-    retryStrategy: reconnectBackoff,
-  };
-  const connection = new Redis(redisUrl, options);
-  logConnectionState(connection, log, 'producer');
-  return connection;
 }

@@ -1,10 +1,11 @@
 import { DelayedError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import type { Leases } from '../domain/leases.js';
 import type { Logger } from '../logger.js';
 import { within } from '../timeouts.js';
 import { RELEASE_QUEUE, type ReleaseJobData } from './queue.js';
-import { logConnectionState, reconnectBackoff } from './redis.js';
+import { logConnectionState } from './redis.js';
 
 const jobData = z.object({ leaseId: z.guid(), expiresAt: z.string() });
 
@@ -18,7 +19,8 @@ export interface ReleaseWorker {
  * the handler only ends a lease that is still open and due, in one conditional statement.
  */
 export function startReleaseWorker(deps: {
-  redisUrl: string;
+  /** Built in main/ (createWorkerConnection); the caller closes it after the worker. */
+  connection: Redis;
   prefix: string;
   concurrency: number;
   leases: Leases;
@@ -69,9 +71,7 @@ export function startReleaseWorker(deps: {
   }
 
   const worker = new Worker<ReleaseJobData, string>(RELEASE_QUEUE, tracked, {
-    // Workers keep retrying commands while Redis is away (maxRetriesPerRequest: null is set by
-    // BullMQ for its blocking connection), and reconnect forever.
-    connection: { url: deps.redisUrl, maxRetriesPerRequest: null, retryStrategy: reconnectBackoff },
+    connection: deps.connection,
     prefix: deps.prefix,
     concurrency: deps.concurrency,
     autorun: true,

@@ -3,20 +3,20 @@ import { ensureDatabase, migrate } from '../db/migrate.js';
 import { createPool } from '../db/pool.js';
 import { randomUUID } from 'node:crypto';
 import { CHANGES_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
-import { createLeaseChanges, type LeaseChanges } from '../domain/changes.js';
 import { createLeases, type Leases } from '../domain/leases.js';
 import { maintain } from '../domain/maintenance.js';
 import { getPoolId } from '../domain/pools.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { createApp } from '../http/app.js';
+import { createReadModel, type ChangeChannel, type ReadModel } from '../http/readModel.js';
 import { createReleaseQueue } from '../jobs/queue.js';
-import { createProducerConnection } from '../jobs/redis.js';
 import { startReleaseWorker } from '../jobs/releaseWorker.js';
 import { startMaintenance } from '../jobs/maintenance.js';
 import { startSweeper } from '../jobs/sweep.js';
 import type { Logger } from '../logger.js';
 import { createMetrics, type Metrics } from '../metrics.js';
 import { listen } from './api.js';
+import { createProducerConnection, createWorkerConnection, notificationClientFactory, packageVersion } from './clients.js';
 import { createShutdown } from './shutdown.js';
 
 export interface Service {
@@ -67,25 +67,19 @@ export async function startService(config: Config, log: Logger): Promise<Service
     // API processes hear of freed tokens (for waiting clients) and of each other's changes (for
     // the cached token list) through LISTEN/NOTIFY, on a connection of their own.
     let waitingRoom: WaitingRoom | undefined;
-    let changes: LeaseChanges | undefined;
+    let channel: ChangeChannel | undefined;
     if (config.role !== 'worker') {
       const notifications = listenForNotifications({
-        connectionString: config.databaseUrl,
+        newClient: notificationClientFactory(config.databaseUrl),
         channels: [WAITERS_CHANNEL, CHANGES_CHANNEL],
         log,
       });
       shutdown.add('notification connection', () => notifications.close());
-      const announced = createLeaseChanges({
-        channel: {
-          subscribe: (listener) => notifications.subscribe(CHANGES_CHANNEL, listener),
-          publish: (payload) => notifications.notify(CHANGES_CHANNEL, payload),
-          isListening: () => notifications.isListening(),
-        },
-        processId: randomUUID(),
-        log,
-      });
-      shutdown.add('change announcements', () => announced.close());
-      changes = announced;
+      channel = {
+        subscribe: (listener) => notifications.subscribe(CHANGES_CHANNEL, listener),
+        publish: (payload) => notifications.notify(CHANGES_CHANNEL, payload),
+        isListening: () => notifications.isListening(),
+      };
       if (config.maxWaiters > 0) {
         const wakeUps = {
           subscribe: (wake: (poolId: number | null) => void) =>
@@ -99,7 +93,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       }
     }
 
-    const leases = noteChanges(createLeases({
+    const leases = createLeases({
       pool,
       poolId: await getPoolId(pool, 'default'),
       leaseTtlMs: config.leaseTtlMs,
@@ -109,12 +103,28 @@ export async function startService(config: Config, log: Logger): Promise<Service
       metrics,
       scheduler: releases,
       waitingRoom,
-    }), changes);
-    await leases.seedPool(config.poolSize);
+    });
+    let readModel: ReadModel | undefined;
+    if (config.role !== 'worker') {
+      const model = createReadModel({
+        listTokens: () => leases.listTokens(),
+        channel,
+        processId: randomUUID(),
+        log,
+        maxAgeMs: config.listCacheMaxAgeMs,
+      });
+      shutdown.add('change announcements', () => model.close());
+      readModel = model;
+    }
+    // Tokens added here change the list the other API processes may be keeping.
+    if ((await leases.seedPool(config.poolSize)) > 0) readModel?.changed();
 
     if (config.role !== 'api') {
+      const workerConnection = createWorkerConnection(config.redisUrl, log);
+      // Added first, so closed after the worker (shutdown runs in reverse).
+      shutdown.add('worker redis connection', () => workerConnection.disconnect());
       const worker = startReleaseWorker({
-        redisUrl: config.redisUrl,
+        connection: workerConnection,
         prefix: config.redisPrefix,
         concurrency: config.releaseConcurrency,
         leases,
@@ -164,10 +174,10 @@ export async function startService(config: Config, log: Logger): Promise<Service
       log,
       metrics,
       adminApiKey: config.adminApiKey,
+      version: packageVersion(),
       serveApi: config.role !== 'worker',
       redisPing: () => releases.ping(),
-      changes,
-      listCacheMaxAgeMs: config.listCacheMaxAgeMs,
+      readModel,
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());
@@ -183,29 +193,4 @@ export async function startService(config: Config, log: Logger): Promise<Service
     await shutdown.run('start-up failed');
     throw error;
   }
-}
-
-/**
- * Tells the token list's cache of every change this process makes, before the request that made
- * it is answered. A change that fails may still have committed (its answer lost with the
- * connection), so a failure counts as a change too.
- */
-function noteChanges(leases: Leases, changes: Pick<LeaseChanges, 'changed'> | undefined): Leases {
-  if (changes === undefined) return leases;
-  const note = <A extends unknown[], R>(op: (...args: A) => Promise<R>) =>
-    async (...args: A): Promise<R> => {
-      try {
-        return await op(...args);
-      } finally {
-        changes.changed();
-      }
-    };
-  return {
-    ...leases,
-    activate: note(leases.activate),
-    release: note(leases.release),
-    renew: note(leases.renew),
-    clear: note(leases.clear),
-    seedPool: note(leases.seedPool),
-  };
 }

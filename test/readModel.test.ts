@@ -1,11 +1,73 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createListCache, type Rendered } from '../src/http/listCache.js';
-import { newUserId, openUsages, startTestService, type TestService } from './helpers.js';
+import { createChangeCounter, createListCache, createReadModel, type ChangeChannel, type Rendered } from '../src/http/readModel.js';
+import { newUserId, openUsages, startTestService, testLogger, type TestService } from './helpers.js';
 import { waitFor } from './harness/waitFor.js';
 
 // GET /api/tokens answers from a cache of its serialised body. The cache's rules on a fake clock
 // first, then the guarantees end to end: never a stale holder after a change (in this process at
 // once, in another within its notification), and lazy expiry with nothing ending the row.
+
+// How one process announces its changes to the others (NOTIFY token_lease_changes), with a
+// channel standing in for the connection, to make it fail in ways a real one rarely does.
+
+function channel(publish: () => Promise<void>): ChangeChannel & { published: number } {
+  const fake = {
+    published: 0,
+    subscribe: () => () => undefined,
+    publish: () => {
+      fake.published += 1;
+      return publish();
+    },
+    isListening: () => true,
+  };
+  return fake;
+}
+
+describe('change announcements', () => {
+  it('give up on a connection that never answers, so that a shutdown is not held up', async () => {
+    const silent = channel(() => new Promise<void>(() => undefined));
+    const changes = createChangeCounter({ channel: silent, processId: 'p', log: testLogger() });
+    changes.changed();
+    await waitFor(() => silent.published === 1, { what: 'the announcement' });
+
+    const started = Date.now();
+    await changes.close();
+    expect(Date.now() - started).toBeLessThan(3_000);
+  });
+
+  it('are sent again after one failed, instead of being dropped', async () => {
+    let failing = true;
+    const flaky = channel(() => (failing ? Promise.reject(new Error('connection down')) : Promise.resolve()));
+    const changes = createChangeCounter({ channel: flaky, processId: 'p', log: testLogger() });
+    changes.changed();
+    await waitFor(() => flaky.published === 1, { what: 'the first announcement' });
+    failing = false;
+    await waitFor(() => flaky.published === 2, { what: 'the announcement to be sent again' });
+    await changes.close();
+  });
+});
+
+describe('writes counted by the read model', () => {
+  const listTokens = () => Promise.resolve({ tokens: [], nextExpiryInMs: null });
+
+  it('count a write whose answer was lost, since it may have committed', async () => {
+    // The statement commits and then its answer goes missing, as when the connection drops
+    // between the two: the caller gets an error, and its retry must still read its own write.
+    const announcements = channel(() => Promise.resolve());
+    const model = createReadModel({ listTokens, channel: announcements, processId: 'p', log: testLogger(), maxAgeMs: 1_000 });
+    await expect(model.write(Promise.reject(new Error('Connection terminated unexpectedly')))).rejects.toThrow();
+    await waitFor(() => announcements.published === 1, { what: 'the announcement' });
+    await model.close();
+  });
+
+  it('do not count an outcome the route says changed nothing', async () => {
+    const announcements = channel(() => Promise.resolve());
+    const model = createReadModel({ listTokens, channel: announcements, processId: 'p', log: testLogger(), maxAgeMs: 1_000 });
+    await model.write(Promise.resolve({ created: false }), (outcome) => !(outcome instanceof Error) && !outcome.created);
+    await model.close();
+    expect(announcements.published).toBe(0);
+  });
+});
 
 function fakeChanges() {
   let version = 0;

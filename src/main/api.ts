@@ -1,7 +1,6 @@
 import { once } from 'node:events';
-import type { Server } from 'node:http';
+import { createServer, type Server } from 'node:http';
 import type { Express } from 'express';
-import { createHttpServer } from '../http/server.js';
 import type { Logger } from '../logger.js';
 
 export interface Listening {
@@ -14,7 +13,7 @@ export interface Listening {
 export async function listen(app: Express, options: { host: string; port: number }, log: Logger): Promise<Listening> {
   // Requests Node's parser refuses (bad HTTP, headers over 16 KiB, no Host, an unmet Expect) get
   // Node's own bare 4xx and never reach the app.
-  const server = createHttpServer(app, { expressPrototypes: true }).listen(options.port, options.host);
+  const server = createServer(app).listen(options.port, options.host);
   await once(server, 'listening');
   const address = server.address();
   const port = typeof address === 'object' && address !== null ? address.port : options.port;

@@ -136,7 +136,7 @@ export async function startBenchService(options: {
     logFile: options.logFile,
     // Node flags for a profile of the service (--cpu-prof and the like); none by default.
     nodeArgs: process.env.BENCH_SERVICE_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [],
-    env: { NODE_ENV: 'production', ADMIN_API_KEY: BENCH_ADMIN_KEY, ...options.env },
+    env: { NODE_ENV: 'production', AUTH_MODE: 'none', ADMIN_API_KEY: BENCH_ADMIN_KEY, ...options.env },
   });
   try {
     await service.ready();

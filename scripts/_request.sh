@@ -2,7 +2,8 @@
 # Shared by the operator scripts: sends one request to the token-lease API, prints the JSON
 # answer and exits non-zero (22) on an HTTP error, printing the error body all the same.
 #   BASE_URL         the service (default http://localhost:4000)
-#   ADMIN_API_KEY    sent as "Authorization: Bearer ..." when set
+#   API_TOKEN        sent as "Authorization: Bearer ..." when set (a JWT, with AUTH_MODE=jwt)
+#   ADMIN_API_KEY    sent instead when API_TOKEN is not set (admin routes)
 #   TIMEOUT_SECONDS  how long to wait for an answer (default 30; an activation's wait comes on top)
 # Needs curl 7.76 or later (--fail-with-body). -h or --help prints a script's usage.
 set -euo pipefail
@@ -18,8 +19,9 @@ fi
 request() {
   local method=$1 path=$2 body=${3:-} extra=${4:-0}
   local args=(--silent --show-error --fail-with-body --max-time "$((${TIMEOUT_SECONDS:-30} + extra))" -X "$method")
-  if [[ -n ${ADMIN_API_KEY:-} ]]; then
-    args+=(-H "Authorization: Bearer ${ADMIN_API_KEY}")
+  local credential=${API_TOKEN:-${ADMIN_API_KEY:-}}
+  if [[ -n $credential ]]; then
+    args+=(-H "Authorization: Bearer ${credential}")
   fi
   if [[ -n $body ]]; then
     args+=(-H 'Content-Type: application/json' --data-binary "$body")

@@ -59,6 +59,21 @@ export const envSchema = z
       // What a client can send in a Bearer credential: no spaces, nothing outside ASCII.
       .regex(/^[\x21-\x7e]+$/, 'must be visible ASCII characters, without spaces')
       .optional(),
+    AUTH_MODE: z.enum(['none', 'jwt']).optional(),
+    JWT_SECRET: z
+      .string()
+      .refine((s) => Buffer.byteLength(s, 'utf8') >= 32, 'must be at least 32 bytes')
+      .optional(),
+    JWT_PUBLIC_KEY: z.string().includes('-----BEGIN PUBLIC KEY-----', { error: 'must be a PEM public key' }).optional(),
+    JWT_JWKS_FILE: z.string().min(1).optional(),
+    JWT_ISSUER: z.string().min(1).optional(),
+    JWT_AUDIENCE: z.string().min(1).optional(),
+    CORS_ORIGINS: z
+      .string()
+      .transform((s) => s.split(',').map((o) => o.trim()).filter(Boolean))
+      .pipe(z.array(z.url({ error: 'must be origins such as https://app.example.com, comma-separated' })))
+      .default([]),
+    TRUST_PROXY: whole(0, 0, 10),
     LOG_LEVEL: z
       .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
       .default('info'),
@@ -72,6 +87,16 @@ export const envSchema = z
     path: ['ADMIN_API_KEY'],
     message: 'required when NODE_ENV=production (admin routes would be open to anyone)',
   })
+  .refine((e) => e.NODE_ENV !== 'production' || e.AUTH_MODE !== undefined, {
+    path: ['AUTH_MODE'],
+    message: 'must be set when NODE_ENV=production: none (anyone who can reach the service may end any lease) or jwt',
+  })
+  .refine(
+    (e) =>
+      e.AUTH_MODE !== 'jwt' ||
+      [e.JWT_SECRET, e.JWT_PUBLIC_KEY, e.JWT_JWKS_FILE].filter((k) => k !== undefined).length === 1,
+    { path: ['AUTH_MODE'], message: 'jwt needs exactly one of JWT_SECRET, JWT_PUBLIC_KEY and JWT_JWKS_FILE' },
+  )
   .transform((e) => ({
     nodeEnv: e.NODE_ENV,
     role: e.ROLE,
@@ -97,6 +122,16 @@ export const envSchema = z
     maxWaiters: e.MAX_WAITERS,
     listCacheMaxAgeMs: e.LIST_CACHE_MAX_AGE_MS,
     adminApiKey: e.ADMIN_API_KEY,
+    authMode: e.AUTH_MODE ?? 'none',
+    jwt: {
+      secret: e.JWT_SECRET,
+      publicKey: e.JWT_PUBLIC_KEY,
+      jwksFile: e.JWT_JWKS_FILE,
+      issuer: e.JWT_ISSUER,
+      audience: e.JWT_AUDIENCE,
+    },
+    corsOrigins: e.CORS_ORIGINS,
+    trustProxy: e.TRUST_PROXY,
     logLevel: e.LOG_LEVEL,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
   }));

@@ -23,8 +23,8 @@ function registry<T extends Entries>(entries: T): { readonly [K in keyof T & str
 export const ERRORS = registry({
   bad_request: { status: 400, message: 'the request cannot be read' },
   invalid_json: { status: 400, message: 'the body is not valid JSON' },
-  unauthorized: { status: 401, message: 'this route needs Authorization: Bearer <admin key>' },
-  forbidden: { status: 403, message: 'the admin key is not valid' },
+  unauthorized: { status: 401, message: 'this route needs valid credentials: Authorization: Bearer <token>' },
+  forbidden: { status: 403, message: 'these credentials do not allow this' },
   not_found: { status: 404, message: 'no such route or token' },
   method_not_allowed: { status: 405, message: 'this method is not allowed here' },
   conflict: { status: 409, message: 'the change conflicts with a concurrent one; retry' },

@@ -91,14 +91,15 @@ describe('POST /api/tokens/clear', () => {
       ['a wrong key', 'test-admin-key-0123456780'],
       ['a prefix of the key', ADMIN_KEY.slice(0, 10)],
       ['a longer key', `${ADMIN_KEY}x`],
-    ])('answers 403 for %s and clears nothing', async (_what, key) => {
+    ])('answers 401 for %s and clears nothing', async (_what, key) => {
       await t.http.post('/api/tokens/activate').send({ user_id: newUserId() });
       const before = await openUsages(t.db);
 
       const res = await t.http.post('/api/tokens/clear').set('Authorization', `Bearer ${key}`);
 
-      expect(res.status).toBe(403);
-      expect(res.body.error.code).toBe('forbidden');
+      expect(res.status).toBe(401);
+      expect(res.body.error.code).toBe('unauthorized');
+      expect(res.headers['www-authenticate']).toMatch(/^Bearer realm="token-lease", error="invalid_token"/);
       expect(await openUsages(t.db)).toEqual(before);
     });
 

@@ -65,11 +65,20 @@ describe('configuration', () => {
     expect(() => loadConfig({ [name]: value })).toThrow(new RegExp(`${name}:`));
   });
 
-  it('refuses NODE_ENV=production without ADMIN_API_KEY', () => {
-    expect(() => loadConfig({ NODE_ENV: 'production' })).toThrow(/ADMIN_API_KEY/);
-    expect(loadConfig({ NODE_ENV: 'production', ADMIN_API_KEY: 'k'.repeat(16) }).nodeEnv).toBe(
-      'production',
-    );
+  it('refuses NODE_ENV=production without ADMIN_API_KEY, or without AUTH_MODE set explicitly', () => {
+    expect(() => loadConfig({ NODE_ENV: 'production', AUTH_MODE: 'none' })).toThrow(/ADMIN_API_KEY/);
+    expect(() => loadConfig({ NODE_ENV: 'production', ADMIN_API_KEY: 'k'.repeat(16) })).toThrow(/AUTH_MODE/);
+    for (const mode of ['none', 'jwt']) {
+      const jwt = mode === 'jwt' ? { JWT_SECRET: 's'.repeat(32) } : {};
+      expect(loadConfig({ NODE_ENV: 'production', ADMIN_API_KEY: 'k'.repeat(16), AUTH_MODE: mode, ...jwt }).authMode).toBe(mode);
+    }
+  });
+
+  it('refuses AUTH_MODE=jwt without exactly one key, and a secret under 32 bytes', () => {
+    expect(() => loadConfig({ AUTH_MODE: 'jwt' })).toThrow(/exactly one of JWT_SECRET/);
+    expect(() => loadConfig({ AUTH_MODE: 'jwt', JWT_SECRET: 's'.repeat(32), JWT_JWKS_FILE: 'keys.json' })).toThrow(/exactly one/);
+    expect(() => loadConfig({ AUTH_MODE: 'jwt', JWT_SECRET: 'é'.repeat(15) })).toThrow(/JWT_SECRET: must be at least 32 bytes/);
+    expect(() => loadConfig({ AUTH_MODE: 'jwt', JWT_SECRET: 'é'.repeat(16) })).not.toThrow();
   });
 });
 
@@ -166,7 +175,8 @@ function interpolate(env: Record<string, string>): Record<string, string> {
       key,
       value
         .replace(/\$\{[A-Z_]+:-([^}]*)\}/g, '$1')
-        .replace(/\$\{[A-Z_]+:\?[^}]*\}/g, 'k'.repeat(16)),
+        // What an operator must set (compose refuses to start without it), as they would.
+        .replace(/\$\{([A-Z_]+):\?[^}]*\}/g, (_, name: string) => (name === 'AUTH_MODE' ? 'none' : 'k'.repeat(16))),
     ]),
   );
 }

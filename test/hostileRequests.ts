@@ -300,6 +300,8 @@ export function hostileHeaders(world: World, hasBody: boolean) {
     [2, anyOf('Bearer wrong', `bearer ${key}`, 'Bearer', 'Bearer ', 'Basic Zm9vOmJhcg==', `Bearer ${key} extra`, `Bearer   ${key}   `, 'Token x', `Bearer ${key}\t`)],
     [1, headerValue(200)],
     [1, fc.integer({ min: 1_000, max: 8_000 }).map((n) => `Bearer ${'k'.repeat(n)}`)],
+    // Tokens shaped like JWTs: alg none, a broken signature, a header that is not JSON.
+    [1, anyOf('Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.', 'Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln', 'Bearer e30.e30.e30', 'Bearer a.b.c')],
   );
   const requestId = weighted<string | undefined>([10, fc.constant(undefined)], [1, headerValue(200)], [1, fc.constant('r'.repeat(8_000))]);
   const extra = weighted<Array<[string, string]>>(

@@ -1,12 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import cors from 'cors';
 import express, { type Express, type RequestHandler } from 'express';
+import type { Caller } from '../auth/caller.js';
 import type { Leases } from '../domain/leases.js';
 import { AppError, ERRORS } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { within } from '../timeouts.js';
 import { openApiDocument } from './contract.js';
+import { authenticate, type AuthMode } from './authenticate.js';
 import { createReadModel, type ReadModel } from './readModel.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
 import { sendJson, sendSerializedJson } from './json.js';
@@ -17,6 +20,13 @@ export interface AppDeps {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly adminApiKey: string | undefined;
+  /** AUTH_MODE: none (default) or jwt, with the verifier of a bearer JWT. */
+  readonly authMode?: AuthMode;
+  readonly verifyJwt?: ((token: string) => Promise<Caller>) | undefined;
+  /** Browser origins allowed to call the API (CORS); none by default. */
+  readonly corsOrigins?: readonly string[];
+  /** How many proxies to trust for the client's address. */
+  readonly trustProxy?: number;
   /** The service's version, for the OpenAPI document. */
   readonly version?: string;
   /** False for ROLE=worker: only /healthz, /readyz and /metrics are served. */
@@ -36,17 +46,38 @@ export function createApp(deps: AppDeps): Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
+  if ((deps.trustProxy ?? 0) > 0) app.set('trust proxy', deps.trustProxy);
 
   app.use(observe(log, metrics));
+  app.use(jsonHeaders);
+  const origins = deps.corsOrigins ?? [];
+  if (origins.length > 0) {
+    app.use(
+      cors({
+        origin: [...origins],
+        allowedHeaders: ['Authorization', 'Content-Type', 'X-Request-Id'],
+        exposedHeaders: ['X-Request-Id', 'Retry-After', 'Location', 'WWW-Authenticate'],
+        maxAge: 600,
+      }),
+    );
+  }
+  const authMode = deps.authMode ?? 'none';
 
   // The token API first: the router tries routes in order, and these carry the traffic.
   if (deps.serveApi ?? true) {
+    app.use('/api', authenticate({ mode: authMode, verifyJwt: deps.verifyJwt, adminApiKey: deps.adminApiKey }));
     tokenRoutes(app, {
       leases: deps.leases,
-      adminApiKey: deps.adminApiKey,
+      auth: { mode: authMode, adminApiKey: deps.adminApiKey },
       readModel:
         deps.readModel ??
-        createReadModel({ listTokens: () => deps.leases.listTokens(), processId: 'uncached', log, maxAgeMs: 0 }),
+        createReadModel({
+          listTokens: () => deps.leases.listTokens(),
+          processId: 'uncached',
+          log,
+          maxAgeMs: 0,
+          privateHolders: authMode !== 'none',
+        }),
     });
     // Built and serialised once: it is generated from the schemas the routes use.
     const openApi = JSON.stringify(openApiDocument(deps.version ?? '0.0.0'));
@@ -93,6 +124,17 @@ export function createApp(deps: AppDeps): Express {
   app.use(errorHandler(log));
   return app;
 }
+
+/**
+ * On every answer: JSON is never to be sniffed as something else, cached by the way, or framed;
+ * it loads nothing (default-src 'none').
+ */
+const jsonHeaders: RequestHandler = (_req, res, next) => {
+  res.setHeader('X-Content-Type-Options', 'nosniff');
+  res.setHeader('Cache-Control', 'no-store');
+  res.setHeader('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'");
+  next();
+};
 
 /** 'up' when `probe` succeeds within READY_CHECK_TIMEOUT_MS; 'down' when it fails or is late. */
 function check(probe: () => Promise<void>): Promise<'up' | 'down'> {

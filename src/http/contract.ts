@@ -20,23 +20,26 @@ export const leaseSchema = z.object({
   fence: z.int().min(1).describe('Grows with every lease of the same token'),
 });
 
+/** A holder's id, null to callers who may not see it (AUTH_MODE other than none; docs/security.md). */
+const holderId = uuid.nullable();
+
 export const tokenSchema = z.object({
   id: uuid,
   status: z.enum(['available', 'active']),
-  current_user_id: uuid.nullable(),
+  current_user_id: holderId,
   activated_at: time.nullable(),
   expires_at: time.nullable(),
 });
 
 export const tokenDetailsSchema = tokenSchema.extend({
   active_usage: z
-    .object({ user_id: uuid, started_at: time, expires_at: time, lease_id: uuid, fence: z.int().min(1) })
+    .object({ user_id: holderId, started_at: time, expires_at: time, lease_id: holderId, fence: z.int().min(1) })
     .nullable(),
 });
 
 export const usageSchema = z.object({
-  lease_id: uuid,
-  user_id: uuid,
+  lease_id: holderId,
+  user_id: holderId,
   fence: z.int().min(1),
   started_at: time,
   expires_at: time,
@@ -50,7 +53,7 @@ export const historySchema = z.object({
   next_cursor: z.string().nullable().describe('Pass as ?cursor= for the next page; null on the last'),
 });
 
-export const releasedSchema = usageSchema.extend({ token_id: uuid });
+export const releasedSchema = usageSchema.extend({ token_id: uuid, lease_id: uuid, user_id: uuid });
 
 export const validationSchema = z.discriminatedUnion('valid', [
   z.object({ valid: z.literal(true), lease_id: uuid, expires_at: time }),
@@ -150,6 +153,9 @@ function queryParameters(schema: z.ZodObject) {
 }
 
 /** What any route that reads a JSON body may answer besides its own errors. */
+/** Every /api/ route with AUTH_MODE=jwt (docs/security.md): 401 without valid credentials, 403 without the right. */
+const AUTH = [ERRORS.unauthorized, ERRORS.forbidden] as const;
+
 const BAD_INPUT = [
   ERRORS.invalid_json,
   ERRORS.bad_request,
@@ -181,14 +187,14 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('The unexpired lease the user already holds', leaseSchema),
             '201': answer('A new lease', leaseSchema),
-            ...failures(ERRORS.pool_exhausted, ...BAD_INPUT, ERRORS.too_many_waiters, ERRORS.client_closed_request),
+            ...failures(ERRORS.pool_exhausted, ...BAD_INPUT, ...AUTH, ERRORS.too_many_waiters, ERRORS.client_closed_request),
           },
         },
       },
       '/api/tokens': {
         get: {
           summary: 'The whole pool, in a stable order',
-          responses: { '200': answer('Every token', z.array(tokenSchema)), ...failures(ERRORS.unavailable) },
+          responses: { '200': answer('Every token', z.array(tokenSchema)), ...failures(...AUTH, ERRORS.unavailable) },
         },
       },
       '/api/tokens/{id}': {
@@ -197,7 +203,7 @@ export function openApiDocument(version: string) {
           parameters: [tokenIdParameter],
           responses: {
             '200': answer('The token', tokenDetailsSchema),
-            ...failures(ERRORS.not_found, ERRORS.unavailable),
+            ...failures(ERRORS.not_found, ...AUTH, ERRORS.unavailable),
           },
         },
       },
@@ -207,7 +213,7 @@ export function openApiDocument(version: string) {
           parameters: [tokenIdParameter, ...queryParameters(historyQuery)],
           responses: {
             '200': answer('A page of usages', historySchema),
-            ...failures(ERRORS.not_found, ERRORS.validation_failed, ERRORS.unavailable),
+            ...failures(ERRORS.not_found, ERRORS.validation_failed, ...AUTH, ERRORS.unavailable),
           },
         },
       },
@@ -218,7 +224,7 @@ export function openApiDocument(version: string) {
           requestBody: body(leaseBody),
           responses: {
             '200': answer('The ended usage (also for a retried release)', releasedSchema),
-            ...failures(ERRORS.not_found, ERRORS.lease_expired, ERRORS.lease_ended, ERRORS.not_holder, ...BAD_INPUT),
+            ...failures(ERRORS.not_found, ERRORS.lease_expired, ERRORS.lease_ended, ERRORS.not_holder, ...BAD_INPUT, ...AUTH),
           },
         },
       },
@@ -236,6 +242,7 @@ export function openApiDocument(version: string) {
               ERRORS.not_holder,
               ERRORS.max_lease_reached,
               ...BAD_INPUT,
+              ...AUTH,
             ),
           },
         },
@@ -247,7 +254,7 @@ export function openApiDocument(version: string) {
           requestBody: body(validateBody),
           responses: {
             '200': answer('Valid with the expiry, or not with the reason', validationSchema),
-            ...failures(ERRORS.not_found, ...BAD_INPUT),
+            ...failures(ERRORS.not_found, ...BAD_INPUT, ...AUTH),
           },
         },
       },

@@ -158,6 +158,14 @@ export interface Rendered {
   readonly body: Buffer;
   /** How long the answer stays true by itself (until the earliest lease expires); null: forever. */
   readonly validForMs: number | null;
+  /** With private holders: the answer without them, and each holder's own entry (see listFor). */
+  readonly redacted?: Redacted | undefined;
+}
+
+export interface Redacted {
+  readonly body: Buffer;
+  /** By holder's user id: their token's entry as everyone sees it, and as they see it. */
+  readonly holders: ReadonlyMap<string, { readonly redacted: string; readonly full: string }>;
 }
 
 interface Entry extends Rendered {
@@ -170,6 +178,10 @@ export interface ListCache {
   current(): Buffer | undefined;
   /** The answer, from memory when it is current, else from `load`. */
   get(): Promise<Buffer>;
+  /** current() with the redacted views, when there are any. */
+  currentRendered(): Rendered | undefined;
+  /** get() with the redacted views, when there are any. */
+  getRendered(): Promise<Rendered>;
 }
 
 export function createListCache(deps: {
@@ -194,33 +206,37 @@ export function createListCache(deps: {
     return fresh;
   }
 
-  function current(askedAt: number): Buffer | undefined {
+  function current(askedAt: number): Rendered | undefined {
     if (changes === undefined || !changes.isHeard() || entry === undefined) return undefined;
-    return entry.version === changes.version() && askedAt < entry.staleAt ? entry.body : undefined;
+    return entry.version === changes.version() && askedAt < entry.staleAt ? entry : undefined;
+  }
+
+  async function get(): Promise<Rendered> {
+    if (changes === undefined || !changes.isHeard()) return deps.load();
+    const askedAt = now();
+    const version = changes.version();
+    const kept = current(askedAt);
+    if (kept !== undefined) return kept;
+    // Requests that find nothing current share one query, as long as nothing changes meanwhile.
+    if (loading === undefined || loadingVersion !== version) {
+      loadingVersion = version;
+      const started = load(version).finally(() => {
+        if (loading === started) loading = undefined;
+      });
+      loading = started;
+    }
+    const shared = await loading;
+    // A shared query that began before this request may have seen a lease active that ran out
+    // before this request came in: then read again.
+    if (askedAt < shared.staleAt) return shared;
+    return load(version);
   }
 
   return {
-    current: () => current(now()),
-    async get() {
-      if (changes === undefined || !changes.isHeard()) return (await deps.load()).body;
-      const askedAt = now();
-      const version = changes.version();
-      const kept = current(askedAt);
-      if (kept !== undefined) return kept;
-      // Requests that find nothing current share one query, as long as nothing changes meanwhile.
-      if (loading === undefined || loadingVersion !== version) {
-        loadingVersion = version;
-        const started = load(version).finally(() => {
-          if (loading === started) loading = undefined;
-        });
-        loading = started;
-      }
-      const shared = await loading;
-      // A shared query that began before this request may have seen a lease active that ran out
-      // before this request came in: then read again.
-      if (askedAt < shared.staleAt) return shared.body;
-      return (await load(version)).body;
-    },
+    current: () => current(now())?.body,
+    get: async () => (await get()).body,
+    currentRendered: () => current(now()),
+    getRendered: get,
   };
 }
 
@@ -247,6 +263,8 @@ export function createReadModel(deps: {
   log: Logger;
   /** How long an answer may be kept at most; 0: never kept. */
   maxAgeMs: number;
+  /** Holders are private (AUTH_MODE other than none): keep the redacted views too. */
+  privateHolders?: boolean;
 }): ReadModel {
   const counter =
     deps.channel === undefined ? undefined : createChangeCounter({ channel: deps.channel, processId: deps.processId, log: deps.log });
@@ -255,13 +273,29 @@ export function createReadModel(deps: {
     maxAgeMs: deps.maxAgeMs,
     async load() {
       const { tokens, nextExpiryInMs } = await deps.listTokens();
-      return { body: Buffer.from(JSON.stringify({ data: tokens.map(tokenJson) })), validForMs: nextExpiryInMs };
+      const full = tokens.map((token) => JSON.stringify(tokenJson(token)));
+      const body = Buffer.from(`{"data":[${full.join(',')}]}`);
+      if (deps.privateHolders !== true) return { body, validForMs: nextExpiryInMs };
+      const holders = new Map<string, { redacted: string; full: string }>();
+      const redacted = tokens.map((token, i) => {
+        if (token.lease === null) return full[i] ?? '';
+        const hidden = JSON.stringify({ ...tokenJson(token), current_user_id: null });
+        holders.set(token.lease.userId, { redacted: hidden, full: full[i] ?? '' });
+        return hidden;
+      });
+      return {
+        body,
+        validForMs: nextExpiryInMs,
+        redacted: { body: Buffer.from(`{"data":[${redacted.join(',')}]}`), holders },
+      };
     },
   });
   const changed = () => counter?.changed();
   return {
     current: () => cache.current(),
     get: () => cache.get(),
+    currentRendered: () => cache.currentRendered(),
+    getRendered: () => cache.getRendered(),
     changed,
     async write(operation, changedNothing) {
       try {
@@ -280,4 +314,16 @@ export function createReadModel(deps: {
 /** An activation refused for a full pool wrote nothing: the answer under load, so not counted. */
 export function isPoolExhausted(outcome: unknown): boolean {
   return outcome instanceof AppError && outcome.code === ERRORS.pool_exhausted.code;
+}
+
+/**
+ * The token list as `userId` may see it: all of it (`full`, or holders are not private), else
+ * without holders except the caller's own entry, put back in the redacted answer.
+ */
+export function listFor(answer: Rendered, view: { full: boolean; userId: string | null }): Buffer {
+  const { redacted } = answer;
+  if (redacted === undefined || view.full) return answer.body;
+  const own = view.userId === null ? undefined : redacted.holders.get(view.userId);
+  if (own === undefined) return redacted.body;
+  return Buffer.from(redacted.body.toString().replace(own.redacted, own.full));
 }

@@ -1,7 +1,7 @@
 import type { Express } from 'express';
 import type { Lease, Leases, Usage } from '../domain/leases.js';
 import { NotFoundError, PoolExhaustedError } from '../errors.js';
-import { requireAdmin } from './auth.js';
+import { actingUser, callerOf, maySeeHolder, requireScope, type AuthMode } from './authenticate.js';
 import { jsonBody } from './body.js';
 import type {
   HistoryJson,
@@ -13,7 +13,7 @@ import type {
 } from './contract.js';
 import { methodNotAllowed, sendError } from './errors.js';
 import { sendJson, sendSerializedJson } from './json.js';
-import { isPoolExhausted, iso, tokenJson, type ReadModel } from './readModel.js';
+import { isPoolExhausted, iso, listFor, tokenJson, type ReadModel, type Rendered } from './readModel.js';
 import {
   activateQuery,
   encodeCursor,
@@ -61,11 +61,13 @@ export function tokenRoutes(
   router: Pick<Express, 'route'>,
   deps: {
     leases: Leases;
-    adminApiKey: string | undefined;
+    auth: { mode: AuthMode; adminApiKey: string | undefined };
     readModel: ReadModel;
   },
 ): void {
   const { leases, readModel: list } = deps;
+  const { mode } = deps.auth;
+  const holderShown = (res: Parameters<typeof callerOf>[0], holderId: string) => maySeeHolder(mode, callerOf(res), holderId);
   // Every write goes through the read model, which counts it as a change to the token list.
   const write = list.write.bind(list);
 
@@ -75,10 +77,12 @@ export function tokenRoutes(
     .route('/api/tokens')
     // Not async: a current answer is sent without a promise or a turn of the microtask queue.
     .get((_req, res, next) => {
-      const send = (body: Buffer) => sendSerializedJson(res, 200, body);
-      const body = list.current();
-      if (body !== undefined) send(body);
-      else list.get().then(send, next);
+      const caller = callerOf(res);
+      const view = { full: maySeeHolder(mode, caller, ''), userId: caller.userId };
+      const send = (answer: Rendered) => sendSerializedJson(res, 200, listFor(answer, view));
+      const answer = list.currentRendered();
+      if (answer !== undefined) send(answer);
+      else list.getRendered().then(send, next);
     })
     .all(methodNotAllowed(['GET']));
 
@@ -86,6 +90,7 @@ export function tokenRoutes(
     .route('/api/tokens/activate')
     .post(...jsonBody, async (req, res) => {
       const body = parse(userBody, req.body, 'body');
+      const userId = actingUser(callerOf(res), body.user_id);
       const { waitMs } = parse(activateQuery, req.query, 'query');
       // A waiting client that disconnects gives up its place in the queue. Only a request that
       // may wait needs to hear of it.
@@ -99,7 +104,7 @@ export function tokenRoutes(
       try {
         // An activation that found the user's lease, or was refused, changed nothing.
         activated = await write(
-          leases.activate(body.user_id, { waitMs, signal: gone?.signal }),
+          leases.activate(userId, { waitMs, signal: gone?.signal }),
           (outcome) => isPoolExhausted(outcome) || (!(outcome instanceof Error) && !outcome.created),
         );
       } catch (error) {
@@ -121,8 +126,9 @@ export function tokenRoutes(
     .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(leaseBody, req.body, 'body');
-      const usage = await write(leases.release({ tokenId: id, userId: body.user_id, leaseId: body.lease_id }));
-      const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage) };
+      const userId = actingUser(callerOf(res), body.user_id);
+      const usage = await write(leases.release({ tokenId: id, userId, leaseId: body.lease_id }));
+      const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage), lease_id: usage.leaseId, user_id: usage.userId };
       sendJson(res, 200, { data });
     })
     .all(methodNotAllowed(['POST']));
@@ -145,7 +151,8 @@ export function tokenRoutes(
     .post(...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(leaseBody, req.body, 'body');
-      const lease = await write(leases.renew({ tokenId: id, userId: body.user_id, leaseId: body.lease_id }));
+      const userId = actingUser(callerOf(res), body.user_id);
+      const lease = await write(leases.renew({ tokenId: id, userId, leaseId: body.lease_id }));
       sendJson(res, 200, { data: leaseJson(lease) });
     })
     .all(methodNotAllowed(['POST']));
@@ -153,7 +160,7 @@ export function tokenRoutes(
   router
     .route('/api/tokens/clear')
     // Takes no body: the key is checked first, and whatever was sent is left unread.
-    .post(requireAdmin(deps.adminApiKey), async (_req, res) => {
+    .post(requireScope('admin', deps.auth), async (_req, res) => {
       const { cleared } = await write(leases.clear());
       sendJson(res, 200, { data: { cleared_tokens: cleared } });
     })
@@ -164,16 +171,18 @@ export function tokenRoutes(
     .get(async (req, res) => {
       const token = await leases.getToken(parseTokenId(req.params.id));
       const { lease } = token;
+      const shown = lease === null || holderShown(res, lease.userId);
       const data: TokenDetailsJson = {
         ...tokenJson(token),
+        ...(shown ? {} : { current_user_id: null }),
         active_usage:
           lease === null
             ? null
             : {
-                user_id: lease.userId,
+                user_id: shown ? lease.userId : null,
                 started_at: iso(lease.startedAt),
                 expires_at: iso(lease.expiresAt),
-                lease_id: lease.leaseId,
+                lease_id: shown ? lease.leaseId : null,
                 fence: lease.fence,
               },
       };
@@ -192,7 +201,9 @@ export function tokenRoutes(
       });
       const data: HistoryJson = {
         token_id: page.tokenId,
-        usages: page.usages.map(usageJson),
+        usages: page.usages.map((usage) =>
+          holderShown(res, usage.userId) ? usageJson(usage) : { ...usageJson(usage), user_id: null, lease_id: null },
+        ),
         next_cursor: page.nextBeforeFence === null ? null : encodeCursor(page.nextBeforeFence),
       };
       sendJson(res, 200, { data });

@@ -24,14 +24,16 @@ function decimal(pattern: RegExp, message: string, min: number, max: number) {
     .pipe(z.number().min(min, { error: message }).max(max, { error: message }));
 }
 
+// user_id may be left out when the caller is a user (a JWT's sub); the routes then require it
+// of anyone else (authenticate.ts, actingUser).
 export const userBody = z.object(
-  { user_id: userId },
+  { user_id: userId.optional() },
   { error: 'the body must be a JSON object with a user_id' },
 );
 
 export const leaseBody = z.object(
   {
-    user_id: userId,
+    user_id: userId.optional(),
     lease_id: leaseId,
   },
   { error: 'the body must be a JSON object with a user_id and a lease_id' },

@@ -2,6 +2,10 @@ import { readFileSync } from 'node:fs';
 import { Redis, type RedisOptions } from 'ioredis';
 import pg from 'pg';
 import { logConnectionState, reconnectBackoff } from '../jobs/redis.js';
+import type { JSONWebKeySet } from 'jose';
+import type { Caller } from '../auth/caller.js';
+import { createJwtVerifier, type JwtKey } from '../auth/jwt.js';
+import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
 
 // Every client the service opens is built here, in main/, and handed down (or a factory for it):
@@ -60,4 +64,20 @@ export function packageVersion(): string {
   const text = readFileSync(new URL('../../package.json', import.meta.url), 'utf8');
   const { version } = JSON.parse(text) as { version?: unknown };
   return typeof version === 'string' ? version : '0.0.0';
+}
+
+/**
+ * The verifier of callers' JWTs (AUTH_MODE=jwt), with its one key: a JWKS file is read here, at
+ * start, never fetched. Undefined in AUTH_MODE=none.
+ */
+export function jwtVerifierFor(config: Pick<Config, 'authMode' | 'jwt'>): ((token: string) => Promise<Caller>) | undefined {
+  if (config.authMode !== 'jwt') return undefined;
+  const { secret, publicKey, jwksFile, issuer, audience } = config.jwt;
+  const key: JwtKey =
+    secret !== undefined
+      ? { kind: 'secret', secret }
+      : publicKey !== undefined
+        ? { kind: 'public', pem: publicKey }
+        : { kind: 'jwks', jwks: JSON.parse(readFileSync(jwksFile ?? '', 'utf8')) as JSONWebKeySet };
+  return createJwtVerifier({ key, issuer, audience });
 }

@@ -16,7 +16,7 @@ import { startSweeper } from '../jobs/sweep.js';
 import type { Logger } from '../logger.js';
 import { createMetrics, type Metrics } from '../metrics.js';
 import { listen } from './api.js';
-import { createProducerConnection, createWorkerConnection, notificationClientFactory, packageVersion } from './clients.js';
+import { createProducerConnection, createWorkerConnection, jwtVerifierFor, notificationClientFactory, packageVersion } from './clients.js';
 import { createShutdown } from './shutdown.js';
 
 export interface Service {
@@ -35,6 +35,8 @@ export interface Service {
 export async function startService(config: Config, log: Logger): Promise<Service> {
   const shutdown = createShutdown(log);
   try {
+    // Before any connection: a key that cannot be used stops the start here.
+    const verifyJwt = jwtVerifierFor(config);
     await ensureDatabase(config.databaseUrl, log);
     await migrate(config.databaseUrl, log);
 
@@ -112,6 +114,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
         processId: randomUUID(),
         log,
         maxAgeMs: config.listCacheMaxAgeMs,
+        privateHolders: config.authMode !== 'none',
       });
       shutdown.add('change announcements', () => model.close());
       readModel = model;
@@ -169,11 +172,18 @@ export async function startService(config: Config, log: Logger): Promise<Service
         'ADMIN_API_KEY is not set: POST /api/tokens/clear and every admin route are open to anyone who can reach this server',
       );
     }
+    if (config.role !== 'worker' && config.authMode === 'none') {
+      log.warn('AUTH_MODE=none: anyone who can reach this server may lease, release or renew for any user');
+    }
     const app = createApp({
       leases,
       log,
       metrics,
       adminApiKey: config.adminApiKey,
+      authMode: config.authMode,
+      verifyJwt,
+      corsOrigins: config.corsOrigins,
+      trustProxy: config.trustProxy,
       version: packageVersion(),
       serveApi: config.role !== 'worker',
       redisPing: () => releases.ping(),

@@ -1,0 +1,119 @@
+import { createHash, timingSafeEqual } from 'node:crypto';
+import type { RequestHandler, Response } from 'express';
+import { ADMIN, ANONYMOUS, hasScope, type Caller, type Scope } from '../auth/caller.js';
+import { InvalidTokenError } from '../auth/jwt.js';
+import { AppError, ERRORS, ValidationError } from '../errors.js';
+
+// Who is calling: every request under /api/ passes authenticate() once, which leaves the caller
+// on res.locals; routes ask requireScope() and actingUser(). The credential itself goes no
+// further than this file: it is never logged, and never part of an answer.
+
+export type AuthMode = 'none' | 'jwt';
+
+export interface AuthOptions {
+  readonly mode: AuthMode;
+  /** AUTH_MODE=jwt: verifies a bearer token (src/auth/jwt.ts). */
+  readonly verifyJwt?: ((token: string) => Promise<Caller>) | undefined;
+  /** An admin credential in every mode. */
+  readonly adminApiKey?: string | undefined;
+}
+
+const REALM = 'Bearer realm="token-lease"';
+const digest = (value: string) => createHash('sha256').update(value).digest();
+
+/** The caller authenticate() found; anonymous for routes outside /api/. */
+export function callerOf(res: Response): Caller {
+  return (res.locals.caller as Caller | undefined) ?? ANONYMOUS;
+}
+
+/** A credential was sent but is not one this service accepts (AUTH_MODE=none, not the admin key). */
+const unverified = new WeakSet<Response>();
+
+function unauthorized(res: Response, reason: string, description?: string): AppError {
+  res.setHeader(
+    'WWW-Authenticate',
+    description === undefined ? REALM : `${REALM}, error="invalid_token", error_description="${description.replaceAll('"', "'")}"`,
+  );
+  return new AppError(ERRORS.unauthorized, { reason });
+}
+
+export function authenticate(options: AuthOptions): RequestHandler {
+  const adminDigest = options.adminApiKey === undefined ? undefined : digest(options.adminApiKey);
+  // Hashed first, so the comparison takes the same time whatever the length or content of a guess.
+  const isAdminKey = (presented: string) => adminDigest !== undefined && timingSafeEqual(digest(presented), adminDigest);
+
+  return (req, res, next) => {
+    const header = req.headers.authorization;
+    if (header === undefined) {
+      if (options.mode === 'jwt') throw unauthorized(res, 'missing');
+      res.locals.caller = ANONYMOUS;
+      next();
+      return;
+    }
+    const presented = /^Bearer +([\x21-\x7e]+) *$/i.exec(header)?.[1];
+    if (presented !== undefined && isAdminKey(presented)) {
+      res.locals.caller = ADMIN;
+      next();
+      return;
+    }
+    if (options.mode === 'none' || options.verifyJwt === undefined) {
+      // Not checked in this mode: the request goes on as anonymous, and an admin route refuses it.
+      unverified.add(res);
+      res.locals.caller = ANONYMOUS;
+      next();
+      return;
+    }
+    if (presented === undefined) throw unauthorized(res, 'malformed', 'the Authorization header must be Bearer <token>');
+    options.verifyJwt(presented).then(
+      (caller) => {
+        res.locals.caller = caller;
+        next();
+      },
+      (error: unknown) => {
+        if (error instanceof InvalidTokenError) next(unauthorized(res, 'invalid_token', error.reason));
+        else next(error);
+      },
+    );
+  };
+}
+
+/**
+ * Lets through callers with `scope` (admin holds every scope). Without any credential, 401; with
+ * a credential that was not verified (a wrong admin key), 401; with a verified one that lacks the
+ * scope, 403. AUTH_MODE=none without ADMIN_API_KEY leaves admin routes open, as documented.
+ */
+export function requireScope(scope: Scope, options: Pick<AuthOptions, 'mode' | 'adminApiKey'>): RequestHandler {
+  const open = options.mode === 'none' && options.adminApiKey === undefined;
+  return (_req, res, next) => {
+    const caller = callerOf(res);
+    if (open || hasScope(caller, scope)) {
+      next();
+      return;
+    }
+    if (caller.kind === 'anonymous') {
+      throw unauthorized(res, unverified.has(res) ? 'invalid_credentials' : 'missing', unverified.has(res) ? 'the credentials are not valid' : undefined);
+    }
+    throw new AppError(ERRORS.forbidden, { reason: 'missing_scope', scope });
+  };
+}
+
+/**
+ * The user a lease request acts for. A caller who is a user (a JWT's sub) acts for themselves:
+ * `user_id` may be left out, and if sent must be theirs (else 403). Anyone else (AUTH_MODE=none,
+ * the admin key) names the user in the body.
+ */
+export function actingUser(caller: Caller, bodyUserId: string | undefined): string {
+  if (caller.userId !== null) {
+    if (bodyUserId !== undefined && bodyUserId !== caller.userId) {
+      throw new AppError(ERRORS.forbidden, { reason: 'not_the_caller', field: 'user_id' });
+    }
+    return caller.userId;
+  }
+  if (bodyUserId === undefined) throw new ValidationError([{ field: 'user_id', message: 'is required' }]);
+  return bodyUserId;
+}
+
+/** Whether the caller may see who holds `holderId`'s lease: in AUTH_MODE=none everyone may. */
+export function maySeeHolder(mode: AuthMode, caller: Caller, holderId: string): boolean {
+  return mode === 'none' || hasScope(caller, 'read') || caller.userId === holderId;
+}

@@ -119,6 +119,13 @@ async function exchange(agent: http.Agent, port: number, request: HostileRequest
     const { replies } = await sendRaw(port, requestHead(request), 1_000);
     const refused = replies.find((r) => r.headers['x-request-id'] === undefined && r.status >= 400 && r.status < 500);
     if (refused !== undefined) return { reply: refused, retried: true };
+    // The same race with an answer of the application's: asked to close the connection, Node
+    // closes it as soon as it has answered, without reading the rest of a body the route did not
+    // read (there is no lingering close), so a client still sending a large body can get the
+    // reset before it reads the answer. Sent without the body, the answer arrives.
+    const closes = request.headers.some(([name, value]) => name.toLowerCase() === 'connection' && /close/i.test(value));
+    const answered = closes && request.body !== undefined ? replies.find((r) => r.status > 0 && r.status < 500) : undefined;
+    if (answered !== undefined) return { reply: answered, retried: true };
     return { error: error instanceof Error ? error.message : String(error), retried: true };
   }
 }

@@ -10,12 +10,8 @@ function noToken(tokenId: string): NotFoundError {
   return new NotFoundError({ token_id: tokenId });
 }
 
-/**
- * Ends the named lease now (`released`). A retry after a successful release answers the same
- * ended usage; a lease that ran out or ended otherwise answers 409 with the reason.
- */
-export async function release(deps: LeasesDeps, ref: LeaseRef): Promise<Usage> {
-  const row = await sql.releaseLease(deps.pool, ref);
+/** The answers release and renewal share: the named lease is not there, not theirs, or ended. */
+function refuse(deps: LeasesDeps, ref: LeaseRef, row: sql.ReleaseRow | sql.RenewRow, by: string): void {
   switch (row.outcome) {
     case 'no_token':
       throw noToken(ref.tokenId);
@@ -24,14 +20,22 @@ export async function release(deps: LeasesDeps, ref: LeaseRef): Promise<Usage> {
     case 'ended':
       throw ended(row);
     case 'expired':
-      leaseEnded(deps, ref.leaseId, 'expired', 'release');
+      // It had run out, and this call ended it (under its token's lock) as expired.
+      leaseEnded(deps, ref.leaseId, 'expired', by);
       throw ended(row);
-    case 'released_before':
-      return toUsage(row);
-    case 'released':
-      leaseEnded(deps, ref.leaseId, 'released', 'release');
-      return toUsage(row);
   }
+}
+
+/**
+ * Ends the named lease now (`released`). A retry after a successful release answers the same
+ * ended usage; a lease that ran out or ended otherwise answers 409 with the reason.
+ */
+export async function release(deps: LeasesDeps, ref: LeaseRef): Promise<Usage> {
+  const row = await sql.releaseLease(deps.pool, ref);
+  refuse(deps, ref, row, 'release');
+  // Counted once: by the call that ended it, not by a retry that finds it ended.
+  if (row.outcome === 'released') leaseEnded(deps, ref.leaseId, 'released', 'release');
+  return toUsage(row);
 }
 
 /**
@@ -44,22 +48,11 @@ export async function renew(deps: LeasesDeps, ref: LeaseRef): Promise<Lease> {
     ttlMs: deps.leaseTtlMs,
     maxLeaseMs: deps.maxLeaseMs ?? null,
   });
-  switch (row.outcome) {
-    case 'no_token':
-      throw noToken(ref.tokenId);
-    case 'not_holder':
-      throw notHolder();
-    case 'ended':
-      throw ended(row);
-    case 'expired':
-      leaseEnded(deps, ref.leaseId, 'expired', 'renewal');
-      throw ended(row);
-    case 'max_lease':
-      throw new AppError(ERRORS.max_lease_reached, { expires_at: row.expires_at?.toISOString() ?? null });
-    case 'renewed': {
-      const lease = toLease(row);
-      deps.scheduler?.scheduleRelease(lease, row.remaining_ms ?? 0);
-      return lease;
-    }
+  refuse(deps, ref, row, 'renewal');
+  if (row.outcome === 'max_lease') {
+    throw new AppError(ERRORS.max_lease_reached, { expires_at: row.expires_at?.toISOString() ?? null });
   }
+  const lease = toLease(row);
+  deps.scheduler?.scheduleRelease(lease, row.remaining_ms ?? 0);
+  return lease;
 }

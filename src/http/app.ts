@@ -49,7 +49,6 @@ export function createApp(deps: AppDeps): Express {
   if ((deps.trustProxy ?? 0) > 0) app.set('trust proxy', deps.trustProxy);
 
   app.use(observe(log, metrics));
-  app.use(jsonHeaders);
   const origins = deps.corsOrigins ?? [];
   if (origins.length > 0) {
     app.use(
@@ -65,10 +64,12 @@ export function createApp(deps: AppDeps): Express {
 
   // The token API first: the router tries routes in order, and these carry the traffic.
   if (deps.serveApi ?? true) {
-    app.use('/api', authenticate({ mode: authMode, verifyJwt: deps.verifyJwt, adminApiKey: deps.adminApiKey }));
+    const auth = authenticate({ mode: authMode, verifyJwt: deps.verifyJwt, adminApiKey: deps.adminApiKey });
+    // With AUTH_MODE=none only the admin routes ask who is calling; they authenticate themselves.
+    if (authMode !== 'none') app.use('/api', auth);
     tokenRoutes(app, {
       leases: deps.leases,
-      auth: { mode: authMode, adminApiKey: deps.adminApiKey },
+      auth: { mode: authMode, adminApiKey: deps.adminApiKey, authenticate: authMode === 'none' ? auth : undefined },
       readModel:
         deps.readModel ??
         createReadModel({
@@ -125,17 +126,6 @@ export function createApp(deps: AppDeps): Express {
   return app;
 }
 
-/**
- * On every answer: JSON is never to be sniffed as something else, cached by the way, or framed;
- * it loads nothing (default-src 'none').
- */
-const jsonHeaders: RequestHandler = (_req, res, next) => {
-  res.setHeader('X-Content-Type-Options', 'nosniff');
-  res.setHeader('Cache-Control', 'no-store');
-  res.setHeader('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'");
-  next();
-};
-
 /** 'up' when `probe` succeeds within READY_CHECK_TIMEOUT_MS; 'down' when it fails or is late. */
 function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
   return within(probe(), READY_CHECK_TIMEOUT_MS).then(
@@ -180,6 +170,11 @@ function observe(log: Logger, metrics: Metrics): RequestHandler {
     const given = req.headers['x-request-id'];
     const reqId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     res.setHeader('X-Request-Id', reqId);
+    // On every answer: JSON is never to be sniffed as something else, cached on the way, or
+    // framed, and loads nothing. Set here, in the one middleware every request passes.
+    res.setHeader('X-Content-Type-Options', 'nosniff');
+    res.setHeader('Cache-Control', 'no-store');
+    res.setHeader('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'");
     res.once('finish', () => {
       const ms = performance.now() - started;
       const status = res.statusCode;

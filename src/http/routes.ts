@@ -1,4 +1,4 @@
-import type { Express } from 'express';
+import type { Express, RequestHandler } from 'express';
 import type { Lease, Leases, Usage } from '../domain/leases.js';
 import { NotFoundError, PoolExhaustedError } from '../errors.js';
 import { actingUser, callerOf, maySeeHolder, requireScope, type AuthMode } from './authenticate.js';
@@ -61,7 +61,8 @@ export function tokenRoutes(
   router: Pick<Express, 'route'>,
   deps: {
     leases: Leases;
-    auth: { mode: AuthMode; adminApiKey: string | undefined };
+    /** `authenticate`: to run before an admin route's check when it is not run for all of /api/. */
+    auth: { mode: AuthMode; adminApiKey: string | undefined; authenticate?: RequestHandler | undefined };
     readModel: ReadModel;
   },
 ): void {
@@ -160,7 +161,7 @@ export function tokenRoutes(
   router
     .route('/api/tokens/clear')
     // Takes no body: the key is checked first, and whatever was sent is left unread.
-    .post(requireScope('admin', deps.auth), async (_req, res) => {
+    .post(...(deps.auth.authenticate === undefined ? [] : [deps.auth.authenticate]), requireScope('admin', deps.auth), async (_req, res) => {
       const { cleared } = await write(leases.clear());
       sendJson(res, 200, { data: { cleared_tokens: cleared } });
     })

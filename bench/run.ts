@@ -177,6 +177,9 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     return () => (made ??= make());
   };
   const main = lazily(() => startWarmTarget('main', { POOL_SIZE: String(MAIN_POOL), LEASE_TTL_MS: String(LONG_TTL_MS) }));
+  const twoProcesses = lazily(() =>
+    startWarmTarget('two', { POOL_SIZE: String(MAIN_POOL), LEASE_TTL_MS: String(LONG_TTL_MS), API_PROCESSES: '2' }),
+  );
   const large = lazily(() =>
     startWarmTarget('large', { POOL_SIZE: String(options.largePool), LEASE_TTL_MS: String(LONG_TTL_MS) }, async (url) => {
       say(`seeding ${options.largePool} tokens`);
@@ -273,6 +276,11 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       const m = await main();
       await sqlCycle('sql-cycle', round, m);
       await httpCycle('http-cycle', round, m);
+    },
+    async processes(round) {
+      // The supervisor's pid would count its own CPU only: per-operation CPU is left out.
+      const two = await twoProcesses();
+      await httpCycle('http-cycle-2', round, { ...two, pid: undefined });
     },
     async ceilings(round) {
       const m = await main();

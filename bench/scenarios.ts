@@ -6,6 +6,7 @@ export type ScenarioKey =
   | 'node-cycle'
   | 'express-cycle'
   | 'http-cycle'
+  | 'http-cycle-2'
   | 'sql-cycle-large'
   | 'http-cycle-large'
   | 'exhausted'
@@ -18,13 +19,14 @@ export type ScenarioKey =
   | 'rss';
 
 /** What `--only` selects: each group measures its scenarios and their baselines. */
-export const GROUPS = ['cycle', 'ceilings', 'large', 'exhausted', 'list', 'reads', 'expiry'] as const;
+export const GROUPS = ['cycle', 'ceilings', 'processes', 'large', 'exhausted', 'list', 'reads', 'expiry'] as const;
 export type Group = (typeof GROUPS)[number];
 /**
  * What a run without `--only` measures: every group but `ceilings` (the cycle behind bare
- * node:http and bare Express), which would take the default run past 5 minutes.
+ * node:http and bare Express) and `processes` (the cycle with API_PROCESSES=2), which would
+ * take the default run past 5 minutes.
  */
-export const DEFAULT_GROUPS: readonly Group[] = GROUPS.filter((g) => g !== 'ceilings');
+export const DEFAULT_GROUPS: readonly Group[] = GROUPS.filter((g) => g !== 'ceilings' && g !== 'processes');
 
 export interface Target {
   /** The scenario whose figure this one is divided by; absent for an absolute target. */
@@ -65,6 +67,12 @@ export const SCENARIOS: readonly ScenarioSpec[] = [
     label: () => 'HTTP activate + release, pool 100',
     unit: 'cycles/s',
     target: { baseline: 'sql-cycle', min: 0.6, text: '>= 0.6 x raw SQL' },
+  },
+  {
+    key: 'http-cycle-2',
+    label: () => 'HTTP activate + release, pool 100, API_PROCESSES=2',
+    unit: 'cycles/s',
+    compareWith: 'http-cycle',
   },
   {
     key: 'sql-cycle-large',

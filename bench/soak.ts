@@ -46,12 +46,13 @@ export interface SoakMinute {
 const SOAK_TARGETS = { rate: 0.9, p99: 1.5 };
 const HISTORY_TARGET = 0.9;
 
+/** Starts the built service on `databaseUrl`, with the defaults and a pool of 100. */
 async function startOn(
   options: LongRunOptions,
   name: string,
+  databaseUrl: string,
   env: Record<string, string> = {},
-): Promise<{ service: ServiceProcess; url: string; databaseUrl: string }> {
-  const databaseUrl = await createMigratedDatabase(`${options.databasePrefix}${name}`, options.databaseServerUrl);
+): Promise<{ service: ServiceProcess; url: string }> {
   const service = await startBenchService({
     entry: options.entry,
     env: {
@@ -64,8 +65,11 @@ async function startOn(
     },
     logFile: join(options.workDir, `${name}.log`),
   });
-  return { service, url: await service.url(), databaseUrl };
+  return { service, url: await service.url() };
 }
+
+const databaseFor = (options: LongRunOptions, name: string) =>
+  createMigratedDatabase(`${options.databasePrefix}${name}`, options.databaseServerUrl);
 
 function cycle(options: LongRunOptions, url: string, seconds: number): Promise<LoadResult> {
   return runLoad(
@@ -87,7 +91,8 @@ async function tableStats(databaseUrl: string) {
 }
 
 export async function runSoak(options: LongRunOptions): Promise<string> {
-  const { service, url, databaseUrl } = await startOn(options, 'soak');
+  const databaseUrl = await databaseFor(options, 'soak');
+  const { service, url } = await startOn(options, 'soak', databaseUrl);
   const minutes: SoakMinute[] = [];
   try {
     let before = await tableStats(databaseUrl);
@@ -169,7 +174,7 @@ export async function runHistory(options: LongRunOptions): Promise<string> {
   const rows: string[] = ['| Scenario | Cycles/s | p99 ms |', '| --- | ---: | ---: |'];
   const row = (name: string, r: LoadResult) => rows.push(`| ${name} | ${(r.cycles / r.seconds).toFixed(0)} | ${r.latencyMs.p99.toFixed(1)} |`);
 
-  const empty = await startOn(options, 'history_empty');
+  const empty = await startOn(options, 'history_empty', await databaseFor(options, 'history_empty'));
   let emptyRate: number;
   try {
     await cycle(options, empty.url, 2); // warm-up
@@ -180,59 +185,47 @@ export async function runHistory(options: LongRunOptions): Promise<string> {
     await empty.service.stop();
   }
 
-  const full = await startOn(options, 'history_full', { HISTORY_RETENTION_DAYS: '0' });
+  const fullDatabase = await databaseFor(options, 'history_full');
+  const keepAll = { HISTORY_RETENTION_DAYS: '0' };
+  // Started once to seed the pool's tokens, stopped while the history is seeded with nothing
+  // else running, then started again.
+  await (await startOn(options, 'history_full', fullDatabase, keepAll)).service.stop();
   const lines: string[] = [];
+  await seedHistory(fullDatabase, options.historyUsages, options.progress);
+  const full = await startOn(options, 'history_full', fullDatabase, keepAll);
   try {
-    await full.service.stop(); // seeded with nothing else running, then started again
-    await seedHistory(full.databaseUrl, options.historyUsages, options.progress);
-    const again = await startBenchService({
-      entry: options.entry,
-      env: {
-        DATABASE_URL: full.databaseUrl,
-        REDIS_URL: options.redisUrl,
-        REDIS_PREFIX: `${options.redisPrefix}-history_full`,
-        POOL_SIZE: '100',
-        HISTORY_RETENTION_DAYS: '0',
-      },
-      logFile: join(options.workDir, 'history_full.log'),
-    });
-    const againUrl = await again.url();
-    try {
-      await cycle(options, againUrl, 2);
-      const r = await cycle(options, againUrl, seconds);
-      row(`${options.historyUsages.toLocaleString('en')} usages in history`, r);
-      const ratio = r.cycles / r.seconds / emptyRate;
-      lines.push(`with history / empty: ${ratio.toFixed(2)} (target >= ${HISTORY_TARGET}: ${ratio >= HISTORY_TARGET ? 'met' : 'MISSED'})`);
+    await cycle(options, full.url, 2);
+    const r = await cycle(options, full.url, seconds);
+    row(`${options.historyUsages.toLocaleString('en')} usages in history`, r);
+    const ratio = r.cycles / r.seconds / emptyRate;
+    lines.push(`with history / empty: ${ratio.toFixed(2)} (target >= ${HISTORY_TARGET}: ${ratio >= HISTORY_TARGET ? 'met' : 'MISSED'})`);
 
-      const tokenId = await withDatabaseClient(full.databaseUrl, async (c) => (await c.query<{ id: string }>('SELECT id FROM tokens ORDER BY position LIMIT 1')).rows[0]?.id);
-      const page = async (cursor: string | null) =>
-        runLoad(
-          {
-            kind: 'get',
-            path: `/api/tokens/${tokenId}/history?limit=50${cursor === null ? '' : `&cursor=${cursor}`}`,
-            url: againUrl,
-            connections: options.connections,
-            warmupSec: 1,
-            durationSec: 5,
-            expect: [200],
-          },
-          options.load,
-        );
-      const firstPage = await page(null);
-      const lastPage = await page(encodeCursor(51));
-      rows.push('', '| History page | Requests/s | p99 ms |', '| --- | ---: | ---: |');
-      rows.push(`| first | ${(firstPage.requests / firstPage.seconds).toFixed(0)} | ${firstPage.latencyMs.p99.toFixed(1)} |`);
-      rows.push(`| last | ${(lastPage.requests / lastPage.seconds).toFixed(0)} | ${lastPage.latencyMs.p99.toFixed(1)} |`);
+    const tokenId = await withDatabaseClient(fullDatabase, async (c) => (await c.query<{ id: string }>('SELECT id FROM tokens ORDER BY position LIMIT 1')).rows[0]?.id);
+    const page = async (cursor: string | null) =>
+      runLoad(
+        {
+          kind: 'get',
+          path: `/api/tokens/${tokenId}/history?limit=50${cursor === null ? '' : `&cursor=${cursor}`}`,
+          url: full.url,
+          connections: options.connections,
+          warmupSec: 1,
+          durationSec: 5,
+          expect: [200],
+        },
+        options.load,
+      );
+    const firstPage = await page(null);
+    const lastPage = await page(encodeCursor(51));
+    rows.push('', '| History page | Requests/s | p99 ms |', '| --- | ---: | ---: |');
+    rows.push(`| first | ${(firstPage.requests / firstPage.seconds).toFixed(0)} | ${firstPage.latencyMs.p99.toFixed(1)} |`);
+    rows.push(`| last | ${(lastPage.requests / lastPage.seconds).toFixed(0)} | ${lastPage.latencyMs.p99.toFixed(1)} |`);
 
-      // What the no-overlap constraint's index costs on the same history.
-      await withDatabaseClient(full.databaseUrl, (c) => c.query('ALTER TABLE usages DROP CONSTRAINT usages_no_overlap'));
-      const without = await cycle(options, againUrl, seconds);
-      row('same history, without usages_no_overlap', without);
-      const cost = 1 - r.cycles / r.seconds / (without.cycles / without.seconds);
-      lines.push(`usages_no_overlap costs ${(cost * 100).toFixed(1)}% of the cycle rate with this history`);
-    } finally {
-      await again.stop();
-    }
+    // What the no-overlap constraint's index costs on the same history.
+    await withDatabaseClient(fullDatabase, (c) => c.query('ALTER TABLE usages DROP CONSTRAINT usages_no_overlap'));
+    const without = await cycle(options, full.url, seconds);
+    row('same history, without usages_no_overlap', without);
+    const cost = 1 - r.cycles / r.seconds / (without.cycles / without.seconds);
+    lines.push(`usages_no_overlap costs ${(cost * 100).toFixed(1)}% of the cycle rate with this history`);
   } finally {
     await full.service.stop();
   }

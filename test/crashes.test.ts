@@ -21,6 +21,9 @@ const SWEEP_INTERVAL_MS = 1_000;
 const WAITER_HEARTBEAT_WINDOW_MS = 5_000;
 const WAITER_HEARTBEAT_EVERY_MS = 1_000;
 const SCHEDULING_SLACK_MS = 3_000;
+// A job the killed worker held runs again once its claim lapses and a worker's check finds it:
+// within about two of these.
+const RELEASE_JOB_LOCK_MS = 3_000;
 
 const cleanups: Array<() => Promise<void>> = [];
 afterEach(async () => {
@@ -42,6 +45,7 @@ async function deployment(env: Record<string, string>): Promise<Deployment> {
     REDIS_PREFIX: testRedisPrefix(inject('runId')),
     LEASE_TTL_MS: String(LEASE_TTL_MS),
     SWEEP_INTERVAL_MS: String(SWEEP_INTERVAL_MS),
+    RELEASE_JOB_LOCK_MS: String(RELEASE_JOB_LOCK_MS),
     ...env,
   };
   return {
@@ -106,8 +110,8 @@ describe('processes killed mid-run', () => {
     // The API never failed: not even a 503.
     expect(undocumentedAnswers(load.answers, false)).toEqual([]);
 
-    // The jobs that fell due while no worker ran have been processed too, and the one the killed
-    // worker held is taken back once its lock lapses and BullMQ finds it stalled (30 s each).
+    // The jobs that fell due while no worker ran have been processed too, and any the killed
+    // worker held is taken back once its claim lapses and the new worker finds it stalled.
     const queue = new Queue(RELEASE_QUEUE, { connection: { url: testRedisUrl }, prefix: d.redisPrefix });
     try {
       await waitFor(
@@ -115,8 +119,23 @@ describe('processes killed mid-run', () => {
           const counts = await queue.getJobCounts('delayed', 'wait', 'active', 'prioritized');
           return Object.values(counts).every((n) => n === 0);
         },
-        { timeoutMs: 75_000, intervalMs: 500, what: 'the release queue to drain' },
-      );
+        { timeoutMs: 4 * RELEASE_JOB_LOCK_MS + 15_000, intervalMs: 250, what: 'the release queue to drain' },
+      ).catch(async (err: unknown) => {
+        // What is left, and why: each job's state, attempts and last error.
+        const left = await queue.getJobs(['delayed', 'wait', 'active', 'prioritized']);
+        const jobs = await Promise.all(
+          left.map(async (job) => ({
+            id: job.id,
+            state: await job.getState(),
+            attemptsMade: job.attemptsMade,
+            stalledCounter: job.stalledCounter,
+            failedReason: job.failedReason,
+            addedAt: job.timestamp,
+            processedOn: job.processedOn,
+          })),
+        );
+        throw new Error(`${String(err)}; left at ${Date.now()}: ${JSON.stringify(jobs)}`);
+      });
     } finally {
       await queue.close();
     }

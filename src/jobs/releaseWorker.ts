@@ -23,6 +23,12 @@ export function startReleaseWorker(deps: {
   connection: Redis;
   prefix: string;
   concurrency: number;
+  /**
+   * How long a running job stays claimed without its worker renewing the claim, and how often
+   * workers look for claims that lapsed: a job whose worker died runs again within about two
+   * of these.
+   */
+  lockMs: number;
   leases: Leases;
   log: Logger;
 }): ReleaseWorker {
@@ -74,6 +80,8 @@ export function startReleaseWorker(deps: {
     connection: deps.connection,
     prefix: deps.prefix,
     concurrency: deps.concurrency,
+    lockDuration: deps.lockMs,
+    stalledInterval: deps.lockMs,
     autorun: true,
   });
   logConnectionState(worker, log, 'worker');

@@ -130,6 +130,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
         connection: workerConnection,
         prefix: config.redisPrefix,
         concurrency: config.releaseConcurrency,
+        lockMs: config.releaseJobLockMs,
         leases,
         log,
       });

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, inject, it } from 'vitest';
 import { count, drainAndCheck, granted, report, undocumentedAnswers } from './faultChecks.js';
 import { createTestDatabase, type TestDatabase, spawnService } from './helpers.js';
 import { waitFor } from './harness/waitFor.js';
-import { startLoad, type Load } from './loadClients.js';
+import { startLoad, type Load } from './harness/load.js';
 import type { ServiceProcess } from './harness/processes.js';
 import { RELEASE_QUEUE } from '../src/jobs/queue.js';
 import { testRedisPrefix, testRedisUrl } from './redis.js';

@@ -2,7 +2,7 @@ import { expect } from 'vitest';
 import { type TestDatabase } from './helpers.js';
 import { waitFor } from './harness/waitFor.js';
 import { checkInvariants, describeViolations } from './invariants.js';
-import { everyActivationAnswered, tally, type Answer, type Load } from './loadClients.js';
+import { everyActivationAnswered, type Answer, type Load } from './harness/load.js';
 
 // What the fault and crash tests check once a fault has passed: the answers the clients got,
 // and, after the run has drained, the invariants and that nothing was left behind.
@@ -69,4 +69,14 @@ export function report(name: string, answers: readonly Answer[]): void {
     `${name}: ${answers.length} answers ${JSON.stringify(tally(answers))}; ` +
       `waiters ${JSON.stringify(tally(waiters))}; slowest non-waiter ${slowest} ms`,
   );
+}
+
+/** Answers by status and error code, or by failure when none came. */
+function tally(answers: readonly Answer[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const a of answers) {
+    const key = a.status === 0 ? `no answer (${a.failure ?? '?'})` : `${a.status}${a.code === undefined ? '' : ` ${a.code}`}`;
+    counts[key] = (counts[key] ?? 0) + 1;
+  }
+  return counts;
 }

@@ -4,7 +4,7 @@ import { count, drainAndCheck, granted, report, unavailable, undocumentedAnswers
 import { createTestDatabase, startTestService, usagesOf, type TestDatabase, type TestService, spawnService } from './helpers.js';
 import { waitFor } from './harness/waitFor.js';
 import { checkInvariants, describeViolations } from './invariants.js';
-import { startLoad, type Answer, type Load } from './loadClients.js';
+import { startLoad, type Answer, type Load } from './harness/load.js';
 import { startRedisServer } from './redisServer.js';
 import { startTcpProxy, type TcpProxy } from './tcpProxy.js';
 

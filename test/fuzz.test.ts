@@ -6,7 +6,7 @@ import { backdate, startTestService, type TestService } from './helpers.js';
 import { waitFor } from './harness/waitFor.js';
 import { hostileRequest, requestHead, send, withLatestLease, type HostileRequest, type Reply, type World } from './hostileRequests.js';
 import { checkInvariants, describeViolations, type Observation } from './invariants.js';
-import { isWellFormedBody } from './loadClients.js';
+import { isWellFormedBody } from './harness/load.js';
 import { rawRequest, sendRaw, type RawReply } from './rawHttp.js';
 
 // Fuzzing: generated hostile requests against a running server, over Node's HTTP client and over

@@ -2,9 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { setTimeout as delay } from 'node:timers/promises';
 import pg from 'pg';
 import { checkInvariants, describeViolations, type Violation } from '../invariants.js';
+import { everyActivationAnswered, startLoad, type LoadCounts } from '../harness/load.js';
 import { startCluster, type Cluster } from './cluster.js';
-import { createHttpClient, type HttpClient } from './http.js';
-import { emptyCounts, generateLoad, type LoadCounts } from './load.js';
 
 // A stress run: a fresh deployment of several API and worker processes, many virtual users with
 // short leases, then a drain and every invariant checked against what the clients saw.
@@ -93,7 +92,6 @@ export async function runStress(
   signal?: AbortSignal,
 ): Promise<StressReport> {
   const started = Date.now();
-  const http = createHttpClient();
   const adminApiKey = randomBytes(16).toString('hex');
   let cluster: Cluster | undefined;
   try {
@@ -117,29 +115,30 @@ export async function runStress(
     );
     const db = cluster.databaseUrl;
 
-    const counts = emptyCounts();
     const midRun = checkWhileRunning(db, options.checkEveryMs);
     const loadStarted = Date.now();
+    const load = startLoad({
+      baseUrls: cluster.apis.map((n) => n.url),
+      clients: options.clients,
+      usersPerClient: options.usersPerClient,
+      activations: options.activations,
+      durationMs: options.durationMs,
+      waitShare: options.waitRatio,
+      waitSeconds: options.maxWaitSeconds,
+      // The clients send their next request as soon as the last is answered.
+      thinkMs: 0,
+      deadlineMs: 30_000,
+      clearEveryMs: options.clearEveryMs,
+      adminApiKey,
+      seed: options.seed,
+      signal,
+    });
+    const { counts } = load;
     const ticker = setInterval(() => progress(describeProgress(counts, Date.now() - loadStarted)), 5_000);
-    const load = await generateLoad(
-      http,
-      {
-        apiUrls: cluster.apis.map((n) => n.url),
-        clients: options.clients,
-        usersPerClient: options.usersPerClient,
-        activations: options.activations,
-        durationMs: options.durationMs,
-        waitRatio: options.waitRatio,
-        maxWaitSeconds: options.maxWaitSeconds,
-        clearEveryMs: options.clearEveryMs,
-        adminApiKey,
-        seed: options.seed,
-        signal,
-      },
-      counts,
-    ).finally(() => clearInterval(ticker));
+    await load.finished.finally(() => clearInterval(ticker));
+    const loadMs = Date.now() - loadStarted;
     const midRunResult = await midRun.stop();
-    progress(`load done: ${describeProgress(counts, load.elapsedMs)}`);
+    progress(`load done: ${describeProgress(counts, loadMs)}`);
 
     const drainStarted = Date.now();
     await drain(db, options.sweepIntervalMs + options.drainMarginMs);
@@ -151,16 +150,16 @@ export async function runStress(
       ...(await checkInvariants(db, {
         drained: { sweepIntervalMs: options.sweepIntervalMs, marginMs: options.drainMarginMs },
         observations: load.observations,
-        everyAnswerSeen: Object.keys(counts.lost).length === 0,
+        everyAnswerSeen: everyActivationAnswered(load.answers),
       })),
     ]);
     const usagesByEndReason = await countUsagesByEndReason(db);
     const nodes = [...cluster.apis, ...cluster.workers];
-    const metrics = await scrapeMetrics(http, nodes.map((n) => n.url));
+    const metrics = await scrapeMetrics(nodes.map((n) => n.url));
     const exits = await cluster.stop();
     return {
       options,
-      loadMs: load.elapsedMs,
+      loadMs,
       drainMs,
       totalMs: Date.now() - started,
       counts,
@@ -180,7 +179,6 @@ export async function runStress(
       await cluster.stop();
       await cluster.destroy();
     }
-    http.close();
   }
 }
 
@@ -281,12 +279,12 @@ function uncounted(usagesByEndReason: Record<string, number>, ended: Record<stri
   return differences;
 }
 
-async function scrapeMetrics(http: HttpClient, urls: readonly string[]) {
+async function scrapeMetrics(urls: readonly string[]) {
   const ended: Record<string, number> = {};
   const sweeps: Record<string, number> = {};
   for (const url of urls) {
-    const answer = await http.request('GET', `${url}/metrics`);
-    for (const line of String(answer.body).split('\n')) {
+    const text = await (await fetch(`${url}/metrics`)).text();
+    for (const line of text.split('\n')) {
       const endedMatch = /^token_lease_leases_ended_total\{reason="(\w+)",by="(\w+)"\} (\d+)/.exec(line);
       if (endedMatch !== null) {
         const key = `${endedMatch[1]}/${endedMatch[2]}`;
@@ -330,6 +328,7 @@ export function formatReport(report: StressReport): string {
     `releases: ${counts.releases} (200); refused: ${list(counts.releaseRefused)}`,
     `renewals: ${counts.renewals} (200); refused: ${list(counts.renewRefused)}`,
     `validations: ${counts.valid} valid; invalid: ${list(counts.invalid)}`,
+    `reads: ${counts.reads} (200)`,
     `clears: ${counts.clears}, ending ${counts.clearedTokens} leases`,
     `409s: ${conflicts}`,
     `usages by end_reason: ${list(report.usagesByEndReason)}`,

@@ -75,6 +75,8 @@ const MAIN_POOL = 100;
 // machine in the middle of another scenario. Expiry is measured on a service of its own.
 const LONG_TTL_MS = 3_600_000;
 const HELD_FOR_READS = 50;
+/** RATE_LIMIT_PER_MINUTE for the cycle with limits on: the most it accepts, never reached. */
+const UNREACHED_LIMIT = 1_000_000_000;
 /** Seconds of unmeasured cycles a service process gets as it starts (see warmUp). */
 const SERVICE_WARMUP_SEC = 2;
 
@@ -177,6 +179,15 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     return () => (made ??= make());
   };
   const main = lazily(() => startWarmTarget('main', { POOL_SIZE: String(MAIN_POOL), LEASE_TTL_MS: String(LONG_TTL_MS) }));
+  // Every request counted in Redis, against a limit no caller reaches.
+  const limited = lazily(() =>
+    startWarmTarget('limited', {
+      POOL_SIZE: String(MAIN_POOL),
+      LEASE_TTL_MS: String(LONG_TTL_MS),
+      RATE_LIMIT_PER_MINUTE: String(UNREACHED_LIMIT),
+      ADMIN_RATE_LIMIT_PER_MINUTE: String(UNREACHED_LIMIT),
+    }),
+  );
   const twoProcesses = lazily(() =>
     startWarmTarget('two', { POOL_SIZE: String(MAIN_POOL), LEASE_TTL_MS: String(LONG_TTL_MS), API_PROCESSES: '2' }),
   );
@@ -276,6 +287,10 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       const m = await main();
       await sqlCycle('sql-cycle', round, m);
       await httpCycle('http-cycle', round, m);
+    },
+    async limits(round) {
+      // Right after the cycle group's HTTP run, which it is compared with.
+      await httpCycle('http-cycle-limited', round, await limited());
     },
     async processes(round) {
       // The supervisor's pid would count its own CPU only: per-operation CPU is left out.

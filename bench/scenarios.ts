@@ -6,6 +6,7 @@ export type ScenarioKey =
   | 'node-cycle'
   | 'express-cycle'
   | 'http-cycle'
+  | 'http-cycle-limited'
   | 'http-cycle-2'
   | 'sql-cycle-large'
   | 'http-cycle-large'
@@ -19,7 +20,7 @@ export type ScenarioKey =
   | 'rss';
 
 /** What `--only` selects: each group measures its scenarios and their baselines. */
-export const GROUPS = ['cycle', 'ceilings', 'processes', 'large', 'exhausted', 'list', 'reads', 'expiry'] as const;
+export const GROUPS = ['cycle', 'limits', 'ceilings', 'processes', 'large', 'exhausted', 'list', 'reads', 'expiry'] as const;
 export type Group = (typeof GROUPS)[number];
 /**
  * What a run without `--only` measures: every group but `ceilings` (the cycle behind bare
@@ -67,6 +68,12 @@ export const SCENARIOS: readonly ScenarioSpec[] = [
     label: () => 'HTTP activate + release, pool 100',
     unit: 'cycles/s',
     target: { baseline: 'sql-cycle', min: 0.6, text: '>= 0.6 x raw SQL' },
+  },
+  {
+    key: 'http-cycle-limited',
+    label: () => 'HTTP activate + release, pool 100, rate limits on, not reached',
+    unit: 'cycles/s',
+    target: { baseline: 'http-cycle', min: 0.85, text: '>= 0.85 x limits off' },
   },
   {
     key: 'http-cycle-2',

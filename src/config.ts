@@ -75,6 +75,8 @@ export const envSchema = z
       .pipe(z.array(z.url({ error: 'must be origins such as https://app.example.com, comma-separated' })))
       .default([]),
     TRUST_PROXY: whole(0, 0, 10),
+    RATE_LIMIT_PER_MINUTE: whole(0, 0, 1_000_000_000),
+    ADMIN_RATE_LIMIT_PER_MINUTE: whole(0, 0, 1_000_000_000),
     LOG_LEVEL: z
       .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
       .default('info'),
@@ -134,6 +136,8 @@ export const envSchema = z
     },
     corsOrigins: e.CORS_ORIGINS,
     trustProxy: e.TRUST_PROXY,
+    rateLimitPerMinute: e.RATE_LIMIT_PER_MINUTE,
+    adminRateLimitPerMinute: e.ADMIN_RATE_LIMIT_PER_MINUTE,
     logLevel: e.LOG_LEVEL,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
   }));

@@ -36,6 +36,7 @@ export const ERRORS = registry({
   payload_too_large: { status: 413, message: 'the body is larger than 16 KiB' },
   unsupported_media_type: { status: 415, message: 'send the body as application/json (utf-8, uncompressed)' },
   validation_failed: { status: 422, message: 'the request is not valid; details.fields names each problem' },
+  rate_limited: { status: 429, message: 'this caller has used its requests for this minute; retry after Retry-After seconds' },
   client_closed_request: { status: 499, message: 'the client closed the request while waiting' },
   internal: { status: 500, message: 'internal error' },
   unavailable: { status: 503, message: 'the service cannot answer now; retry shortly' },

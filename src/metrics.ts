@@ -51,6 +51,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       help: 'Ended usages removed from the history, older than HISTORY_RETENTION_DAYS.',
       registers: [registry],
     }),
+    rateLimitStoreFailures: new Counter({
+      name: 'token_lease_rate_limit_store_failures_total',
+      help: 'Requests let through uncounted, by budget (lease or admin), because the rate limiter could not reach Redis.',
+      labelNames: ['budget'] as const,
+      registers: [registry],
+    }),
     httpDuration: new Histogram({
       name: 'token_lease_http_request_duration_seconds',
       help: 'HTTP request duration by method, route and status code.',

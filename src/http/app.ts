@@ -2,6 +2,7 @@ import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import cors from 'cors';
 import express, { type Express, type RequestHandler } from 'express';
+import type { SendCommandFn } from 'rate-limit-redis';
 import type { Caller } from '../auth/caller.js';
 import type { Leases } from '../domain/leases.js';
 import { AppError, ERRORS } from '../errors.js';
@@ -10,6 +11,7 @@ import type { Metrics } from '../metrics.js';
 import { within } from '../timeouts.js';
 import { openApiDocument } from './contract.js';
 import { authenticate, type AuthMode } from './authenticate.js';
+import { rateLimiter } from './rateLimit.js';
 import { createReadModel, type ReadModel } from './readModel.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
 import { sendJson, sendSerializedJson } from './json.js';
@@ -35,6 +37,17 @@ export interface AppDeps {
   readonly redisPing?: (() => Promise<void>) | undefined;
   /** The read model of GET /api/tokens (src/http/readModel.ts); absent: every request reads the pool. */
   readonly readModel?: ReadModel | undefined;
+  /** Requests per caller and minute on the lease and the admin routes (0: off), counted in Redis. */
+  readonly rateLimits?: RateLimits | undefined;
+}
+
+export interface RateLimits {
+  readonly leasePerMinute: number;
+  readonly adminPerMinute: number;
+  /** Sends one command to the Redis that counts them. */
+  readonly sendCommand: SendCommandFn;
+  /** The service's REDIS_PREFIX. */
+  readonly redisPrefix: string;
 }
 
 const READY_CHECK_TIMEOUT_MS = 1_000;
@@ -67,8 +80,23 @@ export function createApp(deps: AppDeps): Express {
     const auth = authenticate({ mode: authMode, verifyJwt: deps.verifyJwt, adminApiKey: deps.adminApiKey });
     // With AUTH_MODE=none only the admin routes ask who is calling; they authenticate themselves.
     if (authMode !== 'none') app.use('/api', auth);
+    const limit = (budget: 'lease' | 'admin', perMinute: number) =>
+      deps.rateLimits === undefined
+        ? []
+        : rateLimiter({
+            budget,
+            perMinute,
+            sendCommand: deps.rateLimits.sendCommand,
+            keyPrefix: `${deps.rateLimits.redisPrefix}:rate-limit:${budget}:`,
+            log,
+            metrics,
+          });
     tokenRoutes(app, {
       leases: deps.leases,
+      limits: {
+        lease: limit('lease', deps.rateLimits?.leasePerMinute ?? 0),
+        admin: limit('admin', deps.rateLimits?.adminPerMinute ?? 0),
+      },
       auth: { mode: authMode, adminApiKey: deps.adminApiKey, authenticate: authMode === 'none' ? auth : undefined },
       readModel:
         deps.readModel ??
@@ -136,9 +164,10 @@ function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
 
 /**
  * Refusals that are the service working as intended, at a rate set by the load (a full pool
- * refuses every newcomer): logged at debug like successes, and counted by the metrics.
+ * refuses every newcomer, a caller in a retry loop runs over its limit): logged at debug like
+ * successes, and counted by the metrics.
  */
-const EXPECTED: ReadonlySet<string | undefined> = new Set([ERRORS.pool_exhausted.code]);
+const EXPECTED: ReadonlySet<string | undefined> = new Set([ERRORS.pool_exhausted.code, ERRORS.rate_limited.code]);
 
 function logLevelOf(status: number, code: string | undefined): 'error' | 'info' | 'debug' {
   if (status >= 500) return 'error';

@@ -156,6 +156,9 @@ function queryParameters(schema: z.ZodObject) {
 /** Every /api/ route with AUTH_MODE=jwt (docs/security.md): 401 without valid credentials, 403 without the right. */
 const AUTH = [ERRORS.unauthorized, ERRORS.forbidden] as const;
 
+/** The lease routes with RATE_LIMIT_PER_MINUTE, the admin routes with ADMIN_RATE_LIMIT_PER_MINUTE. */
+const LIMITED = [ERRORS.rate_limited] as const;
+
 const BAD_INPUT = [
   ERRORS.invalid_json,
   ERRORS.bad_request,
@@ -187,7 +190,7 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('The unexpired lease the user already holds', leaseSchema),
             '201': answer('A new lease', leaseSchema),
-            ...failures(ERRORS.pool_exhausted, ...BAD_INPUT, ...AUTH, ERRORS.too_many_waiters, ERRORS.client_closed_request),
+            ...failures(ERRORS.pool_exhausted, ...BAD_INPUT, ...AUTH, ...LIMITED, ERRORS.too_many_waiters, ERRORS.client_closed_request),
           },
         },
       },
@@ -224,7 +227,7 @@ export function openApiDocument(version: string) {
           requestBody: body(leaseBody),
           responses: {
             '200': answer('The ended usage (also for a retried release)', releasedSchema),
-            ...failures(ERRORS.not_found, ERRORS.lease_expired, ERRORS.lease_ended, ERRORS.not_holder, ...BAD_INPUT, ...AUTH),
+            ...failures(ERRORS.not_found, ERRORS.lease_expired, ERRORS.lease_ended, ERRORS.not_holder, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
       },
@@ -243,6 +246,7 @@ export function openApiDocument(version: string) {
               ERRORS.max_lease_reached,
               ...BAD_INPUT,
               ...AUTH,
+              ...LIMITED,
             ),
           },
         },
@@ -254,7 +258,7 @@ export function openApiDocument(version: string) {
           requestBody: body(validateBody),
           responses: {
             '200': answer('Valid with the expiry, or not with the reason', validationSchema),
-            ...failures(ERRORS.not_found, ...BAD_INPUT, ...AUTH),
+            ...failures(ERRORS.not_found, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
       },
@@ -264,7 +268,7 @@ export function openApiDocument(version: string) {
           security: [{ adminKey: [] }],
           responses: {
             '200': answer('How many active leases were ended', clearedSchema),
-            ...failures(ERRORS.unauthorized, ERRORS.forbidden, ERRORS.unavailable),
+            ...failures(ERRORS.unauthorized, ERRORS.forbidden, ...LIMITED, ERRORS.unavailable),
           },
         },
       },

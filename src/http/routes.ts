@@ -64,11 +64,21 @@ export function tokenRoutes(
     /** `authenticate`: to run before an admin route's check when it is not run for all of /api/. */
     auth: { mode: AuthMode; adminApiKey: string | undefined; authenticate?: RequestHandler | undefined };
     readModel: ReadModel;
+    /** Rate limits (src/http/rateLimit.ts), run once the caller is known; empty when off. */
+    limits: { lease: readonly RequestHandler[]; admin: readonly RequestHandler[] };
   },
 ): void {
-  const { leases, readModel: list } = deps;
+  const { leases, readModel: list, limits } = deps;
   const { mode } = deps.auth;
   const holderShown = (res: Parameters<typeof callerOf>[0], holderId: string) => maySeeHolder(mode, callerOf(res), holderId);
+  // What an admin route runs before its handler: who is calling (when that is not run for all of
+  // /api/), the admin budget (before the scope check, so that guessing the admin key is limited
+  // too), then the check.
+  const adminFirst = [
+    ...(deps.auth.authenticate === undefined ? [] : [deps.auth.authenticate]),
+    ...limits.admin,
+    requireScope('admin', deps.auth),
+  ];
   // Every write goes through the read model, which counts it as a change to the token list.
   const write = list.write.bind(list);
 
@@ -89,7 +99,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/activate')
-    .post(...jsonBody, async (req, res) => {
+    .post(...limits.lease, ...jsonBody, async (req, res) => {
       const body = parse(userBody, req.body, 'body');
       const userId = actingUser(callerOf(res), body.user_id);
       const { waitMs } = parse(activateQuery, req.query, 'query');
@@ -124,7 +134,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/:id/release')
-    .post(...jsonBody, async (req, res) => {
+    .post(...limits.lease, ...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(leaseBody, req.body, 'body');
       const userId = actingUser(callerOf(res), body.user_id);
@@ -136,7 +146,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/:id/validate')
-    .post(...jsonBody, async (req, res) => {
+    .post(...limits.lease, ...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(validateBody, req.body, 'body');
       const result = await leases.validate({ tokenId: id, userId: body.user_id, fence: body.fence });
@@ -149,7 +159,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/:id/renew')
-    .post(...jsonBody, async (req, res) => {
+    .post(...limits.lease, ...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(leaseBody, req.body, 'body');
       const userId = actingUser(callerOf(res), body.user_id);
@@ -161,7 +171,7 @@ export function tokenRoutes(
   router
     .route('/api/tokens/clear')
     // Takes no body: the key is checked first, and whatever was sent is left unread.
-    .post(...(deps.auth.authenticate === undefined ? [] : [deps.auth.authenticate]), requireScope('admin', deps.auth), async (_req, res) => {
+    .post(...adminFirst, async (_req, res) => {
       const { cleared } = await write(leases.clear());
       sendJson(res, 200, { data: { cleared_tokens: cleared } });
     })

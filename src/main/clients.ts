@@ -31,6 +31,26 @@ export function createProducerConnection(redisUrl: string, log: Logger): Redis {
 }
 
 /**
+ * The rate limiter's connection (only when a limit is on). Like the producer's it never queues
+ * a command while Redis is away, and it gives up on one after 250 ms: the limiter then lets the
+ * request through uncounted, so a Redis that is down or slow costs a request that long at most.
+ * Every limited request sends one command: those of concurrent requests go in one write
+ * (auto-pipelining).
+ */
+export function createLimiterConnection(redisUrl: string, log: Logger): Redis {
+  const connection = new Redis(redisUrl, {
+    enableAutoPipelining: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    commandTimeout: 250,
+    connectTimeout: 2_000,
+    retryStrategy: reconnectBackoff,
+  });
+  logConnectionState(connection, log, 'rate limiter');
+  return connection;
+}
+
+/**
  * The release worker's connection. Workers keep retrying commands while Redis is away
  * (maxRetriesPerRequest: null, which BullMQ requires for a worker's connection and its blocking
  * duplicate), and reconnect forever. BullMQ duplicates it for its blocking reads and closes only

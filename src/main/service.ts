@@ -7,7 +7,8 @@ import { createLeases, type Leases } from '../domain/leases.js';
 import { maintain } from '../domain/maintenance.js';
 import { getPoolId } from '../domain/pools.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
-import { createApp } from '../http/app.js';
+import type { RedisReply } from 'rate-limit-redis';
+import { createApp, type RateLimits } from '../http/app.js';
 import { createReadModel, type ChangeChannel, type ReadModel } from '../http/readModel.js';
 import { createReleaseQueue } from '../jobs/queue.js';
 import { startReleaseWorker } from '../jobs/releaseWorker.js';
@@ -16,7 +17,7 @@ import { startSweeper } from '../jobs/sweep.js';
 import type { Logger } from '../logger.js';
 import { createMetrics, type Metrics } from '../metrics.js';
 import { listen } from './api.js';
-import { createProducerConnection, createWorkerConnection, jwtVerifierFor, notificationClientFactory, packageVersion } from './clients.js';
+import { createLimiterConnection, createProducerConnection, createWorkerConnection, jwtVerifierFor, notificationClientFactory, packageVersion } from './clients.js';
 import { createShutdown } from './shutdown.js';
 
 export interface Service {
@@ -176,6 +177,19 @@ export async function startService(config: Config, log: Logger): Promise<Service
     if (config.role !== 'worker' && config.authMode === 'none') {
       log.warn('AUTH_MODE=none: anyone who can reach this server may lease, release or renew for any user');
     }
+    let rateLimits: RateLimits | undefined;
+    if (config.role !== 'worker' && (config.rateLimitPerMinute > 0 || config.adminRateLimitPerMinute > 0)) {
+      const limiter = createLimiterConnection(config.redisUrl, log);
+      shutdown.add('rate limiter redis connection', async () => {
+        await limiter.quit().catch(() => limiter.disconnect());
+      });
+      rateLimits = {
+        leasePerMinute: config.rateLimitPerMinute,
+        adminPerMinute: config.adminRateLimitPerMinute,
+        sendCommand: (command, ...args) => limiter.call(command, ...args) as Promise<RedisReply>,
+        redisPrefix: config.redisPrefix,
+      };
+    }
     const app = createApp({
       leases,
       log,
@@ -189,6 +203,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       serveApi: config.role !== 'worker',
       redisPing: () => releases.ping(),
       readModel,
+      rateLimits,
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());

@@ -388,7 +388,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     const lateness = await withDatabaseClient(target.databaseUrl, async (client) => {
       for (;;) {
         const { rows } = await client.query<{ open: number }>(
-          'SELECT count(*)::int AS open FROM usages WHERE started_at >= $1 AND ended_at IS NULL',
+          'SELECT count(*)::int AS open FROM all_usages WHERE started_at >= $1 AND ended_at IS NULL',
           [since],
         );
         if ((rows[0]?.open ?? 0) === 0 || Date.now() > deadline) break;
@@ -397,7 +397,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       // A lease still open at the deadline counts with the lateness it has so far.
       const { rows } = await client.query<{ ms: number }>(
         `SELECT (extract(epoch FROM coalesce(ended_at, now()) - expires_at) * 1000)::float8 AS ms
-         FROM usages WHERE started_at >= $1 ORDER BY 1`,
+         FROM all_usages WHERE started_at >= $1 ORDER BY 1`,
         [since],
       );
       return rows.map((r) => r.ms);

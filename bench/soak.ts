@@ -37,6 +37,7 @@ export interface SoakMinute {
   readonly p99Ms: number;
   readonly errors: number;
   readonly deadTokens: number;
+  readonly deadLeases: number;
   readonly deadUsages: number;
   /** Share of the updates of `tokens` that were HOT, this minute. */
   readonly hotShare: number;
@@ -83,10 +84,10 @@ async function tableStats(databaseUrl: string) {
     const { rows } = await client.query<{ relname: string; dead: number; upd: number; hot: number; vacuums: number }>(
       `SELECT relname, n_dead_tup::float8 AS dead, n_tup_upd::float8 AS upd, n_tup_hot_upd::float8 AS hot,
               vacuum_count::float8 AS vacuums
-       FROM pg_stat_user_tables WHERE relname IN ('tokens', 'usages')`,
+       FROM pg_stat_user_tables WHERE relname IN ('tokens', 'leases', 'usages')`,
     );
     const of = (name: string) => rows.find((r) => r.relname === name) ?? { dead: 0, upd: 0, hot: 0, vacuums: 0 };
-    return { tokens: of('tokens'), usages: of('usages') };
+    return { tokens: of('tokens'), leases: of('leases'), usages: of('usages') };
   });
 }
 
@@ -106,9 +107,10 @@ export async function runSoak(options: LongRunOptions): Promise<string> {
         p99Ms: result.latencyMs.p99,
         errors: result.errors,
         deadTokens: after.tokens.dead,
+        deadLeases: after.leases.dead,
         deadUsages: after.usages.dead,
         hotShare: updates === 0 ? 1 : (after.tokens.hot - before.tokens.hot) / updates,
-        vacuums: after.tokens.vacuums + after.usages.vacuums - before.tokens.vacuums - before.usages.vacuums,
+        vacuums: (['tokens', 'leases', 'usages'] as const).reduce((n, t) => n + after[t].vacuums - before[t].vacuums, 0),
       });
       const m = minutes.at(-1)!;
       options.progress(`soak: minute ${minute}: ${m.cyclesPerSec.toFixed(0)} cycles/s, p99 ${m.p99Ms.toFixed(1)} ms`);
@@ -122,11 +124,11 @@ export async function runSoak(options: LongRunOptions): Promise<string> {
 
 export function formatSoak(minutes: readonly SoakMinute[]): string {
   const lines = [
-    '| Minute | Cycles/s | p99 ms | Errors | Dead rows tokens | Dead rows usages | HOT updates of tokens | VACUUMs |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| Minute | Cycles/s | p99 ms | Errors | Dead rows tokens | Dead rows leases | Dead rows usages | HOT updates of tokens | VACUUMs |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...minutes.map(
       (m) =>
-        `| ${m.minute} | ${m.cyclesPerSec.toFixed(0)} | ${m.p99Ms.toFixed(1)} | ${m.errors} | ${m.deadTokens} | ${m.deadUsages} | ${(m.hotShare * 100).toFixed(1)}% | ${m.vacuums} |`,
+        `| ${m.minute} | ${m.cyclesPerSec.toFixed(0)} | ${m.p99Ms.toFixed(1)} | ${m.errors} | ${m.deadTokens} | ${m.deadLeases} | ${m.deadUsages} | ${(m.hotShare * 100).toFixed(1)}% | ${m.vacuums} |`,
     ),
   ];
   const first = minutes[0];

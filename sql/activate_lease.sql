@@ -27,7 +27,7 @@ RETURNS TABLE (
 LANGUAGE plpgsql
 AS $$
 DECLARE
-  held      usages;
+  held      leases;
   tok       tokens;
   have      boolean := false;
   clock     timestamptz;
@@ -41,8 +41,7 @@ BEGIN
   -- One activation per user and pool at a time: the second sees what the first did.
   PERFORM pg_advisory_xact_lock(1, hashtext(p_pool::text || '/' || p_user::text));
 
-  SELECT u.* INTO held FROM usages u
-    WHERE u.pool_id = p_pool AND u.user_id = p_user AND u.ended_at IS NULL;
+  SELECT l.* INTO held FROM leases l WHERE l.pool_id = p_pool AND l.user_id = p_user;
   IF FOUND THEN
     SELECT t.* INTO tok FROM tokens t WHERE t.id = held.token_id FOR UPDATE;
     clock := clock_timestamp();
@@ -102,15 +101,15 @@ BEGIN
   -- it changed hands meanwhile, look again.
   IF NOT have AND p_evict THEN
     LOOP
-      SELECT u.id, u.token_id INTO old_id, old_token FROM usages u JOIN tokens t ON t.id = u.token_id
-        WHERE u.pool_id = p_pool AND u.ended_at IS NULL
-        ORDER BY u.started_at, u.id
+      SELECT l.id, l.token_id INTO old_id, old_token FROM leases l JOIN tokens t ON t.id = l.token_id
+        WHERE l.pool_id = p_pool
+        ORDER BY l.started_at, l.id
         LIMIT 1
         FOR UPDATE OF t SKIP LOCKED;
       IF NOT FOUND THEN
-        SELECT u.id, u.token_id INTO old_id, old_token FROM usages u
-          WHERE u.pool_id = p_pool AND u.ended_at IS NULL
-          ORDER BY u.started_at, u.id
+        SELECT l.id, l.token_id INTO old_id, old_token FROM leases l
+          WHERE l.pool_id = p_pool
+          ORDER BY l.started_at, l.id
           LIMIT 1;
         EXIT WHEN NOT FOUND;
       END IF;
@@ -140,7 +139,7 @@ BEGIN
 
   new_id := uuid_v7(clock);
   new_exp := clock + p_ttl_ms * interval '1 millisecond';
-  INSERT INTO usages (id, pool_id, token_id, user_id, fence, started_at, expires_at)
+  INSERT INTO leases (id, pool_id, token_id, user_id, fence, started_at, expires_at)
     VALUES (new_id, p_pool, tok.id, p_user, tok.last_fence + 1, clock, new_exp);
   UPDATE tokens t
     SET last_fence = tok.last_fence + 1, lease_id = new_id, user_id = p_user,

@@ -10,9 +10,9 @@ DECLARE
   n     integer := 0;
 BEGIN
   FOR tok IN
-    SELECT t.* FROM usages u JOIN tokens t ON t.id = u.token_id AND t.lease_id = u.id
-      WHERE u.pool_id = p_pool AND u.ended_at IS NULL AND u.expires_at <= clock_timestamp()
-      ORDER BY u.expires_at
+    SELECT t.* FROM leases l JOIN tokens t ON t.id = l.token_id AND t.lease_id = l.id
+      WHERE l.pool_id = p_pool AND l.expires_at <= clock_timestamp()
+      ORDER BY l.expires_at
       LIMIT p_limit
       FOR UPDATE OF t SKIP LOCKED
   LOOP

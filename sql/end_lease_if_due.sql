@@ -20,22 +20,24 @@ AS $$
 DECLARE
   tok   tokens;
   clock timestamptz;
+  open  leases;
   u     usages;
 BEGIN
-  -- Unlocked: which token to lock, and a quick answer for a lease that has ended.
-  SELECT x.* INTO u FROM usages x WHERE x.id = p_lease;
-  IF NOT FOUND OR u.ended_at IS NOT NULL THEN
+  -- Unlocked: which token to lock; a lease that is not open has ended, or never was.
+  SELECT l.* INTO open FROM leases l WHERE l.id = p_lease;
+  IF NOT FOUND THEN
+    SELECT x.* INTO u FROM usages x WHERE x.id = p_lease;
     RETURN QUERY SELECT 'gone'::text, u.*, NULL::integer;
     RETURN;
   END IF;
 
-  SELECT t.* INTO tok FROM tokens t WHERE t.id = u.token_id FOR UPDATE;
+  SELECT t.* INTO tok FROM tokens t WHERE t.id = open.token_id FOR UPDATE;
   clock := clock_timestamp();
   IF tok.lease_id IS DISTINCT FROM p_lease THEN
     SELECT x.* INTO u FROM usages x WHERE x.id = p_lease;
     RETURN QUERY SELECT 'gone'::text, u.*, NULL::integer;
   ELSIF tok.expires_at > clock THEN
-    SELECT x.* INTO u FROM usages x WHERE x.id = p_lease;
+    SELECT (as_usage(l)).* INTO u FROM leases l WHERE l.id = p_lease;
     RETURN QUERY SELECT 'not_due'::text, u.*,
       ceil(extract(epoch FROM tok.expires_at - clock) * 1000)::integer;
   ELSE

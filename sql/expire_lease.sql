@@ -25,8 +25,11 @@ DECLARE
   u     usages;
   mine  boolean := false;
 BEGIN
-  SELECT x.pool_id INTO pool FROM usages x WHERE x.id = p_lease;
-  IF FOUND THEN
+  SELECT l.pool_id INTO pool FROM leases l WHERE l.id = p_lease;
+  IF NOT FOUND THEN
+    SELECT x.pool_id INTO pool FROM usages x WHERE x.id = p_lease;
+  END IF;
+  IF pool IS NOT NULL THEN
     FOR u IN SELECT * FROM end_due_leases(pool, p_limit) LOOP
       mine := mine OR u.id = p_lease;
       RETURN QUERY SELECT 'ended'::text, 'ended'::text, u.*, 0;

@@ -41,8 +41,9 @@ BEGIN
     RETURN;
   END IF;
 
+  -- Not open on this token: ended before, or never the caller's.
   SELECT x.* INTO u FROM usages x WHERE x.id = p_lease AND x.token_id = p_token AND x.user_id = p_user;
-  IF NOT FOUND OR u.ended_at IS NULL THEN
+  IF NOT FOUND THEN
     RETURN QUERY SELECT 'not_holder'::text, (NULL::usages).*;
   ELSIF u.end_reason = 'released' THEN
     RETURN QUERY SELECT 'released_before'::text, u.*;

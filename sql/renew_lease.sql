@@ -46,7 +46,7 @@ BEGIN
       RETURN QUERY SELECT 'expired'::text, u.*, 0;
       RETURN;
     END IF;
-    SELECT x.* INTO u FROM usages x WHERE x.id = p_lease;
+    SELECT (as_usage(l)).* INTO u FROM leases l WHERE l.id = p_lease;
     IF p_max_ms IS NOT NULL AND tok.expires_at >= tok.started_at + p_max_ms * interval '1 millisecond' THEN
       RETURN QUERY SELECT 'max_lease'::text, u.*,
         ceil(extract(epoch FROM tok.expires_at - clock) * 1000)::integer;
@@ -58,13 +58,13 @@ BEGIN
     END IF;
     new_exp := greatest(new_exp, tok.expires_at);
     UPDATE tokens t SET expires_at = new_exp WHERE t.id = tok.id;
-    UPDATE usages x SET expires_at = new_exp WHERE x.id = p_lease RETURNING x.* INTO u;
+    UPDATE leases l SET expires_at = new_exp WHERE l.id = p_lease RETURNING (as_usage(l)).* INTO u;
     RETURN QUERY SELECT 'renewed'::text, u.*, ceil(extract(epoch FROM new_exp - clock) * 1000)::integer;
     RETURN;
   END IF;
 
   SELECT x.* INTO u FROM usages x WHERE x.id = p_lease AND x.token_id = p_token AND x.user_id = p_user;
-  IF NOT FOUND OR u.ended_at IS NULL THEN
+  IF NOT FOUND THEN
     RETURN QUERY SELECT 'not_holder'::text, (NULL::usages).*, NULL::integer;
   ELSE
     RETURN QUERY SELECT 'ended'::text, u.*, NULL::integer;

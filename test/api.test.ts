@@ -170,7 +170,7 @@ describe('the token API', () => {
       expect(free).toMatchObject({ current_user_id: null, activated_at: null, expires_at: null });
 
       const { rows } = await t.db.pool.query<{ n: number }>(
-        'SELECT count(*)::int AS n FROM usages WHERE ended_at IS NULL AND expires_at > now()',
+        'SELECT count(*)::int AS n FROM all_usages WHERE ended_at IS NULL AND expires_at > now()',
       );
       const active = first.body.data.filter((x: { status: string }) => x.status === 'active');
       expect(active).toHaveLength(rows[0]?.n ?? -1);

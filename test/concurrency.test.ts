@@ -52,7 +52,7 @@ describe('concurrent activations', () => {
     expect(new Set(open.map((u) => u.token_id)).size).toBe(100);
     expect(new Set(open.map((u) => u.user_id))).toEqual(new Set(users));
     const { rows } = await t.db.pool.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM tokens t JOIN usages u ON u.id = t.lease_id
+      `SELECT count(*)::int AS n FROM tokens t JOIN all_usages u ON u.id = t.lease_id
        WHERE u.ended_at IS NULL`,
     );
     expect(rows[0]?.n).toBe(100);
@@ -70,7 +70,7 @@ describe('concurrent activations', () => {
     const { rows } = await t.db.pool.query<{ tokens: number; users: number; open: number }>(
       `SELECT count(DISTINCT token_id)::int AS tokens, count(DISTINCT user_id)::int AS users,
               count(*)::int AS open
-       FROM usages WHERE ended_at IS NULL`,
+       FROM all_usages WHERE ended_at IS NULL`,
     );
     expect(rows[0]?.tokens).toBe(rows[0]?.open);
     expect(rows[0]?.users).toBe(rows[0]?.open);

@@ -44,7 +44,7 @@ export async function drainAndCheck(
 ): Promise<void> {
   await load.stop();
   const marginMs = 3_000;
-  await waitFor(async () => (await count(db, 'SELECT count(*) AS n FROM usages WHERE ended_at IS NULL')) === 0, {
+  await waitFor(async () => (await count(db, 'SELECT count(*) AS n FROM all_usages WHERE ended_at IS NULL')) === 0, {
     timeoutMs: timing.leaseTtlMs + timing.sweepIntervalMs + marginMs,
     what: 'every lease to end',
   }).catch(() => undefined);
@@ -54,7 +54,7 @@ export async function drainAndCheck(
     everyAnswerSeen: everyActivationAnswered(load.answers),
   });
   expect(violations, describeViolations(violations)).toEqual([]);
-  expect(await count(db, 'SELECT count(*) AS n FROM usages WHERE ended_at IS NULL'), 'open leases after draining').toBe(0);
+  expect(await count(db, 'SELECT count(*) AS n FROM all_usages WHERE ended_at IS NULL'), 'open leases after draining').toBe(0);
   await waitFor(async () => (await count(db, 'SELECT count(*) AS n FROM waiters')) === 0, {
     timeoutMs: 10_000,
     what: 'the waiting queue to empty',

@@ -279,7 +279,7 @@ describe('Redis failing under load', () => {
     // With Redis gone, and no activation coming to end them lazily, the sweep alone must end
     // the leases still open (a re-added job could beat it after a mere flush).
     await load.stop();
-    const openAtStop = await count(t.db, 'SELECT count(*) AS n FROM usages WHERE ended_at IS NULL');
+    const openAtStop = await count(t.db, 'SELECT count(*) AS n FROM all_usages WHERE ended_at IS NULL');
     await redis.stop();
     await drainAndCheck(t.db, load, { leaseTtlMs: ttlMs, sweepIntervalMs });
     report('redis faults', load.answers);

@@ -258,7 +258,7 @@ describe('fuzzing the HTTP API', () => {
     observations.push({ op: 'activate', userId, sentAt, receivedAt: Date.now(), status: 201, lease: { leaseId: lease.lease_id, tokenId: lease.token_id, fence: lease.fence } });
 
     await waitFor(
-      async () => Number((await t.db.pool.query<{ n: string }>('SELECT count(*) AS n FROM usages WHERE ended_at IS NULL')).rows[0]?.n) === 0,
+      async () => Number((await t.db.pool.query<{ n: string }>('SELECT count(*) AS n FROM all_usages WHERE ended_at IS NULL')).rows[0]?.n) === 0,
       { timeoutMs: LEASE_TTL_MS + SWEEP_INTERVAL_MS + 5_000, what: 'every lease to end' },
     );
     const violations = await checkInvariants(t.db.url, {

@@ -115,14 +115,14 @@ export function spawnService(env: Record<string, string>): ServiceProcess {
  */
 export async function backdate(db: TestDatabase, ms: number, leaseId?: string): Promise<void> {
   // The whole history of each token moves, earliest first, so that no two of its usages ever
-  // overlap on the way (usages_no_overlap is checked row by row); the token's copy of its open
-  // lease moves with it.
+  // overlap on the way (usages_no_overlap is checked row by row); its open lease, and the
+  // token's copy of it, move with it.
   const client = await db.pool.connect();
   try {
     await client.query('BEGIN');
     const { rows } = await client.query<{ id: string }>(
       `SELECT u.id FROM usages u
-       WHERE $1::uuid IS NULL OR u.token_id = (SELECT token_id FROM usages WHERE id = $1::uuid)
+       WHERE $1::uuid IS NULL OR u.token_id = (SELECT token_id FROM all_usages WHERE id = $1::uuid)
        ORDER BY u.started_at, u.fence`,
       [leaseId ?? null],
     );
@@ -135,10 +135,17 @@ export async function backdate(db: TestDatabase, ms: number, leaseId?: string): 
         [ms, row.id],
       );
     }
+    const { rows: moved } = await client.query<{ id: string }>(
+      `UPDATE leases SET started_at = started_at - $1 * interval '1 millisecond',
+                         expires_at = expires_at - $1 * interval '1 millisecond'
+       WHERE $2::uuid IS NULL OR token_id = (SELECT token_id FROM all_usages WHERE id = $2::uuid)
+       RETURNING id`,
+      [ms, leaseId ?? null],
+    );
     await client.query(
-      `UPDATE tokens t SET started_at = u.started_at, expires_at = u.expires_at
-       FROM usages u WHERE u.id = t.lease_id AND u.id = ANY($1::uuid[])`,
-      [rows.map((row) => row.id)],
+      `UPDATE tokens t SET started_at = l.started_at, expires_at = l.expires_at
+       FROM leases l WHERE l.id = t.lease_id AND l.id = ANY($1::uuid[])`,
+      [moved.map((row) => row.id)],
     );
     await client.query('COMMIT');
   } catch (error) {
@@ -149,12 +156,13 @@ export async function backdate(db: TestDatabase, ms: number, leaseId?: string): 
   }
 }
 
-/** A usages row as the database holds it. */
+/** A lease as the database holds it, open (in leases) or ended (in usages). */
 export type UsageRecord = UsageRow;
 
+/** Every lease, open or ended (the all_usages view), that matches `where`. */
 export async function usagesOf(db: TestDatabase, where = 'true', values: unknown[] = []): Promise<UsageRecord[]> {
   const { rows } = await db.pool.query<UsageRecord>(
-    `SELECT * FROM usages WHERE ${where} ORDER BY started_at, fence`,
+    `SELECT * FROM all_usages WHERE ${where} ORDER BY started_at, fence`,
     values,
   );
   return rows;
@@ -184,5 +192,6 @@ export async function resetPool(db: TestDatabase): Promise<void> {
   await db.pool.query(
     'UPDATE tokens SET lease_id = NULL, user_id = NULL, started_at = NULL, expires_at = NULL, last_fence = 0',
   );
+  await db.pool.query('DELETE FROM leases');
   await db.pool.query('DELETE FROM usages');
 }

@@ -119,17 +119,18 @@ describe('the invariant checker', () => {
     // Take the schema's guarantees away in this database only, then break them.
     await t.db.pool.query(`
       ALTER TABLE usages DROP CONSTRAINT usages_no_overlap;
-      DROP INDEX usages_one_open_per_user;
+      ALTER TABLE leases DROP CONSTRAINT leases_one_per_user;
+      ALTER TABLE leases DROP CONSTRAINT leases_token_id_key;
       ALTER TABLE usages DROP CONSTRAINT usages_token_fence_key;
       ALTER TABLE tokens DROP CONSTRAINT tokens_lease_whole;
     `);
     const { rows } = await t.db.pool.query<{ id: string; token_id: string; user_id: string; fence: string }>(
-      'SELECT id, token_id, user_id, fence FROM usages WHERE ended_at IS NULL ORDER BY fence LIMIT 1',
+      'SELECT id, token_id, user_id, fence FROM all_usages WHERE ended_at IS NULL ORDER BY fence LIMIT 1',
     );
     const open = rows[0];
     if (open === undefined) throw new Error('no open usage');
     await t.db.pool.query(
-      `INSERT INTO usages (id, pool_id, token_id, user_id, fence, started_at, expires_at)
+      `INSERT INTO leases (id, pool_id, token_id, user_id, fence, started_at, expires_at)
        VALUES (gen_random_uuid(), 1, $1, $2, $3, now() - interval '1 hour', now() - interval '50 minutes')`,
       [open.token_id, open.user_id, Number(open.fence) + 1],
     );
@@ -137,7 +138,7 @@ describe('the invariant checker', () => {
     // And a token that forgot its holder: reported free while its lease is active.
     await t.db.pool.query(
       `UPDATE tokens SET lease_id = NULL, user_id = NULL, started_at = NULL, expires_at = NULL
-       WHERE id = (SELECT token_id FROM usages WHERE ended_at IS NULL AND token_id <> $1 LIMIT 1)`,
+       WHERE id = (SELECT token_id FROM all_usages WHERE ended_at IS NULL AND token_id <> $1 LIMIT 1)`,
       [open.token_id],
     );
 

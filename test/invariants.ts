@@ -119,7 +119,7 @@ async function atMostOne(client: pg.Client): Promise<Violation[]> {
   const found: Violation[] = [];
   const perToken = await rowsOf(
     client,
-    `SELECT token_id, array_agg(id) AS usages FROM usages WHERE ended_at IS NULL
+    `SELECT token_id, array_agg(id) AS usages FROM all_usages WHERE ended_at IS NULL
      GROUP BY token_id HAVING count(*) > 1`,
   );
   if (perToken.length > 0) {
@@ -127,16 +127,20 @@ async function atMostOne(client: pg.Client): Promise<Violation[]> {
   }
   const perUser = await rowsOf(
     client,
-    `SELECT pool_id, user_id, array_agg(id) AS usages FROM usages WHERE ended_at IS NULL
+    `SELECT pool_id, user_id, array_agg(id) AS usages FROM all_usages WHERE ended_at IS NULL
      GROUP BY pool_id, user_id HAVING count(*) > 1`,
   );
   if (perUser.length > 0) {
     found.push({ invariant: 'at-most-one', message: 'users with two open usages', rows: perUser });
   }
+  const both = await rowsOf(client, 'SELECT l.id, l.token_id FROM leases l JOIN usages u USING (id)');
+  if (both.length > 0) {
+    found.push({ invariant: 'at-most-one', message: 'leases both open and ended', rows: both });
+  }
   const pointers = await rowsOf(
     client,
     `SELECT t.id AS token_id, t.lease_id, u.id AS open_usage
-     FROM tokens t FULL JOIN (SELECT * FROM usages WHERE ended_at IS NULL) u ON u.token_id = t.id
+     FROM tokens t FULL JOIN (SELECT * FROM all_usages WHERE ended_at IS NULL) u ON u.token_id = t.id
      WHERE (t.lease_id IS NOT NULL OR u.id IS NOT NULL) AND (t.lease_id IS DISTINCT FROM u.id OR t.user_id IS DISTINCT FROM u.user_id
         OR t.started_at IS DISTINCT FROM u.started_at OR t.expires_at IS DISTINCT FROM u.expires_at
         OR t.pool_id IS DISTINCT FROM u.pool_id)`,
@@ -160,7 +164,7 @@ async function noOverlap(client: pg.Client): Promise<Violation[]> {
               lag(id) OVER w AS previous_id, lag(fence) OVER w AS previous_fence,
               lag(started_at) OVER w AS previous_started_at,
               lag(ended_at) OVER w AS previous_ended_at
-       FROM usages WINDOW w AS (PARTITION BY token_id ORDER BY fence)
+       FROM all_usages WINDOW w AS (PARTITION BY token_id ORDER BY fence)
      ) x
      WHERE previous_id IS NOT NULL AND (
        previous_ended_at IS NULL OR previous_ended_at > started_at
@@ -176,7 +180,7 @@ async function noOverlap(client: pg.Client): Promise<Violation[]> {
   const fences = await rowsOf(
     client,
     `SELECT t.id AS token_id, t.last_fence, min(u.fence) AS first, max(u.fence) AS last
-     FROM tokens t LEFT JOIN usages u ON u.token_id = t.id
+     FROM tokens t LEFT JOIN all_usages u ON u.token_id = t.id
      GROUP BY t.id, t.last_fence
      HAVING t.last_fence <> coalesce(max(u.fence), 0) OR coalesce(min(u.fence), 1) <> 1`,
   );
@@ -201,7 +205,7 @@ async function statusAgrees(client: pg.Client): Promise<Violation[]> {
      ), truth AS (
        SELECT t.id, o.id IS NOT NULL AS active, o.user_id
        FROM tokens t
-       LEFT JOIN usages o ON o.token_id = t.id AND o.ended_at IS NULL AND o.expires_at > now()
+       LEFT JOIN all_usages o ON o.token_id = t.id AND o.ended_at IS NULL AND o.expires_at > now()
      )
      SELECT r.id AS token_id, r.active AS reported_active, r.user_id AS reported_user,
             t.active AS active, t.user_id AS user_id
@@ -219,7 +223,7 @@ async function noLeak(
 ): Promise<Violation[]> {
   const leaked = await rowsOf(
     client,
-    `SELECT * FROM usages
+    `SELECT * FROM all_usages
      WHERE ended_at IS NULL AND expires_at < now() - ($1::int + $2::int) * interval '1 millisecond'`,
     [drained.sweepIntervalMs, drained.marginMs],
   );
@@ -234,7 +238,7 @@ async function clientAgreement(
   everyAnswerSeen: boolean,
 ): Promise<Violation[]> {
   const found: Violation[] = [];
-  const usages = await rowsOf<UsageRow>(client, 'SELECT * FROM usages');
+  const usages = await rowsOf<UsageRow>(client, 'SELECT * FROM all_usages');
   const byId = new Map(usages.map((u) => [u.id, u]));
 
   const granted = observations.flatMap((o) => (o.op === 'activate' && o.lease !== undefined ? [{ o, lease: o.lease }] : []));

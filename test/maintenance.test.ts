@@ -25,12 +25,13 @@ describe('database upkeep', () => {
 
   it('has the per-table settings a PostgreSQL with autovacuum on honours', async () => {
     const { rows } = await db.pool.query<{ relname: string; reloptions: string[] }>(
-      `SELECT relname, reloptions FROM pg_class WHERE relname IN ('tokens', 'waiters', 'usages') ORDER BY relname`,
+      `SELECT relname, reloptions FROM pg_class WHERE relname IN ('tokens', 'leases', 'waiters', 'usages') ORDER BY relname`,
     );
     const options = Object.fromEntries(rows.map((r) => [r.relname, r.reloptions]));
     expect(options.tokens).toEqual(
       expect.arrayContaining(['fillfactor=50', 'autovacuum_vacuum_scale_factor=0', 'autovacuum_vacuum_threshold=1000']),
     );
+    expect(options.leases).toEqual(expect.arrayContaining(['autovacuum_vacuum_scale_factor=0', 'autovacuum_vacuum_threshold=1000']));
     expect(options.waiters).toEqual(expect.arrayContaining(['autovacuum_vacuum_threshold=1000']));
     expect(options.usages).toEqual(expect.arrayContaining(['autovacuum_vacuum_scale_factor=0.02']));
   });
@@ -74,13 +75,20 @@ describe('database upkeep', () => {
   it('removes ended usages older than the retention, in batches, and never an open lease', async () => {
     const { rows: tokens } = await db.pool.query<{ id: string }>('SELECT id FROM tokens ORDER BY position LIMIT 3');
     const usage = (token: number, fence: number, startedDaysAgo: number, endedDaysAgo: number | null) =>
-      db.pool.query(
-        `INSERT INTO usages (id, pool_id, token_id, user_id, fence, started_at, expires_at, ended_at, end_reason)
-         SELECT uuid_v7(s), 1, $1, $2, $3, s, s + interval '1 hour', e, CASE WHEN e IS NULL THEN NULL ELSE 'released' END
-         FROM (SELECT now() - $4 * interval '1 day' AS s,
-                      now() - $5 * interval '1 day' AS e) t`,
-        [tokens[token]?.id, newUserId(), fence, startedDaysAgo, endedDaysAgo],
-      );
+      endedDaysAgo === null
+        ? db.pool.query(
+            `INSERT INTO leases (id, pool_id, token_id, user_id, fence, started_at, expires_at)
+             SELECT uuid_v7(s), 1, $1, $2, $3, s, s + interval '1 hour'
+             FROM (SELECT now() - $4 * interval '1 day' AS s) t`,
+            [tokens[token]?.id, newUserId(), fence, startedDaysAgo],
+          )
+        : db.pool.query(
+            `INSERT INTO usages (id, pool_id, token_id, user_id, fence, started_at, expires_at, ended_at, end_reason)
+             SELECT uuid_v7(s), 1, $1, $2, $3, s, s + interval '1 hour', e, 'released'
+             FROM (SELECT now() - $4 * interval '1 day' AS s,
+                          now() - $5 * interval '1 day' AS e) t`,
+            [tokens[token]?.id, newUserId(), fence, startedDaysAgo, endedDaysAgo],
+          );
     for (let fence = 1; fence <= 5; fence += 1) await usage(0, fence, 100 - fence, 100 - fence - 0.5); // old, ended
     await usage(1, 1, 95, null); // old, still open
     await usage(2, 1, 31, 29); // started before the limit, ended after it
@@ -90,7 +98,7 @@ describe('database upkeep', () => {
 
     expect(report?.usagesRemoved).toBe(5);
     const { rows } = await db.pool.query<{ token_id: string; fence: string; ended: boolean }>(
-      'SELECT token_id, fence, ended_at IS NOT NULL AS ended FROM usages ORDER BY token_id, fence',
+      'SELECT token_id, fence, ended_at IS NOT NULL AS ended FROM all_usages ORDER BY token_id, fence',
     );
     expect(rows.map((r) => [tokens.findIndex((t) => t.id === r.token_id), Number(r.fence), r.ended])).toEqual(
       expect.arrayContaining([

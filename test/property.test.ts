@@ -47,6 +47,7 @@ function modelProperty(config: ModelConfig, env: Record<string, string>) {
   async function setup() {
     await t.db.pool.query(`
       UPDATE tokens SET lease_id = NULL, user_id = NULL, started_at = NULL, expires_at = NULL, last_fence = 0;
+      DELETE FROM leases;
       DELETE FROM usages;
       DELETE FROM waiters;`);
     const real: Real = { t, users, tokenIds, startedAt: Date.now() };

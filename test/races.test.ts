@@ -30,7 +30,7 @@ function harness(getService: () => TestService) {
   async function expireIn(leaseId: string, ms: number): Promise<Date> {
     const { rows } = await t().db.pool.query<{ expires_at: Date }>(
       `WITH u AS (
-         UPDATE usages SET expires_at = clock_timestamp() + $2 * interval '1 millisecond' WHERE id = $1
+         UPDATE leases SET expires_at = clock_timestamp() + $2 * interval '1 millisecond' WHERE id = $1
          RETURNING token_id, expires_at
        )
        UPDATE tokens t SET expires_at = u.expires_at FROM u WHERE t.id = u.token_id RETURNING t.expires_at`,
@@ -202,7 +202,7 @@ describe('one lock, one clock', () => {
     expect(res.status, res.text).toBe(201);
     expect(res.body.data.lease_id).not.toBe(old.lease_id);
     expect(Date.parse(res.body.data.expires_at)).toBeGreaterThan(Date.now());
-    const [ended] = await t.db.pool.query('SELECT end_reason FROM usages WHERE id = $1', [old.lease_id]).then((r) => r.rows);
+    const [ended] = await t.db.pool.query('SELECT end_reason FROM all_usages WHERE id = $1', [old.lease_id]).then((r) => r.rows);
     expect(ended).toEqual({ end_reason: 'expired' });
     await h.expectNoViolations();
   });
@@ -295,7 +295,7 @@ describe('evict_oldest under a rush', () => {
       `SELECT count(*) FILTER (WHERE ended_at IS NULL)::int AS open,
               count(*) FILTER (WHERE end_reason = 'evicted')::int AS evicted,
               count(*)::int AS total
-       FROM usages`,
+       FROM all_usages`,
     );
     expect(rows[0]).toEqual({ open: 5, evicted: 120, total: 125 });
     await h.expectNoViolations();

@@ -53,7 +53,7 @@ async function activate(port: number): Promise<{ lease_id: string; token_id: str
 }
 
 async function openCount(db: pg.Client): Promise<number> {
-  const { rows } = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM usages WHERE ended_at IS NULL');
+  const { rows } = await db.query<{ n: number }>('SELECT count(*)::int AS n FROM all_usages WHERE ended_at IS NULL');
   return rows[0]?.n ?? -1;
 }
 
@@ -71,7 +71,7 @@ describe('ROLE=api and ROLE=worker as two processes', () => {
     await waitFor(async () => (await openCount(d.db)) === 0, { what: 'every lease to end' });
     const { rows } = await d.db.query<{ late_ms: number; end_reason: string }>(
       `SELECT (extract(epoch FROM ended_at - expires_at) * 1000)::float8 AS late_ms, end_reason
-       FROM usages WHERE id = ANY($1)`,
+       FROM all_usages WHERE id = ANY($1)`,
       [leases.map((l) => l.lease_id)],
     );
     for (const row of rows) {
@@ -124,7 +124,7 @@ describe('worker shutdown', () => {
     expect(await worker.exited()).toEqual({ code: 0, signal: null });
     expect(Date.now() - stopping).toBeLessThan(10_000);
     const { rows } = await d.db.query<{ end_reason: string | null }>(
-      'SELECT end_reason FROM usages WHERE id = $1',
+      'SELECT end_reason FROM all_usages WHERE id = $1',
       [lease.lease_id],
     );
     expect(rows[0]?.end_reason).toBe('expired');

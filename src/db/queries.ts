@@ -153,7 +153,10 @@ export async function listOpenLeases(
   );
 }
 
-/** One lease of a token by its fence: a single read of the (token_id, fence) unique index, no lock. */
+/**
+ * One lease of a token by its fence, open or ended: a read of the open lease (by token, unique)
+ * and of the history's (token_id, fence) unique index, no lock.
+ */
 export async function findUsageByFence(
   db: Queryable,
   args: { tokenId: string; fence: number },
@@ -163,7 +166,7 @@ export async function findUsageByFence(
       db,
       'find-usage-by-fence',
       `SELECT u.*, (u.ended_at IS NULL AND u.expires_at > clock_timestamp()) AS active
-       FROM usages u WHERE u.token_id = $1 AND u.fence = $2`,
+       FROM all_usages u WHERE u.token_id = $1 AND u.fence = $2`,
       [args.tokenId, args.fence],
     ),
   );
@@ -310,7 +313,10 @@ export async function tokenExists(db: Queryable, tokenId: string): Promise<boole
   return rows.length > 0;
 }
 
-/** A page of a token's usages, newest first, keyed by fence (which grows with start order). */
+/**
+ * A page of a token's usages, newest first, keyed by fence (which grows with start order): its
+ * open lease, if any, then the ended ones.
+ */
 export async function listUsages(
   db: Queryable,
   args: { tokenId: string; beforeFence: number | null; limit: number },
@@ -318,7 +324,7 @@ export async function listUsages(
   return query<UsageRow>(
     db,
     'list-usages',
-    `SELECT * FROM usages
+    `SELECT * FROM all_usages
      WHERE token_id = $1 AND ($2::bigint IS NULL OR fence < $2::bigint)
      ORDER BY fence DESC
      LIMIT $3`,
@@ -338,8 +344,11 @@ export async function unlockMaintenance(client: PoolClient): Promise<void> {
   await query(client, 'unlock-maintenance', 'SELECT pg_advisory_unlock(5, 0)');
 }
 
-/** The tables the upkeep vacuums: the ones every lease change writes. */
-export const HOT_TABLES = ['tokens', 'usages', 'waiters'] as const;
+/**
+ * The tables the upkeep vacuums: the ones whose rows every lease change rewrites or deletes.
+ * usages is insert-only; what retention deletes from it is vacuumed too.
+ */
+export const HOT_TABLES = ['tokens', 'leases', 'waiters', 'usages'] as const;
 export type HotTable = (typeof HOT_TABLES)[number];
 
 export async function deadRows(db: Queryable): Promise<Array<{ table: HotTable; dead: number; live: number }>> {
@@ -364,7 +373,7 @@ export async function vacuum(client: PoolClient, table: HotTable): Promise<void>
 /**
  * Deletes up to `limit` usages that ended more than `days` days ago, oldest first. Found by
  * their ids, which are UUIDv7 of their start (sql/uuid_v7_floor.sql): a range of the primary
- * key, not a scan of the history. Open leases are never touched.
+ * key, not a scan of the history. Open leases are never touched: they are not in usages.
  */
 export async function deleteOldUsages(db: Queryable, args: { days: number; limit: number }): Promise<number> {
   const rows = await query<{ n: number }>(

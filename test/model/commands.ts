@@ -124,7 +124,7 @@ export async function expectSameState(m: PoolModel, real: Real, after: string): 
             (extract(epoch FROM now() - started_at) * 1000)::float8 AS started_ago_ms,
             (extract(epoch FROM expires_at - now()) * 1000)::float8 AS expires_in_ms,
             (extract(epoch FROM now() - ended_at) * 1000)::float8 AS ended_ago_ms
-     FROM usages`,
+     FROM all_usages`,
   );
   const { rows: tokens } = await db.query<{ id: string; last_fence: string; lease_id: string | null }>(
     'SELECT id, last_fence, lease_id FROM tokens ORDER BY position',

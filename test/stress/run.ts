@@ -238,11 +238,11 @@ async function drain(databaseUrl: string, graceMs: number): Promise<void> {
   try {
     const { rows } = await client.query<{ deadline_ms: string | null }>(
       `SELECT extract(epoch FROM max(expires_at) - now()) * 1000 AS deadline_ms
-       FROM usages WHERE ended_at IS NULL`,
+       FROM all_usages WHERE ended_at IS NULL`,
     );
     const deadline = Date.now() + Math.max(0, Number(rows[0]?.deadline_ms ?? 0)) + graceMs;
     for (;;) {
-      const open = await client.query('SELECT 1 FROM usages WHERE ended_at IS NULL LIMIT 1');
+      const open = await client.query('SELECT 1 FROM all_usages WHERE ended_at IS NULL LIMIT 1');
       if (open.rows.length === 0 || Date.now() > deadline) return;
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
@@ -256,7 +256,7 @@ async function countUsagesByEndReason(databaseUrl: string): Promise<Record<strin
   await client.connect();
   try {
     const { rows } = await client.query<{ reason: string; n: number }>(
-      `SELECT coalesce(end_reason, 'open') AS reason, count(*)::int AS n FROM usages GROUP BY 1 ORDER BY 1`,
+      `SELECT coalesce(end_reason, 'open') AS reason, count(*)::int AS n FROM all_usages GROUP BY 1 ORDER BY 1`,
     );
     return Object.fromEntries(rows.map((r) => [r.reason, r.n]));
   } finally {

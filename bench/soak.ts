@@ -42,6 +42,11 @@ export interface SoakMinute {
   /** Share of the updates of `tokens` that were HOT, this minute. */
   readonly hotShare: number;
   readonly vacuums: number;
+  /**
+   * Shared-buffer pages read or hit in the soak's database per cycle, this minute: the work a
+   * lease costs PostgreSQL, which other load on the machine does not change.
+   */
+  readonly pagesPerCycle: number;
 }
 
 const SOAK_TARGETS = { rate: 0.9, p99: 1.5 };
@@ -87,7 +92,10 @@ async function tableStats(databaseUrl: string) {
        FROM pg_stat_user_tables WHERE relname IN ('tokens', 'leases', 'usages')`,
     );
     const of = (name: string) => rows.find((r) => r.relname === name) ?? { dead: 0, upd: 0, hot: 0, vacuums: 0 };
-    return { tokens: of('tokens'), leases: of('leases'), usages: of('usages') };
+    const { rows: database } = await client.query<{ pages: number }>(
+      `SELECT (blks_hit + blks_read)::float8 AS pages FROM pg_stat_database WHERE datname = current_database()`,
+    );
+    return { tokens: of('tokens'), leases: of('leases'), usages: of('usages'), pages: database[0]?.pages ?? 0 };
   });
 }
 
@@ -111,6 +119,7 @@ export async function runSoak(options: LongRunOptions): Promise<string> {
         deadUsages: after.usages.dead,
         hotShare: updates === 0 ? 1 : (after.tokens.hot - before.tokens.hot) / updates,
         vacuums: (['tokens', 'leases', 'usages'] as const).reduce((n, t) => n + after[t].vacuums - before[t].vacuums, 0),
+        pagesPerCycle: result.cycles === 0 ? 0 : (after.pages - before.pages) / result.cycles,
       });
       const m = minutes.at(-1)!;
       options.progress(`soak: minute ${minute}: ${m.cyclesPerSec.toFixed(0)} cycles/s, p99 ${m.p99Ms.toFixed(1)} ms`);
@@ -124,11 +133,11 @@ export async function runSoak(options: LongRunOptions): Promise<string> {
 
 export function formatSoak(minutes: readonly SoakMinute[]): string {
   const lines = [
-    '| Minute | Cycles/s | p99 ms | Errors | Dead rows tokens | Dead rows leases | Dead rows usages | HOT updates of tokens | VACUUMs |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| Minute | Cycles/s | p99 ms | Errors | Pages per cycle | Dead rows tokens | Dead rows leases | Dead rows usages | HOT updates of tokens | VACUUMs |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...minutes.map(
       (m) =>
-        `| ${m.minute} | ${m.cyclesPerSec.toFixed(0)} | ${m.p99Ms.toFixed(1)} | ${m.errors} | ${m.deadTokens} | ${m.deadLeases} | ${m.deadUsages} | ${(m.hotShare * 100).toFixed(1)}% | ${m.vacuums} |`,
+        `| ${m.minute} | ${m.cyclesPerSec.toFixed(0)} | ${m.p99Ms.toFixed(1)} | ${m.errors} | ${m.pagesPerCycle.toFixed(1)} | ${m.deadTokens} | ${m.deadLeases} | ${m.deadUsages} | ${(m.hotShare * 100).toFixed(1)}% | ${m.vacuums} |`,
     ),
   ];
   const first = minutes[0];
@@ -136,10 +145,12 @@ export function formatSoak(minutes: readonly SoakMinute[]): string {
   if (first !== undefined && last !== undefined) {
     const rate = last.cyclesPerSec / first.cyclesPerSec;
     const p99 = last.p99Ms / first.p99Ms;
+    const pages = last.pagesPerCycle / first.pagesPerCycle;
     lines.push(
       '',
       `last minute / first minute: rate ${rate.toFixed(2)} (target >= ${SOAK_TARGETS.rate}: ${rate >= SOAK_TARGETS.rate ? 'met' : 'MISSED'}), ` +
-        `p99 ${p99.toFixed(2)} (target <= ${SOAK_TARGETS.p99}: ${p99 <= SOAK_TARGETS.p99 ? 'met' : 'MISSED'})`,
+        `p99 ${p99.toFixed(2)} (target <= ${SOAK_TARGETS.p99}: ${p99 <= SOAK_TARGETS.p99 ? 'met' : 'MISSED'}), ` +
+        `pages per cycle ${pages.toFixed(2)}`,
     );
   }
   return lines.join('\n');

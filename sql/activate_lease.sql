@@ -2,6 +2,7 @@
 -- out, else a new one on the lowest free token (or one whose lease ran out), else, with
 -- p_evict, the token of the pool's oldest lease. p_waiter is the caller's place in the queue
 -- (null for a plain activation): nobody takes a token ahead of a live waiter who came earlier.
+-- p_client is the API client asking (null for any other caller), recorded on a new lease.
 --
 -- Locking order (docs/design.md): the user's advisory lock, then one token row, then the clock,
 -- read once; every decision and every time stamped uses that reading.
@@ -10,7 +11,8 @@ CREATE OR REPLACE FUNCTION activate_lease(
   p_user uuid,
   p_ttl_ms integer,
   p_evict boolean,
-  p_waiter bigint DEFAULT NULL
+  p_waiter bigint DEFAULT NULL,
+  p_client uuid DEFAULT NULL
 )
 RETURNS TABLE (
   outcome           text,
@@ -139,8 +141,8 @@ BEGIN
 
   new_id := uuid_v7(clock);
   new_exp := clock + p_ttl_ms * interval '1 millisecond';
-  INSERT INTO leases (id, pool_id, token_id, user_id, fence, started_at, expires_at)
-    VALUES (new_id, p_pool, tok.id, p_user, tok.last_fence + 1, clock, new_exp);
+  INSERT INTO leases (id, pool_id, token_id, user_id, fence, started_at, expires_at, client_id)
+    VALUES (new_id, p_pool, tok.id, p_user, tok.last_fence + 1, clock, new_exp, p_client);
   UPDATE tokens t
     SET last_fence = tok.last_fence + 1, lease_id = new_id, user_id = p_user,
         started_at = clock, expires_at = new_exp

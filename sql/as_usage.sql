@@ -4,5 +4,5 @@ CREATE OR REPLACE FUNCTION as_usage(l leases) RETURNS usages
 LANGUAGE sql IMMUTABLE
 AS $$
   SELECT ROW(l.id, l.pool_id, l.token_id, l.user_id, l.fence, l.started_at, l.expires_at,
-             NULL::timestamptz, NULL::text)::usages
+             NULL::timestamptz, NULL::text, l.client_id)::usages
 $$;

@@ -8,8 +8,8 @@ DECLARE
   ended usages;
 BEGIN
   WITH open AS (DELETE FROM leases l WHERE l.id = tok.lease_id RETURNING l.*)
-  INSERT INTO usages (id, pool_id, token_id, user_id, fence, started_at, expires_at, ended_at, end_reason)
-    SELECT o.id, o.pool_id, o.token_id, o.user_id, o.fence, o.started_at, o.expires_at, clock, reason
+  INSERT INTO usages (id, pool_id, token_id, user_id, fence, started_at, expires_at, ended_at, end_reason, client_id)
+    SELECT o.id, o.pool_id, o.token_id, o.user_id, o.fence, o.started_at, o.expires_at, clock, reason, o.client_id
     FROM open o
     RETURNING * INTO ended;
   UPDATE tokens t SET lease_id = NULL, user_id = NULL, started_at = NULL, expires_at = NULL

@@ -13,6 +13,7 @@ RETURNS TABLE (
   expires_at   timestamptz,
   ended_at     timestamptz,
   end_reason   text,
+  client_id    uuid,
   remaining_ms integer
 )
 LANGUAGE plpgsql

@@ -5,11 +5,14 @@
 --   expired      it had run out: ended now as expired
 --   ended        it had ended before (the usage says how)
 --   not_holder   p_lease is not p_user's lease of p_token
+--   forbidden    it is, but another API client made it: unchanged
 --   no_token     p_token does not exist
+-- p_client is the API client asking, which may renew only the leases it made; null for any other
+-- caller (a user, whom p_user already stands for, or an admin).
 -- It locks the token like every change, so a renewal and the end of the lease it renews are
 -- ordered, and both decide by the same clock.
 CREATE OR REPLACE FUNCTION renew_lease(
-  p_token uuid, p_user uuid, p_lease uuid, p_ttl_ms integer, p_max_ms integer
+  p_token uuid, p_user uuid, p_lease uuid, p_ttl_ms integer, p_max_ms integer, p_client uuid DEFAULT NULL
 )
 RETURNS TABLE (
   outcome      text,
@@ -22,6 +25,7 @@ RETURNS TABLE (
   expires_at   timestamptz,
   ended_at     timestamptz,
   end_reason   text,
+  client_id    uuid,
   remaining_ms integer
 )
 LANGUAGE plpgsql
@@ -40,13 +44,17 @@ BEGIN
   clock := clock_timestamp();
 
   IF tok.lease_id = p_lease AND tok.user_id = p_user THEN
+    SELECT (as_usage(l)).* INTO u FROM leases l WHERE l.id = p_lease;
+    IF p_client IS NOT NULL AND u.client_id IS DISTINCT FROM p_client THEN
+      RETURN QUERY SELECT 'forbidden'::text, (NULL::usages).*, NULL::integer;
+      RETURN;
+    END IF;
     IF tok.expires_at <= clock THEN
       u := end_lease(tok, clock, 'expired');
       PERFORM wake_waiters(tok.pool_id);
       RETURN QUERY SELECT 'expired'::text, u.*, 0;
       RETURN;
     END IF;
-    SELECT (as_usage(l)).* INTO u FROM leases l WHERE l.id = p_lease;
     IF p_max_ms IS NOT NULL AND tok.expires_at >= tok.started_at + p_max_ms * interval '1 millisecond' THEN
       RETURN QUERY SELECT 'max_lease'::text, u.*,
         ceil(extract(epoch FROM tok.expires_at - clock) * 1000)::integer;
@@ -66,6 +74,8 @@ BEGIN
   SELECT x.* INTO u FROM usages x WHERE x.id = p_lease AND x.token_id = p_token AND x.user_id = p_user;
   IF NOT FOUND THEN
     RETURN QUERY SELECT 'not_holder'::text, (NULL::usages).*, NULL::integer;
+  ELSIF p_client IS NOT NULL AND u.client_id IS DISTINCT FROM p_client THEN
+    RETURN QUERY SELECT 'forbidden'::text, (NULL::usages).*, NULL::integer;
   ELSE
     RETURN QUERY SELECT 'ended'::text, u.*, NULL::integer;
   END IF;

@@ -60,7 +60,7 @@ export const envSchema = z
       // What a client can send in a Bearer credential: no spaces, nothing outside ASCII.
       .regex(/^[\x21-\x7e]+$/, 'must be visible ASCII characters, without spaces')
       .optional(),
-    AUTH_MODE: z.enum(['none', 'jwt']).optional(),
+    AUTH_MODE: z.enum(['none', 'jwt', 'api_key']).optional(),
     JWT_SECRET: z
       .string()
       .refine((s) => Buffer.byteLength(s, 'utf8') >= 32, 'must be at least 32 bytes')
@@ -92,7 +92,8 @@ export const envSchema = z
   })
   .refine((e) => e.NODE_ENV !== 'production' || e.AUTH_MODE !== undefined, {
     path: ['AUTH_MODE'],
-    message: 'must be set when NODE_ENV=production: none (anyone who can reach the service may end any lease) or jwt',
+    message:
+      'must be set when NODE_ENV=production: none (anyone who can reach the service may end any lease), jwt or api_key',
   })
   .refine(
     (e) =>

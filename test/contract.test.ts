@@ -5,6 +5,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { z } from 'zod';
 import {
   clearedSchema,
+  clientSchema,
+  newClientSchema,
+  revokedClientSchema,
   envelope,
   errorSchema,
   historySchema,
@@ -74,6 +77,7 @@ describe('GET /openapi.json', () => {
   it('documents exactly the routes the app serves', () => {
     const app = createApp({
       leases: t.service.leases,
+      apiClients: t.service.apiClients,
       log: { isLevelEnabled: () => false } as never,
       metrics: t.service.metrics,
       adminApiKey: undefined,
@@ -125,6 +129,16 @@ describe('real answers match the documented schemas', () => {
       '/api/tokens/clear',
       envelope(clearedSchema),
     );
+
+    const admin = { Authorization: `Bearer ${ADMIN_KEY}` };
+    const made = await t.http.post('/api/admin/clients').set(admin).send({ name: 'contract', scopes: ['lease'] });
+    conforms(made, 'post', '/api/admin/clients', envelope(newClientSchema));
+    conforms(await t.http.post('/api/admin/clients').set(admin).send({ name: '', scopes: ['write'] }), 'post', '/api/admin/clients', errorSchema);
+    conforms(await t.http.get('/api/admin/clients').set(admin), 'get', '/api/admin/clients', envelope(clientSchema.array()));
+    conforms(await t.http.get('/api/admin/clients'), 'get', '/api/admin/clients', errorSchema);
+    const clientPath = `/api/admin/clients/${made.body.data.id as string}`;
+    conforms(await t.http.delete(clientPath).set(admin), 'delete', '/api/admin/clients/{id}', envelope(revokedClientSchema));
+    conforms(await t.http.delete('/api/admin/clients/nope').set(admin), 'delete', '/api/admin/clients/{id}', errorSchema);
 
     conforms(await t.http.get('/readyz'), 'get', '/readyz', envelope(readySchema));
   });

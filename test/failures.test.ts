@@ -18,7 +18,7 @@ describe('unexpected errors', () => {
 
   it('answer 500 internal with no stack trace in the body', async () => {
     // A real failure from PostgreSQL: the activation function is gone from this database.
-    await t.db.pool.query('DROP FUNCTION activate_lease(integer, uuid, integer, boolean, bigint)');
+    await t.db.pool.query('DROP FUNCTION activate_lease(integer, uuid, integer, boolean, bigint, uuid)');
 
     const res = await t.http.post('/api/tokens/activate').send({ user_id: newUserId() });
 

@@ -104,6 +104,32 @@ describe('scripts/', () => {
     expect(json(cleared.stdout).data.cleared_tokens).toBe(3);
   });
 
+  it('clients.sh makes, lists and revokes API clients with the admin key', async () => {
+    const admin = { ADMIN_API_KEY: ADMIN_KEY };
+    const made = await run('clients.sh', ['create', 'GPU scheduler 2', 'lease', 'read'], admin);
+    expect(made.code).toBe(0);
+    const client = json(made.stdout).data as { id: string; name: string; scopes: string[]; key: string };
+    expect(client).toMatchObject({ name: 'GPU scheduler 2', scopes: ['lease', 'read'], key: expect.stringMatching(/^tlk_/) });
+
+    const listed = await run('clients.sh', ['list'], admin);
+    expect(listed.code).toBe(0);
+    expect(json(listed.stdout).data).toContainEqual(expect.objectContaining({ id: client.id, name: 'GPU scheduler 2' }));
+    expect(listed.stdout).not.toContain(client.key);
+
+    const revoked = await run('clients.sh', ['revoke', client.id], admin);
+    expect(revoked.code).toBe(0);
+    expect(json(revoked.stdout).data).toMatchObject({ id: client.id, revoked_at: expect.any(String) });
+
+    const denied = await run('clients.sh', ['list']);
+    expect(denied.code).not.toBe(0);
+    expect(json(denied.stdout).error.code).toBe('unauthorized');
+    for (const args of [['create', 'x', 'write'], ['create', 'a"b', 'read'], ['create', 'x'], ['revoke', '../x'], ['rename']]) {
+      const refused = await run('clients.sh', args, admin);
+      expect(refused.code, args.join(' ')).toBe(2);
+      expect(refused.stdout, args.join(' ')).toBe('');
+    }
+  });
+
   it('exit non-zero on an HTTP error and still print the error body', async () => {
     const res = await run('show.sh', ['00000000-0000-4000-8000-000000000000']);
     expect(res.code).not.toBe(0);

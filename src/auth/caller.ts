@@ -1,10 +1,10 @@
 // Who is calling, once their credential is verified: the one shape every credential check (the
-// admin key, a JWT, and API clients next) produces, and the routes read.
+// admin key, a JWT, an API client's key) produces, and the routes read.
 
 export type Scope = 'read' | 'admin' | 'lease';
 
 export interface Caller {
-  /** anonymous: AUTH_MODE=none without credentials; user: a JWT's sub; admin: ADMIN_API_KEY. */
+  /** anonymous: AUTH_MODE=none without credentials; user: a JWT's sub; client: an API key; admin: ADMIN_API_KEY. */
   readonly kind: 'anonymous' | 'user' | 'client' | 'admin';
   /** The user the caller is (a JWT's sub); null for anyone else. */
   readonly userId: string | null;
@@ -21,3 +21,14 @@ export const ADMIN: Caller = { kind: 'admin', userId: null, clientId: null, scop
 export function hasScope(caller: Caller, scope: Scope): boolean {
   return caller.scopes.has(scope) || caller.scopes.has('admin');
 }
+
+/** A bearer credential (of AUTH_MODE's kind) is refused; `reason` goes into the answer, never the credential. */
+export class InvalidCredentialError extends Error {
+  constructor(readonly reason: string) {
+    super(reason);
+    this.name = new.target.name;
+  }
+}
+
+/** Checks a bearer credential of AUTH_MODE's kind: the caller, or InvalidCredentialError. */
+export type BearerVerifier = (credential: string) => Promise<Caller>;

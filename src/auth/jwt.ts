@@ -5,7 +5,7 @@
 
 import { createPublicKey, type KeyObject } from 'node:crypto';
 import { createLocalJWKSet, errors, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
-import type { Caller } from './caller.js';
+import { InvalidCredentialError, type Caller } from './caller.js';
 
 export type JwtKey =
   | { readonly kind: 'secret'; readonly secret: string }
@@ -19,12 +19,7 @@ export interface JwtOptions {
 }
 
 /** Why a token was refused, for the answer's RFC 6750 error_description (never the token). */
-export class InvalidTokenError extends Error {
-  constructor(readonly reason: string) {
-    super(reason);
-    this.name = 'InvalidTokenError';
-  }
-}
+export class InvalidTokenError extends InvalidCredentialError {}
 
 const CLOCK_TOLERANCE_SEC = 30;
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;

@@ -20,6 +20,8 @@ const RECONNECT_MAX_MS = 5_000;
 /** The channels the service uses: the first is fed by sql/wake_waiters.sql. */
 export const WAITERS_CHANNEL = 'token_lease_waiters';
 export const CHANGES_CHANNEL = 'token_lease_changes';
+/** An API client was revoked; the payload is its id (src/domain/clients.ts). */
+export const CLIENTS_CHANNEL = 'token_lease_clients';
 
 /**
  * LISTENs on a few channels over a dedicated connection (outside the pool), reconnecting with

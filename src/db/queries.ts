@@ -34,16 +34,19 @@ export interface ActivateRow {
   expired_lease_ids: string[];
 }
 
-/** `waiterId`: the caller's place in the queue; null for a plain activation. */
+/**
+ * `waiterId`: the caller's place in the queue; null for a plain activation. `clientId`: the API
+ * client asking, recorded on a new lease; null or absent for any other caller.
+ */
 export async function activateLease(
   db: Queryable,
-  args: { poolId: number; userId: string; ttlMs: number; evictOldest: boolean; waiterId: string | null },
+  args: { poolId: number; userId: string; ttlMs: number; evictOldest: boolean; waiterId: string | null; clientId?: string | null },
 ): Promise<ActivateRow> {
   const rows = await query<ActivateRow>(
     db,
     'activate-lease',
-    'SELECT * FROM activate_lease($1, $2, $3, $4, $5)',
-    [args.poolId, args.userId, args.ttlMs, args.evictOldest, args.waiterId],
+    'SELECT * FROM activate_lease($1, $2, $3, $4, $5, $6)',
+    [args.poolId, args.userId, args.ttlMs, args.evictOldest, args.waiterId, args.clientId ?? null],
   );
   return one(rows);
 }
@@ -53,37 +56,45 @@ export type Outcome<O extends string, Extra = object> = {
   outcome: O;
 } & ({ [K in keyof UsageRow]: UsageRow[K] | null } & Extra);
 
-export type ReleaseRow = Outcome<'released' | 'released_before' | 'expired' | 'ended' | 'not_holder' | 'no_token'>;
+export type ReleaseRow = Outcome<'released' | 'released_before' | 'expired' | 'ended' | 'not_holder' | 'forbidden' | 'no_token'>;
 
-/** Ends the lease `leaseId` if it is `userId`'s lease of `tokenId` (sql/release_lease.sql). */
+/**
+ * Ends the lease `leaseId` if it is `userId`'s lease of `tokenId` and, when `clientId` names the
+ * API client asking, that client made it (sql/release_lease.sql).
+ */
 export async function releaseLease(
   db: Queryable,
-  args: { tokenId: string; userId: string; leaseId: string },
+  args: { tokenId: string; userId: string; leaseId: string; clientId?: string | null },
 ): Promise<ReleaseRow> {
-  const rows = await query<ReleaseRow>(db, 'release-lease', 'SELECT * FROM release_lease($1, $2, $3)', [
+  const rows = await query<ReleaseRow>(db, 'release-lease', 'SELECT * FROM release_lease($1, $2, $3, $4)', [
     args.tokenId,
     args.userId,
     args.leaseId,
+    args.clientId ?? null,
   ]);
   return one(rows);
 }
 
 export type RenewRow = Outcome<
-  'renewed' | 'max_lease' | 'expired' | 'ended' | 'not_holder' | 'no_token',
+  'renewed' | 'max_lease' | 'expired' | 'ended' | 'not_holder' | 'forbidden' | 'no_token',
   { remaining_ms: number | null }
 >;
 
-/** Moves the expiry of `userId`'s lease `leaseId` of `tokenId` (sql/renew_lease.sql). */
+/**
+ * Moves the expiry of `userId`'s lease `leaseId` of `tokenId`, if `clientId` (the API client
+ * asking, when it is one) made it (sql/renew_lease.sql).
+ */
 export async function renewLease(
   db: Queryable,
-  args: { tokenId: string; userId: string; leaseId: string; ttlMs: number; maxLeaseMs: number | null },
+  args: { tokenId: string; userId: string; leaseId: string; ttlMs: number; maxLeaseMs: number | null; clientId?: string | null },
 ): Promise<RenewRow> {
-  const rows = await query<RenewRow>(db, 'renew-lease', 'SELECT * FROM renew_lease($1, $2, $3, $4, $5)', [
+  const rows = await query<RenewRow>(db, 'renew-lease', 'SELECT * FROM renew_lease($1, $2, $3, $4, $5, $6)', [
     args.tokenId,
     args.userId,
     args.leaseId,
     args.ttlMs,
     args.maxLeaseMs,
+    args.clientId ?? null,
   ]);
   return one(rows);
 }

@@ -7,14 +7,29 @@ import { type Lease, type LeasesDeps, leaseEnded, toLease } from './lease.js';
 import { release } from './release.js';
 import { ClientGoneError } from './waiting.js';
 
+export interface ActivateOptions {
+  /** How long to wait in the queue on a full pool; 0 (default): refuse at once. */
+  readonly waitMs?: number;
+  /** Aborted when the waiting client leaves. */
+  readonly signal?: AbortSignal | undefined;
+  /** The API client asking, if it is one: the new lease records it. */
+  readonly clientId?: string | null;
+}
+
 /** One call of activate_lease(); the leases it ended as expired on the way are counted here. */
-async function attempt(deps: LeasesDeps, userId: string, waiterId: string | null): Promise<sql.ActivateRow> {
+async function attempt(
+  deps: LeasesDeps,
+  userId: string,
+  waiterId: string | null,
+  clientId: string | null,
+): Promise<sql.ActivateRow> {
   const row = await sql.activateLease(deps.pool, {
     poolId: deps.poolId,
     userId,
     ttlMs: deps.leaseTtlMs,
     evictOldest: deps.evictOldest ?? false,
     waiterId,
+    clientId,
   });
   for (const leaseId of row.expired_lease_ids) leaseEnded(deps, leaseId, 'expired', 'activation');
   return row;
@@ -23,15 +38,17 @@ async function attempt(deps: LeasesDeps, userId: string, waiterId: string | null
 /**
  * Gives `userId` a lease: the one they hold if it has not run out, otherwise a new one on a
  * free token (or, with evict_oldest, the oldest lease's token). On a full pool, waits up to
- * `waitMs` in the queue, first come first served; then throws PoolExhaustedError.
+ * `waitMs` in the queue, first come first served; then throws PoolExhaustedError. A new lease
+ * records `clientId`, the API client asking, if it is one.
  */
 export async function activate(
   deps: LeasesDeps,
   userId: string,
-  options: { waitMs?: number; signal?: AbortSignal | undefined } = {},
+  options: ActivateOptions = {},
 ): Promise<{ created: boolean; lease: Lease }> {
   const { metrics, log } = deps;
-  let row = await attempt(deps, userId, null);
+  const clientId = options.clientId ?? null;
+  let row = await attempt(deps, userId, null, clientId);
   const waitMs = options.waitMs ?? 0;
   if (row.outcome !== 'created' && row.outcome !== 'existing' && waitMs > 0 && deps.waitingRoom) {
     try {
@@ -40,7 +57,7 @@ export async function activate(
         userId,
         timeoutMs: waitMs,
         signal: options.signal,
-        attempt: (waiterId) => attempt(deps, userId, waiterId),
+        attempt: (waiterId) => attempt(deps, userId, waiterId, clientId),
       });
     } catch (err) {
       // The wait ran out: refused like any activation on a full pool.
@@ -62,7 +79,7 @@ export async function activate(
     deps.scheduler?.scheduleRelease(lease, deps.leaseTtlMs);
     if (options.signal?.aborted === true) {
       // The waiting client left as its lease was granted: give that lease straight back.
-      await release(deps, { tokenId: lease.tokenId, userId, leaseId: lease.leaseId }).catch(() => undefined);
+      await release(deps, { tokenId: lease.tokenId, userId, leaseId: lease.leaseId, clientId }).catch(() => undefined);
       throw new ClientGoneError();
     }
   }

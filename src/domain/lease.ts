@@ -32,6 +32,11 @@ export interface LeaseRef {
   readonly tokenId: string;
   readonly userId: string;
   readonly leaseId: string;
+  /**
+   * The API client asking, which may act only on the leases it made; null or absent for any
+   * other caller (a user, whom userId stands for, or an admin).
+   */
+  readonly clientId?: string | null;
 }
 
 /** Where new leases get their release job. The jobs layer implements it; the domain only calls it. */
@@ -103,6 +108,11 @@ export function toUsage(row: Nullable<UsageRow>): Usage {
 /** 409 not_holder: the lease named is not this user's lease of this token. */
 export function notHolder(): AppError {
   return new AppError(ERRORS.not_holder, { reason: 'not_held' });
+}
+
+/** 403 forbidden: the lease named is the user's, but another API client made it. */
+export function anotherClients(): AppError {
+  return new AppError(ERRORS.forbidden, { reason: 'another_client' });
 }
 
 /** 409 lease_ended (lease_expired when it ran out): the lease named has ended. */

@@ -2,7 +2,7 @@
 // pools.ts), bound to their dependencies. HTTP routes, the release job and the sweep all end
 // leases through them, and they through the SQL in src/db; nothing else writes leases.
 
-import { activate } from './activate.js';
+import { activate, type ActivateOptions } from './activate.js';
 import { expireLease, openLeases, sweep } from './expiry.js';
 import type { LeaseRef, LeasesDeps } from './lease.js';
 import { clearPool, seedPool } from './pools.js';
@@ -16,8 +16,7 @@ export type { HistoryPage, InvalidReason, TokenList, TokenState, Validation } fr
 
 export function createLeases(deps: LeasesDeps) {
   return {
-    activate: (userId: string, options?: { waitMs?: number; signal?: AbortSignal | undefined }) =>
-      activate(deps, userId, options),
+    activate: (userId: string, options?: ActivateOptions) => activate(deps, userId, options),
     release: (ref: LeaseRef) => release(deps, ref),
     renew: (ref: LeaseRef) => renew(deps, ref),
     validate: (ref: { tokenId: string; userId: string; fence: number }) => validate(deps, ref),

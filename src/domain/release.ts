@@ -4,7 +4,18 @@
 
 import { AppError, ERRORS, NotFoundError } from '../errors.js';
 import * as sql from '../db/queries.js';
-import { type Lease, type LeaseRef, type LeasesDeps, type Usage, ended, leaseEnded, notHolder, toLease, toUsage } from './lease.js';
+import {
+  type Lease,
+  type LeaseRef,
+  type LeasesDeps,
+  type Usage,
+  anotherClients,
+  ended,
+  leaseEnded,
+  notHolder,
+  toLease,
+  toUsage,
+} from './lease.js';
 
 function noToken(tokenId: string): NotFoundError {
   return new NotFoundError({ token_id: tokenId });
@@ -17,6 +28,8 @@ function refuse(deps: LeasesDeps, ref: LeaseRef, row: sql.ReleaseRow | sql.Renew
       throw noToken(ref.tokenId);
     case 'not_holder':
       throw notHolder();
+    case 'forbidden':
+      throw anotherClients();
     case 'ended':
       throw ended(row);
     case 'expired':

@@ -3,14 +3,16 @@ import { performance } from 'node:perf_hooks';
 import cors from 'cors';
 import express, { type Express, type RequestHandler } from 'express';
 import type { SendCommandFn } from 'rate-limit-redis';
-import type { Caller } from '../auth/caller.js';
+import type { BearerVerifier } from '../auth/caller.js';
+import type { ApiClients } from '../domain/clients.js';
 import type { Leases } from '../domain/leases.js';
 import { AppError, ERRORS } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { within } from '../timeouts.js';
 import { openApiDocument } from './contract.js';
-import { authenticate, type AuthMode } from './authenticate.js';
+import { authenticate, requireScope, type AuthMode } from './authenticate.js';
+import { clientRoutes } from './clientRoutes.js';
 import { rateLimiter } from './rateLimit.js';
 import { createReadModel, type ReadModel } from './readModel.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
@@ -22,9 +24,11 @@ export interface AppDeps {
   readonly log: Logger;
   readonly metrics: Metrics;
   readonly adminApiKey: string | undefined;
-  /** AUTH_MODE: none (default) or jwt, with the verifier of a bearer JWT. */
+  /** AUTH_MODE: none (default), jwt or api_key, with the verifier of the mode's bearer credential. */
   readonly authMode?: AuthMode;
-  readonly verifyJwt?: ((token: string) => Promise<Caller>) | undefined;
+  readonly verifyBearer?: BearerVerifier | undefined;
+  /** The API clients, for the admin routes that manage them; absent: those routes are not served. */
+  readonly apiClients?: ApiClients | undefined;
   /** Browser origins allowed to call the API (CORS); none by default. */
   readonly corsOrigins?: readonly string[];
   /** How many proxies to trust for the client's address. */
@@ -77,7 +81,7 @@ export function createApp(deps: AppDeps): Express {
 
   // The token API first: the router tries routes in order, and these carry the traffic.
   if (deps.serveApi ?? true) {
-    const auth = authenticate({ mode: authMode, verifyJwt: deps.verifyJwt, adminApiKey: deps.adminApiKey });
+    const auth = authenticate({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey });
     // With AUTH_MODE=none only the admin routes ask who is calling; they authenticate themselves.
     if (authMode !== 'none') app.use('/api', auth);
     const limit = (budget: 'lease' | 'admin', perMinute: number) =>
@@ -91,13 +95,24 @@ export function createApp(deps: AppDeps): Express {
             log,
             metrics,
           });
+    const scopes = { mode: authMode, adminApiKey: deps.adminApiKey };
+    // What each kind of route runs before its handler, once the caller is known. Lease routes:
+    // their budget, and for API clients the lease scope (a JWT's user acts for itself). Admin
+    // routes: who is calling (when that is not run for all of /api/), their budget (before the
+    // check, so that guesses at the admin key spend it), then the admin scope. Nothing is added
+    // for a limit that is off or a check the mode does not need.
+    const first = {
+      lease: [...limit('lease', deps.rateLimits?.leasePerMinute ?? 0), ...(authMode === 'api_key' ? [requireScope('lease', scopes)] : [])],
+      admin: [
+        ...(authMode === 'none' ? [auth] : []),
+        ...limit('admin', deps.rateLimits?.adminPerMinute ?? 0),
+        requireScope('admin', scopes),
+      ],
+    };
     tokenRoutes(app, {
       leases: deps.leases,
-      limits: {
-        lease: limit('lease', deps.rateLimits?.leasePerMinute ?? 0),
-        admin: limit('admin', deps.rateLimits?.adminPerMinute ?? 0),
-      },
-      auth: { mode: authMode, adminApiKey: deps.adminApiKey, authenticate: authMode === 'none' ? auth : undefined },
+      mode: authMode,
+      first,
       readModel:
         deps.readModel ??
         createReadModel({
@@ -108,6 +123,7 @@ export function createApp(deps: AppDeps): Express {
           privateHolders: authMode !== 'none',
         }),
     });
+    if (deps.apiClients !== undefined) clientRoutes(app, { clients: deps.apiClients, first: first.admin });
     // Built and serialised once: it is generated from the schemas the routes use.
     const openApi = JSON.stringify(openApiDocument(deps.version ?? '0.0.0'));
     app

@@ -1,19 +1,21 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { RequestHandler, Response } from 'express';
-import { ADMIN, ANONYMOUS, hasScope, type Caller, type Scope } from '../auth/caller.js';
-import { InvalidTokenError } from '../auth/jwt.js';
+import { ADMIN, ANONYMOUS, hasScope, InvalidCredentialError, type BearerVerifier, type Caller, type Scope } from '../auth/caller.js';
 import { AppError, ERRORS, ValidationError } from '../errors.js';
 
 // Who is calling: every request under /api/ passes authenticate() once, which leaves the caller
 // on res.locals; routes ask requireScope() and actingUser(). The credential itself goes no
 // further than this file: it is never logged, and never part of an answer.
 
-export type AuthMode = 'none' | 'jwt';
+export type AuthMode = 'none' | 'jwt' | 'api_key';
 
 export interface AuthOptions {
   readonly mode: AuthMode;
-  /** AUTH_MODE=jwt: verifies a bearer token (src/auth/jwt.ts). */
-  readonly verifyJwt?: ((token: string) => Promise<Caller>) | undefined;
+  /**
+   * Checks the bearer credential of the mode: a JWT (src/auth/jwt.ts) or an API client's key
+   * (src/auth/apiKeys.ts). Each mode plugs in here; nothing else in the HTTP layer knows which.
+   */
+  readonly verify?: BearerVerifier | undefined;
   /** An admin credential in every mode. */
   readonly adminApiKey?: string | undefined;
 }
@@ -38,6 +40,9 @@ function unauthorized(res: Response, reason: string, description?: string): AppE
 }
 
 export function authenticate(options: AuthOptions): RequestHandler {
+  const { verify } = options;
+  // A mode with credentials but nothing to check them would let everyone in as anonymous.
+  if (options.mode !== 'none' && verify === undefined) throw new Error(`AUTH_MODE=${options.mode} needs its verifier`);
   const adminDigest = options.adminApiKey === undefined ? undefined : digest(options.adminApiKey);
   // Hashed first, so the comparison takes the same time whatever the length or content of a guess.
   const isAdminKey = (presented: string) => adminDigest !== undefined && timingSafeEqual(digest(presented), adminDigest);
@@ -45,7 +50,7 @@ export function authenticate(options: AuthOptions): RequestHandler {
   return (req, res, next) => {
     const header = req.headers.authorization;
     if (header === undefined) {
-      if (options.mode === 'jwt') throw unauthorized(res, 'missing');
+      if (options.mode !== 'none') throw unauthorized(res, 'missing');
       res.locals.caller = ANONYMOUS;
       next();
       return;
@@ -56,7 +61,7 @@ export function authenticate(options: AuthOptions): RequestHandler {
       next();
       return;
     }
-    if (options.mode === 'none' || options.verifyJwt === undefined) {
+    if (verify === undefined) {
       // Not checked in this mode: the request goes on as anonymous, and an admin route refuses it.
       unverified.add(res);
       res.locals.caller = ANONYMOUS;
@@ -64,13 +69,13 @@ export function authenticate(options: AuthOptions): RequestHandler {
       return;
     }
     if (presented === undefined) throw unauthorized(res, 'malformed', 'the Authorization header must be Bearer <token>');
-    options.verifyJwt(presented).then(
+    verify(presented).then(
       (caller) => {
         res.locals.caller = caller;
         next();
       },
       (error: unknown) => {
-        if (error instanceof InvalidTokenError) next(unauthorized(res, 'invalid_token', error.reason));
+        if (error instanceof InvalidCredentialError) next(unauthorized(res, 'invalid_token', error.reason));
         else next(error);
       },
     );
@@ -111,6 +116,15 @@ export function actingUser(caller: Caller, bodyUserId: string | undefined): stri
   }
   if (bodyUserId === undefined) throw new ValidationError([{ field: 'user_id', message: 'is required' }]);
   return bodyUserId;
+}
+
+/**
+ * The API client a release or renewal must have been made by: the caller, if it is a client
+ * without the admin scope; null for anyone else (a user is checked as the lease's user, an admin
+ * may act on any lease).
+ */
+export function restrictedToClient(caller: Caller): string | null {
+  return caller.clientId !== null && !hasScope(caller, 'admin') ? caller.clientId : null;
 }
 
 /** Whether the caller may see who holds `holderId`'s lease: in AUTH_MODE=none everyone may. */

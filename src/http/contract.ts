@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { ERRORS, type ErrorDefinition } from '../errors.js';
-import { activateQuery, historyQuery, leaseBody, userBody, validateBody } from './schemas.js';
+import { CLIENT_SCOPES } from '../domain/clients.js';
+import { activateQuery, clientBody, historyQuery, leaseBody, userBody, validateBody } from './schemas.js';
 
 // The API's answers as zod schemas: the routes build their answers with these types, the
 // OpenAPI document served at GET /openapi.json is generated from them and from the request
@@ -65,6 +66,28 @@ export const validationSchema = z.discriminatedUnion('valid', [
 
 export const clearedSchema = z.object({ cleared_tokens: z.int().min(0) });
 
+const scopes = z.array(z.enum(CLIENT_SCOPES));
+
+/** An API client as the admin routes list it: never its key. */
+export const clientSchema = z.object({
+  id: uuid,
+  name: z.string(),
+  scopes,
+  created_at: time,
+  last_used_at: time.nullable().describe('When its key was last used, to within a minute'),
+});
+
+/** A client just made: the only answer that carries its key. */
+export const newClientSchema = z.object({
+  id: uuid,
+  name: z.string(),
+  scopes,
+  key: z.string().describe('Shown once: only its hash is kept'),
+  created_at: time,
+});
+
+export const revokedClientSchema = clientSchema.extend({ revoked_at: time });
+
 const check = z.enum(['up', 'down', 'not_used']);
 export const readySchema = z.object({
   status: z.literal('ready'),
@@ -89,6 +112,9 @@ export type UsageJson = z.infer<typeof usageSchema>;
 export type HistoryJson = z.infer<typeof historySchema>;
 export type ReleasedJson = z.infer<typeof releasedSchema>;
 export type ValidationJson = z.infer<typeof validationSchema>;
+export type ClientJson = z.infer<typeof clientSchema>;
+export type NewClientJson = z.infer<typeof newClientSchema>;
+export type RevokedClientJson = z.infer<typeof revokedClientSchema>;
 
 const json = (schema: z.ZodType, io: 'input' | 'output' = 'output') => {
   const document = z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });
@@ -179,7 +205,9 @@ export function openApiDocument(version: string) {
         'Leases tokens from a finite pool, one per user, for a fixed time. Errors answer {"error":{"code","message","details"}}.',
     },
     components: {
-      securitySchemes: { adminKey: { type: 'http', scheme: 'bearer', description: 'ADMIN_API_KEY' } },
+      securitySchemes: {
+        adminKey: { type: 'http', scheme: 'bearer', description: 'ADMIN_API_KEY, or a credential with the admin scope' },
+      },
     },
     paths: {
       '/api/tokens/activate': {
@@ -269,6 +297,36 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('How many active leases were ended', clearedSchema),
             ...failures(ERRORS.unauthorized, ERRORS.forbidden, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/clients': {
+        post: {
+          summary: 'Make an API client (admin); the answer is the only one that carries its key',
+          security: [{ adminKey: [] }],
+          requestBody: body(clientBody),
+          responses: {
+            '201': answer('The client, with its key', newClientSchema),
+            ...failures(...BAD_INPUT, ...AUTH, ...LIMITED),
+          },
+        },
+        get: {
+          summary: 'The API clients not revoked, oldest first, without keys (admin)',
+          security: [{ adminKey: [] }],
+          responses: {
+            '200': answer('Every client', z.array(clientSchema)),
+            ...failures(...AUTH, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/clients/{id}': {
+        delete: {
+          summary: "Revoke an API client's key, in every API process at once (admin); again, the same answer",
+          security: [{ adminKey: [] }],
+          parameters: [{ ...tokenIdParameter, description: 'Client id; an unknown or malformed id answers 404' }],
+          responses: {
+            '200': answer('The revoked client', revokedClientSchema),
+            ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
       },

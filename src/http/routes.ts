@@ -1,7 +1,7 @@
 import type { Express, RequestHandler } from 'express';
 import type { Lease, Leases, Usage } from '../domain/leases.js';
 import { NotFoundError, PoolExhaustedError } from '../errors.js';
-import { actingUser, callerOf, maySeeHolder, requireScope, type AuthMode } from './authenticate.js';
+import { actingUser, callerOf, maySeeHolder, restrictedToClient, type AuthMode } from './authenticate.js';
 import { jsonBody } from './body.js';
 import type {
   HistoryJson,
@@ -61,24 +61,14 @@ export function tokenRoutes(
   router: Pick<Express, 'route'>,
   deps: {
     leases: Leases;
-    /** `authenticate`: to run before an admin route's check when it is not run for all of /api/. */
-    auth: { mode: AuthMode; adminApiKey: string | undefined; authenticate?: RequestHandler | undefined };
+    mode: AuthMode;
     readModel: ReadModel;
-    /** Rate limits (src/http/rateLimit.ts), run once the caller is known; empty when off. */
-    limits: { lease: readonly RequestHandler[]; admin: readonly RequestHandler[] };
+    /** What lease and admin routes run before their handlers: rate limits, scope checks (app.ts). */
+    first: { lease: readonly RequestHandler[]; admin: readonly RequestHandler[] };
   },
 ): void {
-  const { leases, readModel: list, limits } = deps;
-  const { mode } = deps.auth;
+  const { leases, readModel: list, mode, first } = deps;
   const holderShown = (res: Parameters<typeof callerOf>[0], holderId: string) => maySeeHolder(mode, callerOf(res), holderId);
-  // What an admin route runs before its handler: who is calling (when that is not run for all of
-  // /api/), the admin budget (before the scope check, so that guessing the admin key is limited
-  // too), then the check.
-  const adminFirst = [
-    ...(deps.auth.authenticate === undefined ? [] : [deps.auth.authenticate]),
-    ...limits.admin,
-    requireScope('admin', deps.auth),
-  ];
   // Every write goes through the read model, which counts it as a change to the token list.
   const write = list.write.bind(list);
 
@@ -99,9 +89,10 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/activate')
-    .post(...limits.lease, ...jsonBody, async (req, res) => {
+    .post(...first.lease, ...jsonBody, async (req, res) => {
       const body = parse(userBody, req.body, 'body');
-      const userId = actingUser(callerOf(res), body.user_id);
+      const caller = callerOf(res);
+      const userId = actingUser(caller, body.user_id);
       const { waitMs } = parse(activateQuery, req.query, 'query');
       // A waiting client that disconnects gives up its place in the queue. Only a request that
       // may wait needs to hear of it.
@@ -115,7 +106,7 @@ export function tokenRoutes(
       try {
         // An activation that found the user's lease, or was refused, changed nothing.
         activated = await write(
-          leases.activate(userId, { waitMs, signal: gone?.signal }),
+          leases.activate(userId, { waitMs, signal: gone?.signal, clientId: caller.clientId }),
           (outcome) => isPoolExhausted(outcome) || (!(outcome instanceof Error) && !outcome.created),
         );
       } catch (error) {
@@ -134,11 +125,13 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/:id/release')
-    .post(...limits.lease, ...jsonBody, async (req, res) => {
+    .post(...first.lease, ...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(leaseBody, req.body, 'body');
-      const userId = actingUser(callerOf(res), body.user_id);
-      const usage = await write(leases.release({ tokenId: id, userId, leaseId: body.lease_id }));
+      const caller = callerOf(res);
+      const userId = actingUser(caller, body.user_id);
+      const ref = { tokenId: id, userId, leaseId: body.lease_id, clientId: restrictedToClient(caller) };
+      const usage = await write(leases.release(ref));
       const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage), lease_id: usage.leaseId, user_id: usage.userId };
       sendJson(res, 200, { data });
     })
@@ -146,7 +139,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/:id/validate')
-    .post(...limits.lease, ...jsonBody, async (req, res) => {
+    .post(...first.lease, ...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(validateBody, req.body, 'body');
       const result = await leases.validate({ tokenId: id, userId: body.user_id, fence: body.fence });
@@ -159,11 +152,13 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/:id/renew')
-    .post(...limits.lease, ...jsonBody, async (req, res) => {
+    .post(...first.lease, ...jsonBody, async (req, res) => {
       const id = parseTokenId(req.params.id);
       const body = parse(leaseBody, req.body, 'body');
-      const userId = actingUser(callerOf(res), body.user_id);
-      const lease = await write(leases.renew({ tokenId: id, userId, leaseId: body.lease_id }));
+      const caller = callerOf(res);
+      const userId = actingUser(caller, body.user_id);
+      const ref = { tokenId: id, userId, leaseId: body.lease_id, clientId: restrictedToClient(caller) };
+      const lease = await write(leases.renew(ref));
       sendJson(res, 200, { data: leaseJson(lease) });
     })
     .all(methodNotAllowed(['POST']));
@@ -171,7 +166,7 @@ export function tokenRoutes(
   router
     .route('/api/tokens/clear')
     // Takes no body: the key is checked first, and whatever was sent is left unread.
-    .post(...adminFirst, async (_req, res) => {
+    .post(...first.admin, async (_req, res) => {
       const { cleared } = await write(leases.clear());
       sendJson(res, 200, { data: { cleared_tokens: cleared } });
     })

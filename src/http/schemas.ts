@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { CLIENT_SCOPES } from '../domain/clients.js';
 import { ValidationError } from '../errors.js';
 
 // Request shapes. Unknown fields are ignored (clients may send more than we read).
@@ -65,6 +66,24 @@ export const activateQuery = z
   // Whole milliseconds, rounded up so that any positive wait waits: the waiting queue keeps its
   // deadlines in integer milliseconds, and ?wait=0.0125 (12.5 ms) used to fail there with a 500.
   .transform(({ wait }) => ({ waitMs: wait === undefined ? 0 : Math.ceil(wait * 1000) }));
+
+// POST /api/admin/clients. Scopes: lease, read, admin (src/domain/clients.ts).
+export const clientBody = z.object(
+  {
+    name: z
+      .string({ error: 'must be a name of 1 to 100 characters' })
+      .trim()
+      .min(1, { error: 'must be a name of 1 to 100 characters' })
+      .max(100, { error: 'must be a name of 1 to 100 characters' }),
+    scopes: z
+      .array(z.enum(CLIENT_SCOPES, { error: 'must be lease, read or admin' }), { error: 'must be a list of scopes' })
+      .min(1, { error: 'must name at least one scope' }),
+  },
+  { error: 'the body must be a JSON object with a name and scopes' },
+);
+
+/** Client ids in paths: anything else is a 404, as for a client that does not exist. */
+export const clientId = lowerCaseUuid;
 
 /** Token ids in paths: anything else is a 404, as for a token that does not exist. */
 export const tokenId = lowerCaseUuid;

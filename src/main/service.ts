@@ -1,8 +1,11 @@
+import { createApiKeyVerifier } from '../auth/apiKeys.js';
+import type { BearerVerifier } from '../auth/caller.js';
 import type { Config } from '../config.js';
 import { ensureDatabase, migrate } from '../db/migrate.js';
 import { createPool } from '../db/pool.js';
 import { randomUUID } from 'node:crypto';
-import { CHANGES_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
+import { CHANGES_CHANNEL, CLIENTS_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
+import { createApiClients, type ApiClients } from '../domain/clients.js';
 import { createLeases, type Leases } from '../domain/leases.js';
 import { maintain } from '../domain/maintenance.js';
 import { getPoolId } from '../domain/pools.js';
@@ -22,6 +25,7 @@ import { createShutdown } from './shutdown.js';
 
 export interface Service {
   readonly leases: Leases;
+  readonly apiClients: ApiClients;
   readonly metrics: Metrics;
   /** The HTTP port: the token API (ROLE all or api) or only health and metrics (worker). */
   readonly port: number;
@@ -69,12 +73,15 @@ export async function startService(config: Config, log: Logger): Promise<Service
 
     // API processes hear of freed tokens (for waiting clients) and of each other's changes (for
     // the cached token list) through LISTEN/NOTIFY, on a connection of their own.
+    // With AUTH_MODE=api_key, of revoked API clients too.
     let waitingRoom: WaitingRoom | undefined;
     let channel: ChangeChannel | undefined;
+    const apiClients = createApiClients({ pool });
+    let verifyBearer: BearerVerifier | undefined = verifyJwt;
     if (config.role !== 'worker') {
       const notifications = listenForNotifications({
         newClient: notificationClientFactory(config.databaseUrl),
-        channels: [WAITERS_CHANNEL, CHANGES_CHANNEL],
+        channels: [WAITERS_CHANNEL, CHANGES_CHANNEL, CLIENTS_CHANNEL],
         log,
       });
       shutdown.add('notification connection', () => notifications.close());
@@ -93,6 +100,19 @@ export async function startService(config: Config, log: Logger): Promise<Service
             }),
         };
         waitingRoom = createWaitingRoom({ pool, wakeUps, maxWaiters: config.maxWaiters, log });
+      }
+      if (config.authMode === 'api_key') {
+        const verifyApiKey = createApiKeyVerifier({
+          findByKeyHash: (hash) => apiClients.findByKeyHash(hash),
+          touch: (clientId) => apiClients.touch(clientId),
+          revocations: {
+            subscribe: (listener) => notifications.subscribe(CLIENTS_CHANNEL, listener),
+            isListening: () => notifications.isListening(),
+          },
+          log,
+        });
+        shutdown.add('api key cache', () => verifyApiKey.close());
+        verifyBearer = verifyApiKey;
       }
     }
 
@@ -196,7 +216,8 @@ export async function startService(config: Config, log: Logger): Promise<Service
       metrics,
       adminApiKey: config.adminApiKey,
       authMode: config.authMode,
-      verifyJwt,
+      verifyBearer,
+      apiClients,
       corsOrigins: config.corsOrigins,
       trustProxy: config.trustProxy,
       version: packageVersion(),
@@ -214,7 +235,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       shutdown.add('waiting clients', () => room.close());
     }
 
-    return { leases, metrics, port: http.port, stop: (reason) => shutdown.run(reason) };
+    return { leases, apiClients, metrics, port: http.port, stop: (reason) => shutdown.run(reason) };
   } catch (error) {
     await shutdown.run('start-up failed');
     throw error;

@@ -3,6 +3,7 @@
 -- p_evict, the token of the pool's oldest lease. p_waiter is the caller's place in the queue
 -- (null for a plain activation): nobody takes a token ahead of a live waiter who came earlier.
 -- p_client is the API client asking (null for any other caller), recorded on a new lease.
+-- p_ttl_ms and p_evict are the service's settings: the pool's own, where it has them, win.
 --
 -- Locking order (docs/design.md): the user's advisory lock, then one token row, then the clock,
 -- read once; every decision and every time stamped uses that reading.
@@ -39,9 +40,15 @@ DECLARE
   expired   uuid[] := '{}';
   new_id    uuid;
   new_exp   timestamptz;
+  ttl_ms    integer;
+  evict     boolean;
 BEGIN
   -- One activation per user and pool at a time: the second sees what the first did.
   PERFORM pg_advisory_xact_lock(1, hashtext(p_pool::text || '/' || p_user::text));
+
+  SELECT coalesce(p.lease_ttl_ms, p_ttl_ms), coalesce(p.full_policy = 'evict_oldest', p_evict)
+    INTO ttl_ms, evict
+    FROM pools p WHERE p.id = p_pool;
 
   SELECT l.* INTO held FROM leases l WHERE l.pool_id = p_pool AND l.user_id = p_user;
   IF FOUND THEN
@@ -101,7 +108,7 @@ BEGIN
   -- evict_oldest: the token of the oldest lease. When every candidate is locked by other
   -- evictions, wait for the oldest instead of giving up (the statement timeout bounds it); if
   -- it changed hands meanwhile, look again.
-  IF NOT have AND p_evict THEN
+  IF NOT have AND evict THEN
     LOOP
       SELECT l.id, l.token_id INTO old_id, old_token FROM leases l JOIN tokens t ON t.id = l.token_id
         WHERE l.pool_id = p_pool
@@ -140,7 +147,7 @@ BEGIN
   END IF;
 
   new_id := uuid_v7(clock);
-  new_exp := clock + p_ttl_ms * interval '1 millisecond';
+  new_exp := clock + ttl_ms * interval '1 millisecond';
   INSERT INTO leases (id, pool_id, token_id, user_id, fence, started_at, expires_at, client_id)
     VALUES (new_id, p_pool, tok.id, p_user, tok.last_fence + 1, clock, new_exp, p_client);
   UPDATE tokens t

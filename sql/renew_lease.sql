@@ -1,5 +1,6 @@
--- Moves the expiry of the lease p_lease of p_user on token p_token to p_ttl_ms from now, capped
--- at p_max_ms after its start (null: no cap); never moves it back. Outcomes:
+-- Moves the expiry of the lease p_lease of p_user on token p_token to the lease time from now,
+-- capped at the longest lease after its start (null: no cap); never moves it back. Both are the
+-- token's pool's own where it has them, else the service's, p_ttl_ms and p_max_ms. Outcomes:
 --   renewed      the usage as renewed, with remaining_ms until its new expiry
 --   max_lease    at its cap already: unchanged
 --   expired      it had run out: ended now as expired
@@ -35,6 +36,8 @@ DECLARE
   clock   timestamptz;
   u       usages;
   new_exp timestamptz;
+  ttl_ms  integer;
+  max_ms  integer;
 BEGIN
   SELECT t.* INTO tok FROM tokens t WHERE t.id = p_token FOR UPDATE;
   IF NOT FOUND THEN
@@ -42,6 +45,9 @@ BEGIN
     RETURN;
   END IF;
   clock := clock_timestamp();
+  SELECT coalesce(p.lease_ttl_ms, p_ttl_ms), coalesce(p.max_lease_ms, p_max_ms)
+    INTO ttl_ms, max_ms
+    FROM pools p WHERE p.id = tok.pool_id;
 
   IF tok.lease_id = p_lease AND tok.user_id = p_user THEN
     SELECT (as_usage(l)).* INTO u FROM leases l WHERE l.id = p_lease;
@@ -55,14 +61,14 @@ BEGIN
       RETURN QUERY SELECT 'expired'::text, u.*, 0;
       RETURN;
     END IF;
-    IF p_max_ms IS NOT NULL AND tok.expires_at >= tok.started_at + p_max_ms * interval '1 millisecond' THEN
+    IF max_ms IS NOT NULL AND tok.expires_at >= tok.started_at + max_ms * interval '1 millisecond' THEN
       RETURN QUERY SELECT 'max_lease'::text, u.*,
         ceil(extract(epoch FROM tok.expires_at - clock) * 1000)::integer;
       RETURN;
     END IF;
-    new_exp := clock + p_ttl_ms * interval '1 millisecond';
-    IF p_max_ms IS NOT NULL THEN
-      new_exp := least(new_exp, tok.started_at + p_max_ms * interval '1 millisecond');
+    new_exp := clock + ttl_ms * interval '1 millisecond';
+    IF max_ms IS NOT NULL THEN
+      new_exp := least(new_exp, tok.started_at + max_ms * interval '1 millisecond');
     END IF;
     new_exp := greatest(new_exp, tok.expires_at);
     UPDATE tokens t SET expires_at = new_exp WHERE t.id = tok.id;

@@ -5,6 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { z } from 'zod';
 import {
   clearedSchema,
+  poolSchema,
   clientSchema,
   newClientSchema,
   revokedClientSchema,
@@ -78,6 +79,7 @@ describe('GET /openapi.json', () => {
     const app = createApp({
       leases: t.service.leases,
       apiClients: t.service.apiClients,
+      pools: t.service.pools,
       log: { isLevelEnabled: () => false } as never,
       metrics: t.service.metrics,
       adminApiKey: undefined,
@@ -139,6 +141,22 @@ describe('real answers match the documented schemas', () => {
     const clientPath = `/api/admin/clients/${made.body.data.id as string}`;
     conforms(await t.http.delete(clientPath).set(admin), 'delete', '/api/admin/clients/{id}', envelope(revokedClientSchema));
     conforms(await t.http.delete('/api/admin/clients/nope').set(admin), 'delete', '/api/admin/clients/{id}', errorSchema);
+
+    const pool = await t.http.post('/api/admin/pools').set(admin).send({ name: 'contract', size: 2 });
+    conforms(pool, 'post', '/api/admin/pools', envelope(poolSchema));
+    conforms(await t.http.post('/api/admin/pools').set(admin).send({ name: 'contract', size: 2 }), 'post', '/api/admin/pools', errorSchema);
+    conforms(await t.http.get('/api/admin/pools').set(admin), 'get', '/api/admin/pools', envelope(poolSchema.array()));
+    conforms(await t.http.patch('/api/admin/pools/contract').set(admin).send({ size: 3 }), 'patch', '/api/admin/pools/{pool}', envelope(poolSchema));
+    conforms(await t.http.patch('/api/admin/pools/contract').set(admin).send({ size: 1 }), 'patch', '/api/admin/pools/{pool}', errorSchema);
+    conforms(await t.http.get('/api/pools'), 'get', '/api/pools', envelope(poolSchema.array()));
+    conforms(await t.http.get('/api/pools/contract'), 'get', '/api/pools/{pool}', envelope(poolSchema));
+    conforms(await t.http.get('/api/pools/nope'), 'get', '/api/pools/{pool}', errorSchema);
+    const inPool = await t.http.post('/api/pools/contract/tokens/activate').send({ user_id: newUserId() });
+    conforms(inPool, 'post', '/api/pools/{pool}/tokens/activate', envelope(leaseSchema));
+    conforms(await t.http.post('/api/pools/nope/tokens/activate').send({ user_id: newUserId() }), 'post', '/api/pools/{pool}/tokens/activate', errorSchema);
+    conforms(await t.http.get('/api/pools/contract/tokens'), 'get', '/api/pools/{pool}/tokens', envelope(tokenSchema.array()));
+    conforms(await t.http.post('/api/pools/contract/tokens/clear').set(admin), 'post', '/api/pools/{pool}/tokens/clear', envelope(clearedSchema));
+    conforms(await t.http.post('/api/pools/contract/tokens/clear'), 'post', '/api/pools/{pool}/tokens/clear', errorSchema);
 
     conforms(await t.http.get('/readyz'), 'get', '/readyz', envelope(readySchema));
   });

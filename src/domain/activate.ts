@@ -14,6 +14,8 @@ export interface ActivateOptions {
   readonly signal?: AbortSignal | undefined;
   /** The API client asking, if it is one: the new lease records it. */
   readonly clientId?: string | null;
+  /** The pool's own limit on the waiters of this process (a named pool's max_waiters). */
+  readonly maxWaiters?: number | undefined;
 }
 
 /** One call of activate_lease(); the leases it ended as expired on the way are counted here. */
@@ -54,6 +56,7 @@ export async function activate(
     try {
       row = await deps.waitingRoom.wait({
         poolId: deps.poolId,
+        maxWaiters: options.maxWaiters,
         userId,
         timeoutMs: waitMs,
         signal: options.signal,
@@ -76,7 +79,7 @@ export async function activate(
     log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
   }
   if (row.outcome === 'created') {
-    deps.scheduler?.scheduleRelease(lease, deps.leaseTtlMs);
+    deps.scheduler?.scheduleRelease(lease, lease.expiresAt.getTime() - lease.startedAt.getTime());
     if (options.signal?.aborted === true) {
       // The waiting client left as its lease was granted: give that lease straight back.
       await release(deps, { tokenId: lease.tokenId, userId, leaseId: lease.leaseId, clientId }).catch(() => undefined);

@@ -33,3 +33,19 @@ export function createLeases(deps: LeasesDeps) {
 }
 
 export type Leases = ReturnType<typeof createLeases>;
+
+/**
+ * The lease operations of each pool: `deps` with the pool's id, made once per pool. The
+ * operations that name a token act on whichever pool it is in, through any of them.
+ */
+export function createLeasesByPool(deps: Omit<LeasesDeps, 'poolId'>): (poolId: number) => Leases {
+  const made = new Map<number, Leases>();
+  return (poolId) => {
+    let leases = made.get(poolId);
+    if (leases === undefined) {
+      leases = createLeases({ ...deps, poolId });
+      made.set(poolId, leases);
+    }
+    return leases;
+  };
+}

@@ -131,6 +131,8 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
    */
   async function wait(args: {
     poolId: number;
+    /** The pool's own limit on this process's waiters, besides MAX_WAITERS for all pools. */
+    maxWaiters?: number | undefined;
     userId: string;
     timeoutMs: number;
     signal?: AbortSignal | undefined;
@@ -140,6 +142,10 @@ export function createWaitingRoom(options: WaitingRoomOptions) {
     // Counted from the check on, not from join(): a burst of requests all passed the check while
     // their places were being added, and MAX_WAITERS let through as many as came.
     if (waiting.length + joining >= options.maxWaiters) throw new TooManyWaitersError(options.maxWaiters);
+    const { maxWaiters } = args;
+    if (maxWaiters !== undefined && waiting.filter((w) => w.poolId === args.poolId).length >= maxWaiters) {
+      throw new TooManyWaitersError(maxWaiters);
+    }
     const deadline = Date.now() + args.timeoutMs;
     joining += 1;
     let waiterId: string;

@@ -18,6 +18,8 @@ import { createReadModel, type ReadModel } from './readModel.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
 import { sendJson, sendSerializedJson } from './json.js';
 import { tokenRoutes } from './routes.js';
+import { poolRoutes } from './poolRoutes.js';
+import type { PoolDirectory, Pools } from '../domain/pools.js';
 
 export interface AppDeps {
   readonly leases: Leases;
@@ -43,6 +45,12 @@ export interface AppDeps {
   readonly readModel?: ReadModel | undefined;
   /** Requests per caller and minute on the lease and the admin routes (0: off), counted in Redis. */
   readonly rateLimits?: RateLimits | undefined;
+  /** Named pools (src/http/poolRoutes.ts); absent: only the default pool's routes are served. */
+  readonly pools?: {
+    readonly pools: Pools;
+    readonly directory: PoolDirectory;
+    readonly leasesOf: (poolId: number) => Leases;
+  } | undefined;
 }
 
 export interface RateLimits {
@@ -109,20 +117,27 @@ export function createApp(deps: AppDeps): Express {
         requireScope('admin', scopes),
       ],
     };
+    const readModel =
+      deps.readModel ??
+      createReadModel({
+        listTokens: () => deps.leases.listTokens(),
+        processId: 'uncached',
+        log,
+        maxAgeMs: 0,
+        privateHolders: authMode !== 'none',
+      });
+    const { pools } = deps;
     tokenRoutes(app, {
       leases: deps.leases,
       mode: authMode,
       first,
-      readModel:
-        deps.readModel ??
-        createReadModel({
-          listTokens: () => deps.leases.listTokens(),
-          processId: 'uncached',
-          log,
-          maxAgeMs: 0,
-          privateHolders: authMode !== 'none',
-        }),
+      readModel,
+      defaultPool:
+        pools === undefined
+          ? undefined
+          : async () => ({ leases: deps.leases, maxWaiters: (await pools.directory.find('default')).maxWaiters }),
     });
+    if (pools !== undefined) poolRoutes(app, { ...pools, mode: authMode, readModel, first });
     if (deps.apiClients !== undefined) clientRoutes(app, { clients: deps.apiClients, first: first.admin });
     // Built and serialised once: it is generated from the schemas the routes use.
     const openApi = JSON.stringify(openApiDocument(deps.version ?? '0.0.0'));

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { ERRORS, type ErrorDefinition } from '../errors.js';
 import { CLIENT_SCOPES } from '../domain/clients.js';
-import { activateQuery, clientBody, historyQuery, leaseBody, userBody, validateBody } from './schemas.js';
+import { activateQuery, clientBody, historyQuery, leaseBody, poolBody, poolPatch, userBody, validateBody } from './schemas.js';
 
 // The API's answers as zod schemas: the routes build their answers with these types, the
 // OpenAPI document served at GET /openapi.json is generated from them and from the request
@@ -105,7 +105,20 @@ export const errorSchema = z.object({
 /** `{"data": ...}`, the envelope of every successful answer. */
 export const envelope = <S extends z.ZodType>(data: S) => z.object({ data });
 
+export const poolSchema = z.object({
+  name: z.string().describe('Lower-case letters, digits and -, at most 63 characters'),
+  size: z.int().min(0).describe('How many tokens the pool is kept at; it only grows'),
+  lease_ttl_ms: z.int().min(100).describe("The pool's lease time, else the service's LEASE_TTL_MS"),
+  max_lease_ms: z.int().min(100).nullable().describe("The pool's longest lease, else MAX_LEASE_MS; null: no cap"),
+  full_policy: z.enum(['reject', 'evict_oldest']).describe("When every token is leased; else POOL_FULL_POLICY"),
+  max_waiters: z.int().min(0).describe('Clients one API process lets wait for this pool, within MAX_WAITERS'),
+  free: z.int().min(0).describe('Tokens without an active lease'),
+  held: z.int().min(0).describe('Tokens with an active lease'),
+  retired: z.int().min(0).describe('Tokens taken out of use (none yet: tokens cannot be retired)'),
+});
+
 export type LeaseJson = z.infer<typeof leaseSchema>;
+export type PoolJson = z.infer<typeof poolSchema>;
 export type TokenJson = z.infer<typeof tokenSchema>;
 export type TokenDetailsJson = z.infer<typeof tokenDetailsSchema>;
 export type UsageJson = z.infer<typeof usageSchema>;
@@ -171,6 +184,14 @@ const tokenIdParameter = {
   required: true,
   description: 'Token id; an unknown or malformed id answers 404',
   schema: { type: 'string', format: 'uuid' },
+};
+
+const poolParameter = {
+  name: 'pool',
+  in: 'path',
+  required: true,
+  description: 'Pool name; an unknown name answers 404',
+  schema: { type: 'string', pattern: '^[a-z0-9-]{1,63}$' },
 };
 
 function queryParameters(schema: z.ZodObject) {
@@ -327,6 +348,88 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('The revoked client', revokedClientSchema),
             ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/pools': {
+        post: {
+          summary: 'Make a named pool with its size and, where given, settings of its own (admin)',
+          security: [{ adminKey: [] }],
+          requestBody: body(poolBody),
+          responses: {
+            '201': answer('The pool', poolSchema),
+            ...failures(ERRORS.pool_exists, ...BAD_INPUT, ...AUTH, ...LIMITED),
+          },
+        },
+        get: {
+          summary: 'Every pool, by name (admin)',
+          security: [{ adminKey: [] }],
+          responses: { '200': answer('Every pool', z.array(poolSchema)), ...failures(...AUTH, ...LIMITED, ERRORS.unavailable) },
+        },
+      },
+      '/api/admin/pools/{pool}': {
+        patch: {
+          summary: 'Grow a pool, or change its settings for new leases; null puts one back to the service\'s (admin)',
+          security: [{ adminKey: [] }],
+          parameters: [poolParameter],
+          requestBody: body(poolPatch),
+          responses: {
+            '200': answer('The pool as changed', poolSchema),
+            ...failures(ERRORS.not_found, ...BAD_INPUT, ...AUTH, ...LIMITED),
+          },
+        },
+      },
+      '/api/pools': {
+        get: {
+          summary: 'Every pool with its settings and how many tokens are free and held',
+          responses: { '200': answer('Every pool', z.array(poolSchema)), ...failures(...AUTH, ERRORS.unavailable) },
+        },
+      },
+      '/api/pools/{pool}': {
+        get: {
+          summary: 'One pool',
+          parameters: [poolParameter],
+          responses: { '200': answer('The pool', poolSchema), ...failures(ERRORS.not_found, ...AUTH, ERRORS.unavailable) },
+        },
+      },
+      '/api/pools/{pool}/tokens': {
+        get: {
+          summary: "The pool's tokens, in a stable order",
+          parameters: [poolParameter],
+          responses: {
+            '200': answer('Every token of the pool', z.array(tokenSchema)),
+            ...failures(ERRORS.not_found, ...AUTH, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/pools/{pool}/tokens/activate': {
+        post: {
+          summary: 'Lease a token of the pool (or get the lease the user holds in it)',
+          parameters: [poolParameter, ...queryParameters(activateQuery.in)],
+          requestBody: body(userBody),
+          responses: {
+            '200': answer('The unexpired lease the user already holds in this pool', leaseSchema),
+            '201': answer('A new lease', leaseSchema),
+            ...failures(
+              ERRORS.not_found,
+              ERRORS.pool_exhausted,
+              ...BAD_INPUT,
+              ...AUTH,
+              ...LIMITED,
+              ERRORS.too_many_waiters,
+              ERRORS.client_closed_request,
+            ),
+          },
+        },
+      },
+      '/api/pools/{pool}/tokens/clear': {
+        post: {
+          summary: 'End every active lease of the pool (admin)',
+          security: [{ adminKey: [] }],
+          parameters: [poolParameter],
+          responses: {
+            '200': answer('How many active leases were ended', clearedSchema),
+            ...failures(ERRORS.not_found, ERRORS.unauthorized, ERRORS.forbidden, ...LIMITED, ERRORS.unavailable),
           },
         },
       },

@@ -271,24 +271,7 @@ export function createReadModel(deps: {
   const cache = createListCache({
     changes: deps.maxAgeMs > 0 ? counter : undefined,
     maxAgeMs: deps.maxAgeMs,
-    async load() {
-      const { tokens, nextExpiryInMs } = await deps.listTokens();
-      const full = tokens.map((token) => JSON.stringify(tokenJson(token)));
-      const body = Buffer.from(`{"data":[${full.join(',')}]}`);
-      if (deps.privateHolders !== true) return { body, validForMs: nextExpiryInMs };
-      const holders = new Map<string, { redacted: string; full: string }>();
-      const redacted = tokens.map((token, i) => {
-        if (token.lease === null) return full[i] ?? '';
-        const hidden = JSON.stringify({ ...tokenJson(token), current_user_id: null });
-        holders.set(token.lease.userId, { redacted: hidden, full: full[i] ?? '' });
-        return hidden;
-      });
-      return {
-        body,
-        validForMs: nextExpiryInMs,
-        redacted: { body: Buffer.from(`{"data":[${redacted.join(',')}]}`), holders },
-      };
-    },
+    load: async () => renderTokens(await deps.listTokens(), deps.privateHolders === true),
   });
   const changed = () => counter?.changed();
   return {
@@ -308,6 +291,32 @@ export function createReadModel(deps: {
       }
     },
     close: async () => counter?.close(),
+  };
+}
+
+/**
+ * A list of tokens as the answer of GET /api/tokens (or a named pool's list), serialised; with
+ * private holders, also without them (see listFor).
+ */
+export function renderTokens(
+  list: { tokens: readonly TokenState[]; nextExpiryInMs: number | null },
+  privateHolders: boolean,
+): Rendered {
+  const { tokens, nextExpiryInMs } = list;
+  const full = tokens.map((token) => JSON.stringify(tokenJson(token)));
+  const body = Buffer.from(`{"data":[${full.join(',')}]}`);
+  if (!privateHolders) return { body, validForMs: nextExpiryInMs };
+  const holders = new Map<string, { redacted: string; full: string }>();
+  const redacted = tokens.map((token, i) => {
+    if (token.lease === null) return full[i] ?? '';
+    const hidden = JSON.stringify({ ...tokenJson(token), current_user_id: null });
+    holders.set(token.lease.userId, { redacted: hidden, full: full[i] ?? '' });
+    return hidden;
+  });
+  return {
+    body,
+    validForMs: nextExpiryInMs,
+    redacted: { body: Buffer.from(`{"data":[${redacted.join(',')}]}`), holders },
   };
 }
 

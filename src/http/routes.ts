@@ -1,4 +1,4 @@
-import type { Express, RequestHandler } from 'express';
+import type { Express, Request, RequestHandler } from 'express';
 import type { Lease, Leases, Usage } from '../domain/leases.js';
 import { NotFoundError, PoolExhaustedError } from '../errors.js';
 import { actingUser, callerOf, maySeeHolder, restrictedToClient, type AuthMode } from './authenticate.js';
@@ -56,6 +56,57 @@ function parseTokenId(raw: unknown): string {
   return parsed.data;
 }
 
+/** The pool an activation acts on, with its own limit on this process's waiters, if any. */
+export interface ActivationTarget {
+  readonly leases: Leases;
+  readonly maxWaiters?: number | undefined;
+}
+
+/**
+ * POST .../activate: a lease for the caller's user of the pool `target` picks (the default
+ * pool's route, or a named pool's), or the lease they hold; with ?wait=, a place in the queue
+ * of a full pool.
+ */
+export function activateHandler(deps: {
+  write: ReadModel['write'];
+  target: (req: Request) => ActivationTarget | Promise<ActivationTarget>;
+}): RequestHandler {
+  const { write } = deps;
+  return async (req, res) => {
+    const body = parse(userBody, req.body, 'body');
+    const caller = callerOf(res);
+    const userId = actingUser(caller, body.user_id);
+    const { waitMs } = parse(activateQuery, req.query, 'query');
+    const { leases, maxWaiters } = await deps.target(req);
+    // A waiting client that disconnects gives up its place in the queue. Only a request that
+    // may wait needs to hear of it.
+    const gone = waitMs > 0 ? new AbortController() : undefined;
+    if (gone !== undefined) {
+      res.on('close', () => {
+        if (!res.writableEnded) gone.abort();
+      });
+    }
+    let activated: Awaited<ReturnType<Leases['activate']>>;
+    try {
+      // An activation that found the user's lease, or was refused, changed nothing.
+      activated = await write(
+        leases.activate(userId, { waitMs, signal: gone?.signal, clientId: caller.clientId, maxWaiters }),
+        (outcome) => isPoolExhausted(outcome) || (!(outcome instanceof Error) && !outcome.created),
+      );
+    } catch (error) {
+      // A full pool's refusal, the answer this route gives most under load, is sent from
+      // here: passed to next(), Express would match every later route's path on its way to
+      // the error handler (about 4% of a refusal's CPU).
+      if (!(error instanceof PoolExhaustedError)) throw error;
+      sendError(res, error);
+      return;
+    }
+    const { created, lease } = activated;
+    if (created) res.setHeader('Location', `/api/tokens/${lease.tokenId}`);
+    sendJson(res, created ? 201 : 200, { data: leaseJson(lease) });
+  };
+}
+
 /** Adds the token API's routes to the app itself: a nested router costs every request a second walk. */
 export function tokenRoutes(
   router: Pick<Express, 'route'>,
@@ -65,6 +116,8 @@ export function tokenRoutes(
     readModel: ReadModel;
     /** What lease and admin routes run before their handlers: rate limits, scope checks (app.ts). */
     first: { lease: readonly RequestHandler[]; admin: readonly RequestHandler[] };
+    /** The default pool with its settings (named pools); absent: `leases`, with MAX_WAITERS only. */
+    defaultPool?: (() => Promise<ActivationTarget>) | undefined;
   },
 ): void {
   const { leases, readModel: list, mode, first } = deps;
@@ -89,38 +142,7 @@ export function tokenRoutes(
 
   router
     .route('/api/tokens/activate')
-    .post(...first.lease, ...jsonBody, async (req, res) => {
-      const body = parse(userBody, req.body, 'body');
-      const caller = callerOf(res);
-      const userId = actingUser(caller, body.user_id);
-      const { waitMs } = parse(activateQuery, req.query, 'query');
-      // A waiting client that disconnects gives up its place in the queue. Only a request that
-      // may wait needs to hear of it.
-      const gone = waitMs > 0 ? new AbortController() : undefined;
-      if (gone !== undefined) {
-        res.on('close', () => {
-          if (!res.writableEnded) gone.abort();
-        });
-      }
-      let activated: Awaited<ReturnType<Leases['activate']>>;
-      try {
-        // An activation that found the user's lease, or was refused, changed nothing.
-        activated = await write(
-          leases.activate(userId, { waitMs, signal: gone?.signal, clientId: caller.clientId }),
-          (outcome) => isPoolExhausted(outcome) || (!(outcome instanceof Error) && !outcome.created),
-        );
-      } catch (error) {
-        // A full pool's refusal, the answer this route gives most under load, is sent from
-        // here: passed to next(), Express would match every later route's path on its way to
-        // the error handler (about 4% of a refusal's CPU).
-        if (!(error instanceof PoolExhaustedError)) throw error;
-        sendError(res, error);
-        return;
-      }
-      const { created, lease } = activated;
-      if (created) res.setHeader('Location', `/api/tokens/${lease.tokenId}`);
-      sendJson(res, created ? 201 : 200, { data: leaseJson(lease) });
-    })
+    .post(...first.lease, ...jsonBody, activateHandler({ write, target: deps.defaultPool ?? (() => ({ leases })) }))
     .all(methodNotAllowed(['POST']));
 
   router

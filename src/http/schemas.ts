@@ -82,6 +82,49 @@ export const clientBody = z.object(
   { error: 'the body must be a JSON object with a name and scopes' },
 );
 
+// Pools (POST and PATCH /api/admin/pools). Settings left out follow the service's; in a PATCH,
+// null puts one back to the service's.
+export const POOL_NAME = /^[a-z0-9-]{1,63}$/;
+const POOL_NAME_MESSAGE = 'must be 1 to 63 lower-case letters, digits and -';
+export const poolName = z.string({ error: POOL_NAME_MESSAGE }).regex(POOL_NAME, { error: POOL_NAME_MESSAGE });
+
+function whole(min: number, max: number, message: string) {
+  return z.int({ error: message }).min(min, { error: message }).max(max, { error: message });
+}
+
+const MAX_POOL_SIZE = 10_000_000;
+const MAX_MS = 2_147_483_647;
+const poolSettings = {
+  lease_ttl_ms: whole(100, MAX_MS, `must be a whole number of milliseconds from 100 to ${MAX_MS}`),
+  max_lease_ms: whole(100, MAX_MS, `must be a whole number of milliseconds from 100 to ${MAX_MS}`),
+  full_policy: z.enum(['reject', 'evict_oldest'], { error: 'must be reject or evict_oldest' }),
+  max_waiters: whole(0, 100_000, 'must be a whole number from 0 to 100000'),
+};
+const poolSize = whole(0, MAX_POOL_SIZE, `must be a whole number of tokens from 0 to ${MAX_POOL_SIZE}`);
+
+export const poolBody = z.object(
+  {
+    name: poolName,
+    size: poolSize.default(0),
+    lease_ttl_ms: poolSettings.lease_ttl_ms.optional(),
+    max_lease_ms: poolSettings.max_lease_ms.optional(),
+    full_policy: poolSettings.full_policy.optional(),
+    max_waiters: poolSettings.max_waiters.optional(),
+  },
+  { error: 'the body must be a JSON object with a name' },
+);
+
+export const poolPatch = z.object(
+  {
+    size: poolSize.optional(),
+    lease_ttl_ms: poolSettings.lease_ttl_ms.nullable().optional(),
+    max_lease_ms: poolSettings.max_lease_ms.nullable().optional(),
+    full_policy: poolSettings.full_policy.nullable().optional(),
+    max_waiters: poolSettings.max_waiters.nullable().optional(),
+  },
+  { error: 'the body must be a JSON object' },
+);
+
 /** Client ids in paths: anything else is a 404, as for a client that does not exist. */
 export const clientId = lowerCaseUuid;
 

@@ -6,9 +6,9 @@ import { createPool } from '../db/pool.js';
 import { randomUUID } from 'node:crypto';
 import { CHANGES_CHANNEL, CLIENTS_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
 import { createApiClients, type ApiClients } from '../domain/clients.js';
-import { createLeases, type Leases } from '../domain/leases.js';
+import { createLeasesByPool, type Leases } from '../domain/leases.js';
 import { maintain } from '../domain/maintenance.js';
-import { getPoolId } from '../domain/pools.js';
+import { createPoolDirectory, createPools, getPoolId, type PoolDirectory, type Pools } from '../domain/pools.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import type { RedisReply } from 'rate-limit-redis';
 import { createApp, type RateLimits } from '../http/app.js';
@@ -26,6 +26,8 @@ import { createShutdown } from './shutdown.js';
 export interface Service {
   readonly leases: Leases;
   readonly apiClients: ApiClients;
+  /** Named pools: making and changing them, finding them by name, each one's lease operations. */
+  readonly pools: { readonly pools: Pools; readonly directory: PoolDirectory; readonly leasesOf: (poolId: number) => Leases };
   readonly metrics: Metrics;
   /** The HTTP port: the token API (ROLE all or api) or only health and metrics (worker). */
   readonly port: number;
@@ -116,9 +118,10 @@ export async function startService(config: Config, log: Logger): Promise<Service
       }
     }
 
-    const leases = createLeases({
+    // Each pool's lease operations; the default pool's serve /api/tokens, the release jobs and
+    // the sweep (which act on leases of every pool). A pool's own settings win over these.
+    const leasesOf = createLeasesByPool({
       pool,
-      poolId: await getPoolId(pool, 'default'),
       leaseTtlMs: config.leaseTtlMs,
       maxLeaseMs: config.maxLeaseMs,
       evictOldest: config.poolFullPolicy === 'evict_oldest',
@@ -127,6 +130,18 @@ export async function startService(config: Config, log: Logger): Promise<Service
       scheduler: releases,
       waitingRoom,
     });
+    const leases = leasesOf(await getPoolId(pool, 'default'));
+    const serviceSettings = {
+      leaseTtlMs: config.leaseTtlMs,
+      maxLeaseMs: config.maxLeaseMs,
+      fullPolicy: config.poolFullPolicy,
+      maxWaiters: config.maxWaiters,
+    };
+    const pools = {
+      pools: createPools({ pool, service: serviceSettings, log }),
+      directory: createPoolDirectory({ pool, service: serviceSettings }),
+      leasesOf,
+    };
     let readModel: ReadModel | undefined;
     if (config.role !== 'worker') {
       const model = createReadModel({
@@ -225,6 +240,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       redisPing: () => releases.ping(),
       readModel,
       rateLimits,
+      pools,
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());
@@ -235,7 +251,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       shutdown.add('waiting clients', () => room.close());
     }
 
-    return { leases, apiClients, metrics, port: http.port, stop: (reason) => shutdown.run(reason) };
+    return { leases, apiClients, pools, metrics, port: http.port, stop: (reason) => shutdown.run(reason) };
   } catch (error) {
     await shutdown.run('start-up failed');
     throw error;

@@ -1,0 +1,137 @@
+import type { Express, Request, RequestHandler } from 'express';
+import type { Leases } from '../domain/leases.js';
+import type { PoolDirectory, PoolInfo, Pools } from '../domain/pools.js';
+import { unknownPool } from '../domain/pools.js';
+import { callerOf, maySeeHolder, type AuthMode } from './authenticate.js';
+import { jsonBody } from './body.js';
+import type { PoolJson } from './contract.js';
+import { methodNotAllowed } from './errors.js';
+import { sendJson, sendSerializedJson } from './json.js';
+import { listFor, renderTokens, type ReadModel } from './readModel.js';
+import { activateHandler } from './routes.js';
+import { parse, poolBody, poolName, poolPatch } from './schemas.js';
+
+// Named pools: the admin routes that make, list and change them, and each pool's own
+// activate, list and clear, which behave as the default pool's routes under /api/tokens do.
+// Routes that name a token (/api/tokens/:id/...) serve the tokens of every pool.
+
+function poolJson(pool: PoolInfo): PoolJson {
+  return {
+    name: pool.name,
+    size: pool.size,
+    lease_ttl_ms: pool.leaseTtlMs,
+    max_lease_ms: pool.maxLeaseMs,
+    full_policy: pool.fullPolicy,
+    max_waiters: pool.maxWaiters,
+    free: pool.free,
+    held: pool.held,
+    retired: 0,
+  };
+}
+
+/** The pool a path names; a name no pool has, or could have, is a 404. */
+function pathPool(req: Request): string {
+  const parsed = poolName.safeParse(req.params.pool);
+  if (!parsed.success) throw unknownPool(String(req.params.pool));
+  return parsed.data;
+}
+
+export function poolRoutes(
+  router: Pick<Express, 'route'>,
+  deps: {
+    pools: Pools;
+    directory: PoolDirectory;
+    /** The lease operations of the pool with this id. */
+    leasesOf: (poolId: number) => Leases;
+    mode: AuthMode;
+    /** Counts each write as a change of the default pool's list (src/http/readModel.ts). */
+    readModel: ReadModel;
+    first: { lease: readonly RequestHandler[]; admin: readonly RequestHandler[] };
+  },
+): void {
+  const { pools, directory, leasesOf, mode, first } = deps;
+  const write = deps.readModel.write.bind(deps.readModel);
+  const leasesFor = async (req: Request) => {
+    const pool = await directory.find(pathPool(req));
+    return { leases: leasesOf(pool.id), maxWaiters: pool.maxWaiters };
+  };
+
+  router
+    .route('/api/admin/pools')
+    .post(...first.admin, ...jsonBody, async (req, res) => {
+      const body = parse(poolBody, req.body, 'body');
+      const pool = await write(
+        pools.create({
+          name: body.name,
+          size: body.size,
+          leaseTtlMs: body.lease_ttl_ms,
+          maxLeaseMs: body.max_lease_ms,
+          fullPolicy: body.full_policy,
+          maxWaiters: body.max_waiters,
+        }),
+      );
+      res.setHeader('Location', `/api/pools/${pool.name}`);
+      sendJson(res, 201, { data: poolJson(pool) });
+    })
+    .get(...first.admin, async (_req, res) => {
+      sendJson(res, 200, { data: (await pools.list()).map(poolJson) });
+    })
+    .all(methodNotAllowed(['GET', 'POST']));
+
+  router
+    .route('/api/admin/pools/:pool')
+    .patch(...first.admin, ...jsonBody, async (req, res) => {
+      const name = pathPool(req);
+      const body = parse(poolPatch, req.body, 'body');
+      const pool = await write(
+        pools.update(name, {
+          size: body.size,
+          leaseTtlMs: body.lease_ttl_ms,
+          maxLeaseMs: body.max_lease_ms,
+          fullPolicy: body.full_policy,
+          maxWaiters: body.max_waiters,
+        }),
+      );
+      sendJson(res, 200, { data: poolJson(pool) });
+    })
+    .all(methodNotAllowed(['PATCH']));
+
+  router
+    .route('/api/pools')
+    .get(async (_req, res) => {
+      sendJson(res, 200, { data: (await pools.list()).map(poolJson) });
+    })
+    .all(methodNotAllowed(['GET']));
+
+  router
+    .route('/api/pools/:pool')
+    .get(async (req, res) => {
+      sendJson(res, 200, { data: poolJson(await pools.get(pathPool(req))) });
+    })
+    .all(methodNotAllowed(['GET']));
+
+  router
+    .route('/api/pools/:pool/tokens')
+    .get(async (req, res) => {
+      const { leases } = await leasesFor(req);
+      const caller = callerOf(res);
+      const view = { full: maySeeHolder(mode, caller, ''), userId: caller.userId };
+      const answer = renderTokens(await leases.listTokens(), mode !== 'none');
+      sendSerializedJson(res, 200, listFor(answer, view));
+    })
+    .all(methodNotAllowed(['GET']));
+
+  router
+    .route('/api/pools/:pool/tokens/activate')
+    .post(...first.lease, ...jsonBody, activateHandler({ write, target: leasesFor }))
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/pools/:pool/tokens/clear')
+    .post(...first.admin, async (req, res) => {
+      const { leases } = await leasesFor(req);
+      const { cleared } = await write(leases.clear());
+      sendJson(res, 200, { data: { cleared_tokens: cleared } });
+    })
+    .all(methodNotAllowed(['POST']));
+}

@@ -8,13 +8,14 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
     registry,
     activations: new Counter({
       name: 'token_lease_activations_total',
-      help: 'Activation requests by outcome: created, existing or exhausted.',
-      labelNames: ['outcome'] as const,
+      help: 'Activation requests by pool and outcome: created, existing or exhausted.',
+      labelNames: ['pool', 'outcome'] as const,
       registers: [registry],
     }),
     evictions: new Counter({
       name: 'token_lease_evictions_total',
-      help: 'Leases ended to give their token to a newcomer (POOL_FULL_POLICY=evict_oldest).',
+      help: 'Leases ended to give their token to a newcomer, by pool (full_policy evict_oldest).',
+      labelNames: ['pool'] as const,
       registers: [registry],
     }),
     leasesEnded: new Counter({

@@ -41,7 +41,7 @@ describe('PostgreSQL unreachable', () => {
     testLogger(),
   );
   const metrics = createMetrics();
-  const leases = createLeases({ pool, poolId: 1, leaseTtlMs: 1_000, log: testLogger(), metrics });
+  const leases = createLeases({ pool, poolId: 1, poolName: 'default', leaseTtlMs: 1_000, log: testLogger(), metrics });
   const http = supertest(createApp({ leases, log: testLogger(), metrics, adminApiKey: undefined }));
 
   afterAll(async () => {

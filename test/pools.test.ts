@@ -104,6 +104,9 @@ describe('named pools', () => {
     );
     expect(rows).toEqual([{ name: 'rush' }]);
     expect(answers.filter((res) => res.status === 409)).toHaveLength(15);
+    const metrics = (await t.http.get('/metrics')).text;
+    expect(metrics).toMatch(/^token_lease_activations_total\{pool="rush",outcome="created"\} 5$/m);
+    expect(metrics).toMatch(/^token_lease_activations_total\{pool="rush",outcome="exhausted"\} 15$/m);
   });
 
   it("evicts within the pool when its policy says so, whatever the service's", async () => {

@@ -81,7 +81,7 @@ describe('waiting for a token', () => {
     expect(Date.now() - started).toBeGreaterThanOrEqual(450);
     expect(await waitingCount(t.db)).toBe(0);
     const metrics = await (await fetch(`${t.url}/metrics`)).text();
-    expect(metrics).toMatch(/^token_lease_activations_total\{outcome="exhausted"\} 1$/m);
+    expect(metrics).toMatch(/^token_lease_activations_total\{pool="default",outcome="exhausted"\} 1$/m);
   });
 
   it('a waiter that disconnects gives up its place and consumes no token', async () => {

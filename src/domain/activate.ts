@@ -64,17 +64,17 @@ export async function activate(
       });
     } catch (err) {
       // The wait ran out: refused like any activation on a full pool.
-      if (err instanceof PoolExhaustedError) metrics.activations.inc({ outcome: 'exhausted' });
+      if (err instanceof PoolExhaustedError) metrics.activations.inc({ pool: deps.poolName, outcome: 'exhausted' });
       throw err;
     }
   }
-  metrics.activations.inc({ outcome: row.outcome === 'queued' ? 'exhausted' : row.outcome });
+  metrics.activations.inc({ pool: deps.poolName, outcome: row.outcome === 'queued' ? 'exhausted' : row.outcome });
   if (row.outcome !== 'created' && row.outcome !== 'existing') {
     throw new PoolExhaustedError(Math.max(1, Math.ceil(Number(row.wait_ms ?? 0) / 1000)));
   }
   const lease = toLease({ ...row, id: row.lease_id });
   if (row.evicted_lease_id !== null) {
-    metrics.evictions.inc();
+    metrics.evictions.inc({ pool: deps.poolName });
     leaseEnded(deps, row.evicted_lease_id, 'evicted', 'activation');
     log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
   }

@@ -49,8 +49,9 @@ export interface ReleaseScheduler {
 
 export interface LeasesDeps {
   readonly pool: Pool;
-  /** The pool that activations, lists and clears act on. */
+  /** The pool that activations, lists and clears act on, and its name (a label of its metrics). */
   readonly poolId: number;
+  readonly poolName: string;
   readonly leaseTtlMs: number;
   /** Caps a lease's whole life across renewals; null for no cap. */
   readonly maxLeaseMs?: number | null;

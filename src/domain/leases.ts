@@ -38,12 +38,14 @@ export type Leases = ReturnType<typeof createLeases>;
  * The lease operations of each pool: `deps` with the pool's id, made once per pool. The
  * operations that name a token act on whichever pool it is in, through any of them.
  */
-export function createLeasesByPool(deps: Omit<LeasesDeps, 'poolId'>): (poolId: number) => Leases {
+export function createLeasesByPool(
+  deps: Omit<LeasesDeps, 'poolId' | 'poolName'>,
+): (pool: { readonly id: number; readonly name: string }) => Leases {
   const made = new Map<number, Leases>();
-  return (poolId) => {
+  return ({ id: poolId, name: poolName }) => {
     let leases = made.get(poolId);
     if (leases === undefined) {
-      leases = createLeases({ ...deps, poolId });
+      leases = createLeases({ ...deps, poolId, poolName });
       made.set(poolId, leases);
     }
     return leases;

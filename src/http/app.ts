@@ -49,7 +49,7 @@ export interface AppDeps {
   readonly pools?: {
     readonly pools: Pools;
     readonly directory: PoolDirectory;
-    readonly leasesOf: (poolId: number) => Leases;
+    readonly leasesOf: (pool: { readonly id: number; readonly name: string }) => Leases;
   } | undefined;
 }
 

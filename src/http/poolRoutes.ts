@@ -41,8 +41,8 @@ export function poolRoutes(
   deps: {
     pools: Pools;
     directory: PoolDirectory;
-    /** The lease operations of the pool with this id. */
-    leasesOf: (poolId: number) => Leases;
+    /** The lease operations of a pool. */
+    leasesOf: (pool: { readonly id: number; readonly name: string }) => Leases;
     mode: AuthMode;
     /** Counts each write as a change of the default pool's list (src/http/readModel.ts). */
     readModel: ReadModel;
@@ -52,8 +52,9 @@ export function poolRoutes(
   const { pools, directory, leasesOf, mode, first } = deps;
   const write = deps.readModel.write.bind(deps.readModel);
   const leasesFor = async (req: Request) => {
-    const pool = await directory.find(pathPool(req));
-    return { leases: leasesOf(pool.id), maxWaiters: pool.maxWaiters };
+    const name = pathPool(req);
+    const pool = await directory.find(name);
+    return { leases: leasesOf({ id: pool.id, name }), maxWaiters: pool.maxWaiters };
   };
 
   router

@@ -27,7 +27,7 @@ export interface Service {
   readonly leases: Leases;
   readonly apiClients: ApiClients;
   /** Named pools: making and changing them, finding them by name, each one's lease operations. */
-  readonly pools: { readonly pools: Pools; readonly directory: PoolDirectory; readonly leasesOf: (poolId: number) => Leases };
+  readonly pools: { readonly pools: Pools; readonly directory: PoolDirectory; readonly leasesOf: (pool: { readonly id: number; readonly name: string }) => Leases };
   readonly metrics: Metrics;
   /** The HTTP port: the token API (ROLE all or api) or only health and metrics (worker). */
   readonly port: number;
@@ -130,7 +130,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       scheduler: releases,
       waitingRoom,
     });
-    const leases = leasesOf(await getPoolId(pool, 'default'));
+    const leases = leasesOf({ id: await getPoolId(pool, 'default'), name: 'default' });
     const serviceSettings = {
       leaseTtlMs: config.leaseTtlMs,
       maxLeaseMs: config.maxLeaseMs,

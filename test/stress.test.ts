@@ -8,7 +8,7 @@ import { defaultStressOptions, formatReport, runStress } from './stress/run.js';
 // to a few hundred virtual users with one-second leases, then every invariant checked.
 
 describe('npm run stress, CI-sized', () => {
-  it('grants 10,000 leases across 3 API and 2 worker processes with every invariant intact', async () => {
+  it('grants 10,000 leases in two pools across 3 API and 2 worker processes with every invariant intact', async () => {
     const runId = inject('runId');
     const report = await runStress({
       ...defaultStressOptions(),

@@ -44,8 +44,13 @@ export interface LoadOptions {
   readonly deadlineMs: number;
   /** Pause between one client's requests: a random time up to this (default 10 ms; 0 for none). */
   readonly thinkMs?: number;
-  /** An admin clears every lease this often (with `adminApiKey`); 0 (default): never. */
+  /** An admin clears every lease of one of the pools this often (with `adminApiKey`); 0 (default): never. */
   readonly clearEveryMs?: number;
+  /**
+   * The pools the clients lease from: client i from pools[i % length] (default: the pool
+   * `default` alone, through /api/tokens/activate).
+   */
+  readonly pools?: readonly string[];
   readonly adminApiKey?: string;
   /** Seed of the clients' random choices (default: a random one). */
   readonly seed?: number;
@@ -214,7 +219,10 @@ export function startLoad(options: LoadOptions): Load {
     options.signal?.aborted === true;
 
   /** A client's requests, its choices drawn from `random`. */
-  function client(random: () => number) {
+  const pools = options.pools ?? ['default'];
+  const activatePath = (pool: string) => (pool === 'default' ? '/api/tokens/activate' : `/api/pools/${pool}/tokens/activate`);
+
+  function client(random: () => number, pool = 'default') {
     const pick = <T>(items: readonly T[]): T => items[Math.floor(random() * items.length)] as T;
 
     async function send(
@@ -258,7 +266,7 @@ export function startLoad(options: LoadOptions): Load {
     }
 
     async function activate(user: User, wait: number): Promise<void> {
-      const path = wait > 0 ? `/api/tokens/activate?wait=${wait.toFixed(2)}` : '/api/tokens/activate';
+      const path = wait > 0 ? `${activatePath(pool)}?wait=${wait.toFixed(2)}` : activatePath(pool);
       if (wait > 0) counts.waits.sent += 1;
       const { answer, body } = await send(wait > 0 ? 'wait' : 'activate', 'POST', path, {
         body: activateBody(user.id),
@@ -400,7 +408,7 @@ export function startLoad(options: LoadOptions): Load {
         await delay(Math.min(250, Math.max(0, next - Date.now())));
         if (Date.now() < next || done()) continue;
         next += everyMs;
-        const { answer, body } = await send('clear', 'POST', '/api/tokens/clear', {
+        const { answer, body } = await send('clear', 'POST', `/api/pools/${pick(pools)}/tokens/clear`, {
           headers: { authorization: `Bearer ${options.adminApiKey ?? ''}` },
         });
         if (answer.status === 200) counts.clearedTokens += Number(body.data.cleared_tokens);
@@ -453,7 +461,7 @@ export function startLoad(options: LoadOptions): Load {
 
   const users = (n: number) => Array.from({ length: n }, newUser);
   const running = Array.from({ length: options.clients }, (_, i) =>
-    client(seededRandom(seed * 7919 + i)).run(users(options.usersPerClient ?? 3)),
+    client(seededRandom(seed * 7919 + i), pools[i % pools.length]).run(users(options.usersPerClient ?? 3)),
   );
   const clearEveryMs = options.clearEveryMs ?? 0;
   if (clearEveryMs > 0) running.push(client(seededRandom(seed)).clearEvery(clearEveryMs));

@@ -15,7 +15,8 @@ const HELP = `usage: npm run stress -- [options]
   --duration S        or after S seconds (alone: no activation target)
   --ttl MS            LEASE_TTL_MS                                      default 1000
   --sweep MS          SWEEP_INTERVAL_MS                                 default 300
-  --pool N            POOL_SIZE                                         default 160
+  --pool N            tokens in all, split evenly over the pools            default 160
+  --pools N           pools: default and N-1 named ones                 default 2
   --policy P          reject | evict_oldest                             default reject
   --wait-ratio R      share of activations sent with ?wait=             default 0.03
   --max-wait S        longest ?wait= in seconds                         default 1
@@ -39,6 +40,7 @@ function parseOptions(argv: string[]): StressOptions | null {
       ttl: { type: 'string' },
       sweep: { type: 'string' },
       pool: { type: 'string' },
+      pools: { type: 'string' },
       policy: { type: 'string' },
       'wait-ratio': { type: 'string' },
       'max-wait': { type: 'string' },
@@ -73,6 +75,7 @@ function parseOptions(argv: string[]): StressOptions | null {
     ttlMs: number('ttl', values.ttl, defaults.ttlMs, 100),
     sweepIntervalMs: number('sweep', values.sweep, defaults.sweepIntervalMs, 10),
     poolSize: number('pool', values.pool, defaults.poolSize, 1),
+    pools: number('pools', values.pools, defaults.pools, 1),
     policy,
     waitRatio: number('wait-ratio', values['wait-ratio'], defaults.waitRatio),
     maxWaitSeconds: number('max-wait', values['max-wait'], defaults.maxWaitSeconds),

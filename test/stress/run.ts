@@ -19,7 +19,9 @@ export interface StressOptions {
   readonly durationMs: number | null;
   readonly ttlMs: number;
   readonly sweepIntervalMs: number;
+  /** Tokens in all, split evenly over `pools` pools: `default` and named ones made by an admin. */
   readonly poolSize: number;
+  readonly pools: number;
   readonly policy: 'reject' | 'evict_oldest';
   readonly waitRatio: number;
   readonly maxWaitSeconds: number;
@@ -48,6 +50,7 @@ export const defaultStressOptions = (): StressOptions => {
     ttlMs: 1_000,
     sweepIntervalMs: 300,
     poolSize: 160,
+    pools: 2,
     policy: 'reject',
     waitRatio: 0.03,
     maxWaitSeconds: 1,
@@ -86,6 +89,24 @@ export interface StressReport {
   readonly exits: ReadonlyArray<{ role: string; code: number | null; signal: NodeJS.Signals | null }>;
 }
 
+const perPool = (options: StressOptions) => Math.max(1, Math.floor(options.poolSize / options.pools));
+
+/** `default` and the named pools the run leases from, each of `perPool` tokens. */
+async function makePools(apiUrl: string, options: StressOptions, adminApiKey: string): Promise<string[]> {
+  const names = ['default'];
+  for (let i = 2; i <= options.pools; i += 1) {
+    const name = `stress-${i}`;
+    const res = await fetch(`${apiUrl}/api/admin/pools`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${adminApiKey}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ name, size: perPool(options) }),
+    });
+    if (res.status !== 201) throw new Error(`pool ${name} was not made: ${res.status} ${await res.text()}`);
+    names.push(name);
+  }
+  return names;
+}
+
 export async function runStress(
   options: StressOptions,
   progress: (line: string) => void = () => undefined,
@@ -104,7 +125,7 @@ export async function runStress(
         apiProcesses: options.apiProcesses,
         workerProcesses: options.workerProcesses,
         env: {
-          POOL_SIZE: String(options.poolSize),
+          POOL_SIZE: String(perPool(options)),
           LEASE_TTL_MS: String(options.ttlMs),
           SWEEP_INTERVAL_MS: String(options.sweepIntervalMs),
           POOL_FULL_POLICY: options.policy,
@@ -114,6 +135,7 @@ export async function runStress(
       },
     );
     const db = cluster.databaseUrl;
+    const pools = await makePools(cluster.apis[0]?.url ?? '', options, adminApiKey);
 
     const midRun = checkWhileRunning(db, options.checkEveryMs);
     const loadStarted = Date.now();
@@ -130,6 +152,7 @@ export async function runStress(
       deadlineMs: 30_000,
       clearEveryMs: options.clearEveryMs,
       adminApiKey,
+      pools,
       seed: options.seed,
       signal,
     });
@@ -320,7 +343,7 @@ export function formatReport(report: StressReport): string {
     Object.keys(record).length === 0 ? 'none' : Object.entries(record).map(([k, v]) => `${k} ${v}`).join(', ');
   const conflicts = counts.exhausted + sum(counts.releaseRefused) + sum(counts.renewRefused);
   const lines = [
-    `stress: ${options.apiProcesses} api + ${options.workerProcesses} worker processes, ${options.clients} clients x ${options.usersPerClient} users, pool ${options.poolSize}, TTL ${options.ttlMs} ms, sweep every ${options.sweepIntervalMs} ms, policy ${options.policy}, seed ${options.seed}`,
+    `stress: ${options.apiProcesses} api + ${options.workerProcesses} worker processes, ${options.clients} clients x ${options.usersPerClient} users, ${options.pools} pools of ${perPool(options)}, TTL ${options.ttlMs} ms, sweep every ${options.sweepIntervalMs} ms, policy ${options.policy}, seed ${options.seed}`,
     `time: load ${(report.loadMs / 1000).toFixed(1)} s, drain ${(report.drainMs / 1000).toFixed(1)} s, total ${(report.totalMs / 1000).toFixed(1)} s`,
     `requests: ${counts.requests} (${Math.round(counts.requests / Math.max(0.001, report.loadMs / 1000))}/s), no answer: ${list(counts.lost)}`,
     `activations: ${counts.created} granted (201), ${counts.existing} existing (200), ${counts.exhausted} pool_exhausted (409)`,

@@ -22,9 +22,15 @@ const USERS = 5;
 // Generous: a run of commands takes tens of milliseconds, and shrinking a failure replays many.
 const timeoutMs = 120_000 + runs * 2_000;
 
-function modelProperty(config: ModelConfig, env: Record<string, string>) {
+/**
+ * `named`: model a pool made through the admin API with these settings of its own (the service's
+ * in `env` then differ), instead of the pool default with the service's settings.
+ */
+function modelProperty(config: ModelConfig, env: Record<string, string>, named?: Record<string, unknown>) {
   let t: TestService;
   let tokenIds: string[];
+  let poolId: number;
+  const tokensPath = named === undefined ? '/api/tokens' : '/api/pools/modelled/tokens';
   const users = Array.from({ length: config.users }, () => randomUUID());
 
   beforeAll(async () => {
@@ -36,7 +42,15 @@ function modelProperty(config: ModelConfig, env: Record<string, string>) {
       LIST_CACHE_MAX_AGE_MS: '0',
       ...env,
     });
-    const listed = (await (await fetch(`${t.url}/api/tokens`)).json()) as { data: Array<{ id: string }> };
+    if (named !== undefined) {
+      const made = await t.http.post('/api/admin/pools').send({ name: 'modelled', size: config.tokens, ...named });
+      if (made.status !== 201) throw new Error(`the modelled pool was not made: ${made.text}`);
+    }
+    const { rows } = await t.db.pool.query<{ id: number }>('SELECT id FROM pools WHERE name = $1', [
+      named === undefined ? 'default' : 'modelled',
+    ]);
+    poolId = rows[0]?.id ?? NaN;
+    const listed = (await (await fetch(`${t.url}${tokensPath}`)).json()) as { data: Array<{ id: string }> };
     tokenIds = [...listed.data.map((token) => token.id), randomUUID()];
   });
   afterAll(async () => {
@@ -50,7 +64,7 @@ function modelProperty(config: ModelConfig, env: Record<string, string>) {
       DELETE FROM leases;
       DELETE FROM usages;
       DELETE FROM waiters;`);
-    const real: Real = { t, users, tokenIds, startedAt: Date.now() };
+    const real: Real = { t, users, tokenIds, startedAt: Date.now(), poolId, tokensPath };
     return { model: createModel(config), real };
   }
 
@@ -72,6 +86,20 @@ describe('the service answers as the model of the pool does', () => {
       modelProperty(
         { tokens: TOKENS, users: USERS, ttlMs: TTL_MS, maxLeaseMs, evictOldest: false },
         { POOL_FULL_POLICY: 'reject', MAX_LEASE_MS: String(maxLeaseMs) },
+      ),
+      timeoutMs,
+    );
+  });
+
+  describe('in a named pool whose own settings differ from the service\'s', () => {
+    const maxLeaseMs = 70_000;
+    it(
+      'for any sequence of commands',
+      modelProperty(
+        { tokens: TOKENS, users: USERS, ttlMs: TTL_MS, maxLeaseMs, evictOldest: true },
+        // The default pool (unused) would give 1 s leases, no cap and refusals.
+        { POOL_FULL_POLICY: 'reject', LEASE_TTL_MS: '1000' },
+        { lease_ttl_ms: TTL_MS, max_lease_ms: maxLeaseMs, full_policy: 'evict_oldest' },
       ),
       timeoutMs,
     );

@@ -18,6 +18,9 @@ export interface Real {
   readonly tokenIds: readonly string[];
   /** Wall time when the run began: the service has seen at most this much real time pass. */
   readonly startedAt: number;
+  /** The modelled pool: its id, and its routes (/api/tokens, or /api/pools/<name>/tokens). */
+  readonly poolId: number;
+  readonly tokensPath: string;
 }
 
 /**
@@ -124,10 +127,12 @@ export async function expectSameState(m: PoolModel, real: Real, after: string): 
             (extract(epoch FROM now() - started_at) * 1000)::float8 AS started_ago_ms,
             (extract(epoch FROM expires_at - now()) * 1000)::float8 AS expires_in_ms,
             (extract(epoch FROM now() - ended_at) * 1000)::float8 AS ended_ago_ms
-     FROM all_usages`,
+     FROM all_usages WHERE pool_id = $1`,
+    [real.poolId],
   );
   const { rows: tokens } = await db.query<{ id: string; last_fence: string; lease_id: string | null }>(
-    'SELECT id, last_fence, lease_id FROM tokens ORDER BY position',
+    'SELECT id, last_fence, lease_id FROM tokens WHERE pool_id = $1 ORDER BY position',
+    [real.poolId],
   );
   const byId = new Map(usages.map((u) => [u.id, u]));
   // Read after the rows: the real time that had passed when they were read is at most this.
@@ -160,10 +165,10 @@ export async function expectSameState(m: PoolModel, real: Real, after: string): 
     `after ${after}: tokens`,
   ).toEqual(m.tokens.map((t) => ({ lastFence: t.lastFence, lease: t.lease?.leaseId ?? null })));
 
-  const listed = await fetch(`${real.t.url}/api/tokens`).then(async (res) => (await res.json()) as { data: any[] });
+  const listed = await fetch(`${real.t.url}${real.tokensPath}`).then(async (res) => (await res.json()) as { data: any[] });
   expect(
     listed.data.map((t) => ({ status: t.status, holder: t.current_user_id === null ? null : real.users.indexOf(t.current_user_id) })),
-    `after ${after}: GET /api/tokens`,
+    `after ${after}: GET ${real.tokensPath}`,
   ).toEqual(model.tokenHolders(m).map((u) => ({ status: u === null ? 'available' : 'active', holder: u?.user ?? null })));
 }
 
@@ -191,7 +196,7 @@ function command(
 export function activate(user: number): Command {
   const name = `activate(u${user})`;
   return command(name, async (m, real) => {
-    const answer = await post(real, '/api/tokens/activate', { user_id: real.users[user] });
+    const answer = await post(real, `${real.tokensPath}/activate`, { user_id: real.users[user] });
     const expected = model.activate(m, user);
     if (expected.status === 409) expectExhausted(real, answer, expected, name);
     else expectLease(real, answer, expected, name);
@@ -253,7 +258,7 @@ export function validate(user: number, target: 'own' | { token: number; fence: n
 
 export function clear(): Command {
   return command('clear()', async (m, real) => {
-    const answer = await post(real, '/api/tokens/clear');
+    const answer = await post(real, `${real.tokensPath}/clear`);
     expect({ status: answer.status, data: answer.body.data }, 'clear()').toEqual({
       status: 200,
       data: { cleared_tokens: model.clear(m) },

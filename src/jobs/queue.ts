@@ -168,8 +168,10 @@ export function createReleaseQueue(deps: {
     scheduleRelease,
     leaseEnded,
     resync,
+    // A read of one of the queue's keys rather than PING: on a Redis Cluster PING goes to any
+    // master, and is answered while the master of the queue's slot is down; this asks that one.
     async ping() {
-      await connection.ping();
+      await connection.exists(`${deps.prefix}:${RELEASE_QUEUE}:meta`);
     },
     async close() {
       sendBatch(true);

@@ -20,6 +20,31 @@ const MAX_MS = 2_147_483_647;
 
 const milliseconds = (fallback: number, min: number, max = MAX_MS) => whole(fallback, min, max);
 
+/**
+ * The nodes of a Redis Cluster, `host:port,host:port` (an IPv6 address in brackets, `[::1]:7000`):
+ * the ones the service first asks for the cluster's layout, which lists the rest.
+ */
+const clusterNodes = z.string().transform((list, ctx) => {
+  const nodes: Array<{ host: string; port: number }> = [];
+  for (const node of list.split(',').map((n) => n.trim()).filter(Boolean)) {
+    const match = /^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$/.exec(node);
+    const port = Number(match?.[2]);
+    if (match?.[1] === undefined || port < 1 || port > 65535) {
+      ctx.issues.push({ code: 'custom', input: list, message: `must be host:port, comma-separated (not ${node})` });
+      return z.NEVER;
+    }
+    nodes.push({ host: match[1].replace(/^\[(.*)\]$/, '$1'), port });
+  }
+  if (nodes.length === 0) {
+    ctx.issues.push({ code: 'custom', input: list, message: 'must be host:port, comma-separated' });
+    return z.NEVER;
+  }
+  return nodes;
+});
+
+/** Whether every key that starts with `prefix` hashes to one Redis Cluster slot: a nonempty {tag}. */
+const isHashTag = (prefix: string): boolean => /\{[^{}]+\}/.test(prefix);
+
 export const envSchema = z
   .object({
     NODE_ENV: z.string().default('development'),
@@ -35,8 +60,12 @@ export const envSchema = z
     REDIS_URL: z.url({ protocol: /^rediss?$/ }).default('redis://127.0.0.1:6379'),
     REDIS_PREFIX: z
       .string()
-      .regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, _ . - only')
+      // At most one hash tag, so that on a Redis Cluster every key the service writes hashes to
+      // the tag's slot (Redis hashes only the part between the first { and the } after it).
+      .regex(/^[A-Za-z0-9_.-]*(\{[A-Za-z0-9_.-]+\})?[A-Za-z0-9_.-]*$/, 'letters, digits, _ . -, and at most one hash tag such as {token-lease}')
+      .min(1)
       .default('token-lease'),
+    REDIS_CLUSTER_NODES: clusterNodes.optional(),
     POOL_SIZE: whole(100, 1, 10_000_000),
     LEASE_TTL_MS: milliseconds(120_000, 100),
     SWEEP_INTERVAL_MS: milliseconds(30_000, 10),
@@ -86,6 +115,11 @@ export const envSchema = z
     path: ['MAX_LEASE_MS'],
     message: 'must be at least LEASE_TTL_MS',
   })
+  .refine((e) => e.REDIS_CLUSTER_NODES === undefined || isHashTag(e.REDIS_PREFIX), {
+    path: ['REDIS_PREFIX'],
+    message:
+      'must be a hash tag such as {token-lease} when REDIS_CLUSTER_NODES is set: BullMQ needs every key of a queue in one hash slot',
+  })
   .refine((e) => e.NODE_ENV !== 'production' || e.ADMIN_API_KEY !== undefined, {
     path: ['ADMIN_API_KEY'],
     message: 'required when NODE_ENV=production (admin routes would be open to anyone)',
@@ -112,6 +146,8 @@ export const envSchema = z
     databaseConnectTimeoutMs: e.DATABASE_CONNECT_TIMEOUT_MS,
     redisUrl: e.REDIS_URL,
     redisPrefix: e.REDIS_PREFIX,
+    /** Null: one Redis at redisUrl. Else a Redis Cluster reached through these nodes. */
+    redisClusterNodes: e.REDIS_CLUSTER_NODES ?? null,
     poolSize: e.POOL_SIZE,
     leaseTtlMs: e.LEASE_TTL_MS,
     sweepIntervalMs: e.SWEEP_INTERVAL_MS,

@@ -65,6 +65,37 @@ describe('configuration', () => {
     expect(() => loadConfig({ [name]: value })).toThrow(new RegExp(`${name}:`));
   });
 
+  it('takes a REDIS_PREFIX with one hash tag, for a Redis Cluster, and refuses other braces', () => {
+    expect(loadConfig({ REDIS_PREFIX: '{token-lease}' }).redisPrefix).toBe('{token-lease}');
+    expect(loadConfig({ REDIS_PREFIX: 'eu-{token-lease}' }).redisPrefix).toBe('eu-{token-lease}');
+    for (const prefix of ['{}', '{a}{b}', '{a', 'a}', 'a:b', '{a b}']) {
+      expect(() => loadConfig({ REDIS_PREFIX: prefix }), prefix).toThrow(/REDIS_PREFIX:/);
+    }
+  });
+
+  it('reads REDIS_CLUSTER_NODES as host:port, comma-separated, and refuses anything else', () => {
+    expect(loadConfig({}).redisClusterNodes).toBeNull();
+    expect(
+      loadConfig({ REDIS_CLUSTER_NODES: 'redis-1:7000, 10.0.0.2:7001,[::1]:7002', REDIS_PREFIX: '{tl}' }).redisClusterNodes,
+    ).toEqual([
+      { host: 'redis-1', port: 7000 },
+      { host: '10.0.0.2', port: 7001 },
+      { host: '::1', port: 7002 },
+    ]);
+    for (const nodes of ['redis-1', 'redis-1:0', 'redis-1:65536', 'redis://redis-1:7000', ',', 'a:1;b:2']) {
+      expect(() => loadConfig({ REDIS_CLUSTER_NODES: nodes, REDIS_PREFIX: '{tl}' }), nodes).toThrow(
+        /REDIS_CLUSTER_NODES: must be host:port, comma-separated/,
+      );
+    }
+  });
+
+  it('refuses REDIS_CLUSTER_NODES with a REDIS_PREFIX that is not a hash tag, naming REDIS_PREFIX', () => {
+    expect(() => loadConfig({ REDIS_CLUSTER_NODES: 'redis-1:7000' })).toThrow(
+      /REDIS_PREFIX: must be a hash tag such as \{token-lease\} when REDIS_CLUSTER_NODES is set/,
+    );
+    expect(loadConfig({ REDIS_CLUSTER_NODES: 'redis-1:7000', REDIS_PREFIX: '{token-lease}' }).redisPrefix).toBe('{token-lease}');
+  });
+
   it('refuses NODE_ENV=production without ADMIN_API_KEY, or without AUTH_MODE set explicitly', () => {
     expect(() => loadConfig({ NODE_ENV: 'production', AUTH_MODE: 'none' })).toThrow(/ADMIN_API_KEY/);
     expect(() => loadConfig({ NODE_ENV: 'production', ADMIN_API_KEY: 'k'.repeat(16) })).toThrow(/AUTH_MODE/);

@@ -1,8 +1,8 @@
 import { Queue } from 'bullmq';
-import type { Redis } from 'ioredis';
 import type { Lease, Leases, ReleaseScheduler } from '../domain/leases.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
+import type { RedisConnection } from './redis.js';
 
 // Release jobs: one BullMQ delayed job per lease that ends it at its expiry. Redis is not the
 // source of truth: a job that cannot be added is logged and counted, and the sweep ends that
@@ -53,7 +53,7 @@ export interface ReleaseQueue extends ReleaseScheduler {
 }
 
 export function createReleaseQueue(deps: {
-  connection: Redis;
+  connection: RedisConnection;
   prefix: string;
   /** The batch interval: a job waits one to two of these to be sent; 0 sends each at once. */
   batchMs: number;

@@ -1,4 +1,8 @@
+import type { Cluster, Redis } from 'ioredis';
 import type { Logger } from '../logger.js';
+
+/** A connection to one Redis (REDIS_URL) or to a Redis Cluster (REDIS_CLUSTER_NODES). */
+export type RedisConnection = Redis | Cluster;
 
 /** Reconnect forever, backing off to at most 2 s between attempts. */
 export const reconnectBackoff = (attempt: number): number => Math.min(100 * 2 ** attempt, 2_000);

@@ -1,11 +1,10 @@
 import { DelayedError, Worker, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
 import { z } from 'zod';
 import type { Leases } from '../domain/leases.js';
 import type { Logger } from '../logger.js';
 import { within } from '../timeouts.js';
 import { RELEASE_QUEUE, type ReleaseJobData } from './queue.js';
-import { logConnectionState } from './redis.js';
+import { logConnectionState, type RedisConnection } from './redis.js';
 
 const jobData = z.object({ leaseId: z.guid(), expiresAt: z.string() });
 
@@ -20,7 +19,7 @@ export interface ReleaseWorker {
  */
 export function startReleaseWorker(deps: {
   /** Built in main/ (createWorkerConnection); the caller closes it after the worker. */
-  connection: Redis;
+  connection: RedisConnection;
   prefix: string;
   concurrency: number;
   /**

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import pg from 'pg';
-import { logConnectionState, reconnectBackoff } from '../jobs/redis.js';
+import type { RedisReply, SendCommandFn } from 'rate-limit-redis';
+import { logConnectionState, reconnectBackoff, type RedisConnection } from '../jobs/redis.js';
 import type { JSONWebKeySet } from 'jose';
 import type { Caller } from '../auth/caller.js';
 import { createJwtVerifier, type JwtKey } from '../auth/jwt.js';
@@ -12,20 +13,48 @@ import type { Logger } from '../logger.js';
 // nothing below src/main reads the environment or files, or dials a server by itself.
 // (PostgreSQL pools are built with db/pool.ts's createPool, called from service.ts.)
 
+/** Where every Redis connection goes. */
+export type RedisTarget = Pick<Config, 'redisUrl' | 'redisClusterNodes'>;
+
+/** What a connection does when Redis is away, and how it sends; the rest is per node. */
+interface ConnectionOptions {
+  /** Options of each server connection (a Cluster's redisOptions). */
+  readonly node: Omit<RedisOptions, 'retryStrategy' | 'enableOfflineQueue' | 'enableAutoPipelining'>;
+  readonly enableOfflineQueue: boolean;
+  readonly enableAutoPipelining: boolean;
+}
+
+/**
+ * One Redis, or a Cluster over REDIS_CLUSTER_NODES with the same options: a Cluster takes the
+ * queueing and pipelining options itself and the rest for each node it connects to, and
+ * reconnects as a whole (clusterRetryStrategy) with the same backoff. Every key the service
+ * writes carries REDIS_PREFIX's hash tag (config.ts refuses a Cluster without one), so each
+ * command and script BullMQ or the rate limiter sends stays within one slot.
+ */
+function connect(target: RedisTarget, options: ConnectionOptions): RedisConnection {
+  const { node, enableOfflineQueue, enableAutoPipelining } = options;
+  if (target.redisClusterNodes === null) {
+    return new Redis(target.redisUrl, { ...node, enableOfflineQueue, enableAutoPipelining, retryStrategy: reconnectBackoff });
+  }
+  return new Cluster(target.redisClusterNodes.map(({ host, port }) => ({ host, port })), {
+    redisOptions: node,
+    enableOfflineQueue,
+    enableAutoPipelining,
+    clusterRetryStrategy: reconnectBackoff,
+  });
+}
+
 /**
  * A connection for adding jobs. It fails fast rather than queueing commands while Redis is
  * down (enableOfflineQueue: false, as BullMQ advises for producers behind an HTTP API) and gives
  * up on a command that takes over a second, so a slow Redis never holds up a caller.
  */
-export function createProducerConnection(redisUrl: string, log: Logger): Redis {
-  const options: RedisOptions = {
+export function createProducerConnection(target: RedisTarget, log: Logger): RedisConnection {
+  const connection = connect(target, {
+    node: { maxRetriesPerRequest: 1, commandTimeout: 1_000, connectTimeout: 2_000 },
     enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
-    commandTimeout: 1_000,
-    connectTimeout: 2_000,
-    retryStrategy: reconnectBackoff,
-  };
-  const connection = new Redis(redisUrl, options);
+    enableAutoPipelining: false,
+  });
   logConnectionState(connection, log, 'producer');
   return connection;
 }
@@ -39,27 +68,48 @@ export function createProducerConnection(redisUrl: string, log: Logger): Redis {
  * uncounted. Every limited request sends one command: those of concurrent requests go in one
  * write (auto-pipelining).
  */
-export function createLimiterConnection(redisUrl: string, log: Logger): Redis {
-  const connection = new Redis(redisUrl, {
-    enableAutoPipelining: true,
+export function createLimiterConnection(target: RedisTarget, log: Logger): RedisConnection {
+  const connection = connect(target, {
+    node: { maxRetriesPerRequest: 0, commandTimeout: 1_000, connectTimeout: 2_000 },
     enableOfflineQueue: false,
-    maxRetriesPerRequest: 0,
-    commandTimeout: 1_000,
-    connectTimeout: 2_000,
-    retryStrategy: reconnectBackoff,
+    enableAutoPipelining: true,
   });
   logConnectionState(connection, log, 'rate limiter');
   return connection;
 }
 
 /**
+ * How the rate limiter sends its commands. On a Cluster, rate-limit-redis's SCRIPT LOAD names no
+ * key, so the Cluster would send it to any one master, while the EVALSHA that runs the script
+ * goes to the master of the counter's slot, which may not have it (NOSCRIPT, retried once after
+ * another SCRIPT LOAD to any master, then counted as Redis being down). Loaded on every master,
+ * the script is wherever the counters are, and after a failover the retry loads it on the new
+ * master.
+ */
+export function limiterCommands(connection: RedisConnection): SendCommandFn {
+  const send = (command: string, ...args: string[]) => connection.call(command, ...args) as Promise<RedisReply>;
+  if (!(connection instanceof Cluster)) return send;
+  return async (command, ...args) => {
+    const masters = connection.nodes('master');
+    if (command.toUpperCase() !== 'SCRIPT' || masters.length === 0) return send(command, ...args);
+    const [sha] = await Promise.all(masters.map((node) => node.call(command, ...args) as Promise<RedisReply>));
+    return sha as RedisReply;
+  };
+}
+
+/**
  * The release worker's connection. Workers keep retrying commands while Redis is away
  * (maxRetriesPerRequest: null, which BullMQ requires for a worker's connection and its blocking
- * duplicate), and reconnect forever. BullMQ duplicates it for its blocking reads and closes only
- * the duplicate: the caller closes this one after the worker.
+ * duplicate, and checks in a Cluster's redisOptions), and reconnect forever. BullMQ duplicates
+ * it for its blocking reads and closes only the duplicate: the caller closes this one after the
+ * worker.
  */
-export function createWorkerConnection(redisUrl: string, log: Logger): Redis {
-  const connection = new Redis(redisUrl, { maxRetriesPerRequest: null, retryStrategy: reconnectBackoff });
+export function createWorkerConnection(target: RedisTarget, log: Logger): RedisConnection {
+  const connection = connect(target, {
+    node: { maxRetriesPerRequest: null },
+    enableOfflineQueue: true,
+    enableAutoPipelining: false,
+  });
   // The worker logs its own state; this listener only keeps an error from going unheard.
   connection.on('error', (err: unknown) => log.debug({ err }, 'worker redis connection error'));
   return connection;

@@ -10,7 +10,6 @@ import { createLeasesByPool, type Leases } from '../domain/leases.js';
 import { maintain } from '../domain/maintenance.js';
 import { createPoolDirectory, createPools, getPoolId, type PoolDirectory, type Pools } from '../domain/pools.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
-import type { RedisReply } from 'rate-limit-redis';
 import { createApp, type RateLimits } from '../http/app.js';
 import { createReadModel, type ChangeChannel, type ReadModel } from '../http/readModel.js';
 import { createReleaseQueue } from '../jobs/queue.js';
@@ -20,7 +19,7 @@ import { startSweeper } from '../jobs/sweep.js';
 import type { Logger } from '../logger.js';
 import { createMetrics, type Metrics } from '../metrics.js';
 import { listen } from './api.js';
-import { createLimiterConnection, createProducerConnection, createWorkerConnection, jwtVerifierFor, notificationClientFactory, packageVersion } from './clients.js';
+import { createLimiterConnection, createProducerConnection, createWorkerConnection, jwtVerifierFor, limiterCommands, notificationClientFactory, packageVersion } from './clients.js';
 import { createShutdown } from './shutdown.js';
 
 export interface Service {
@@ -60,7 +59,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     shutdown.add('database pool', () => pool.end());
 
     const metrics = createMetrics({ defaultMetrics: true });
-    const producer = createProducerConnection(config.redisUrl, log);
+    const producer = createProducerConnection(config, log);
     shutdown.add('redis connection', async () => {
       await producer.quit().catch(() => producer.disconnect());
     });
@@ -159,7 +158,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     if ((await leases.seedPool(config.poolSize)) > 0) readModel?.changed();
 
     if (config.role !== 'api') {
-      const workerConnection = createWorkerConnection(config.redisUrl, log);
+      const workerConnection = createWorkerConnection(config, log);
       // Added first, so closed after the worker (shutdown runs in reverse).
       shutdown.add('worker redis connection', () => workerConnection.disconnect());
       const worker = startReleaseWorker({
@@ -214,14 +213,14 @@ export async function startService(config: Config, log: Logger): Promise<Service
     }
     let rateLimits: RateLimits | undefined;
     if (config.role !== 'worker' && (config.rateLimitPerMinute > 0 || config.adminRateLimitPerMinute > 0)) {
-      const limiter = createLimiterConnection(config.redisUrl, log);
+      const limiter = createLimiterConnection(config, log);
       shutdown.add('rate limiter redis connection', async () => {
         await limiter.quit().catch(() => limiter.disconnect());
       });
       rateLimits = {
         leasePerMinute: config.rateLimitPerMinute,
         adminPerMinute: config.adminRateLimitPerMinute,
-        sendCommand: (command, ...args) => limiter.call(command, ...args) as Promise<RedisReply>,
+        sendCommand: limiterCommands(limiter),
         redisPrefix: config.redisPrefix,
       };
     }

@@ -16,8 +16,9 @@ import { DEFAULT_GROUPS, GROUPS, type Group } from './scenarios.js';
 const HELP = `Usage: npm run bench -- [options]
 
   --only GROUPS       comma-separated, from: ${GROUPS.join(', ')}
-                      (default: all but ceilings; \`--only cycle,ceilings\` adds to the cycle
-                      the same SQL behind bare node:http and bare Express)
+                      (default: all but ceilings and processes; \`--only cycle,ceilings\`
+                      adds to the cycle the same SQL behind bare node:http and bare Express;
+                      jwt runs the cycle and the list again with AUTH_MODE=jwt)
                       or, run only when asked and alone: soak, history
   --minutes N         soak: minutes of full-speed cycles (default 5)
   --history-usages N  history: usages seeded into the history (default 10000000, about 4 GB)

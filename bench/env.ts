@@ -1,6 +1,8 @@
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { randomUUID } from 'node:crypto';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { SignJWT } from 'jose';
 import pg from 'pg';
 import { startServiceProcess, type ServiceProcess } from '../test/harness/processes.js';
 
@@ -10,6 +12,36 @@ import { startServiceProcess, type ServiceProcess } from '../test/harness/proces
 export const root = fileURLToPath(new URL('..', import.meta.url));
 
 export const BENCH_ADMIN_KEY = 'bench-admin-key-0123456789';
+
+/** The JWT_SECRET of the AUTH_MODE=jwt service, and what the bench signs its users' JWTs with. */
+export const BENCH_JWT_SECRET = 'bench-jwt-secret-0123456789abcdef';
+
+/** A user the load acts as under AUTH_MODE=jwt, and the JWT it sends. */
+export interface JwtUser {
+  readonly id: string;
+  readonly jwt: string;
+}
+
+/**
+ * `count` new users, each with a JWT signed before the run as its identity provider would sign
+ * it: HS256 with BENCH_JWT_SECRET, `sub` the user id, no scope, valid for a day.
+ */
+export async function signJwtUsers(count: number): Promise<JwtUser[]> {
+  const secret = new TextEncoder().encode(BENCH_JWT_SECRET);
+  return Promise.all(
+    Array.from({ length: count }, async () => {
+      const id = randomUUID();
+      const jwt = await new SignJWT().setProtectedHeader({ alg: 'HS256' }).setSubject(id).setIssuedAt().setExpirationTime('1d').sign(secret);
+      return { id, jwt };
+    }),
+  );
+}
+
+/** Writes `users` for the load generators (see LoadSpec.usersFile): one `<user id> <JWT>` line each. */
+export function writeUsersFile(file: string, users: readonly JwtUser[]): string {
+  writeFileSync(file, users.map((u) => `${u.id} ${u.jwt}\n`).join(''));
+  return file;
+}
 
 /** Runs statements on a database outside the service (seeding, VACUUM, reading rows back). */
 export async function withDatabaseClient<T>(url: string, work: (client: pg.Client) => Promise<T>): Promise<T> {

@@ -42,6 +42,12 @@ export type LoadSpec = LoadKind & {
   readonly amount?: number;
   /** Statuses that count as the expected answer; anything else is an error. */
   readonly expect: readonly number[];
+  /**
+   * AUTH_MODE=jwt: a file of `<user id> <JWT>` lines (bench/env.ts writeUsersFile). Activations
+   * then act as its users in turn, from a random one on, instead of a new user each; every
+   * request carries its user's JWT (`get`, `get-any`, `validate`: a user picked at random).
+   */
+  readonly usersFile?: string | undefined;
 };
 
 export interface LoadResult {
@@ -125,6 +131,7 @@ async function runWrk(spec: LoadSpec, onMeasuring?: () => void): Promise<LoadRes
     spec.url,
     '--',
     seed,
+    spec.usersFile ?? '-',
     ...wrkItems(spec),
   ];
   if (spec.warmupSec > 0) await wrk(args(seconds(spec.warmupSec)));
@@ -140,7 +147,7 @@ async function runWrk(spec: LoadSpec, onMeasuring?: () => void): Promise<LoadRes
   };
 }
 
-/** The script's arguments after the seed: the kind and what it picks from (see bench/wrk.lua). */
+/** The script's arguments after the seed and users: the kind and what it picks from (see bench/wrk.lua). */
 function wrkItems(spec: LoadKind): string[] {
   switch (spec.kind) {
     case 'cycle':

@@ -1,4 +1,5 @@
 import { randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import autocannon from 'autocannon';
 import { releaseBody } from '../test/harness/leaseBodies.js';
 import { MEASURING, unexpectedAnswers, type LoadResult, type LoadSpec } from './load.js';
@@ -8,7 +9,13 @@ import { MEASURING, unexpectedAnswers, type LoadResult, type LoadSpec } from './
 
 const JSON_HEADERS = { 'content-type': 'application/json' };
 
-type Context = { userId?: string; tokenId?: string; leaseId?: string };
+/** A user the requests act as, and the headers that say so (none without credentials). */
+interface User {
+  readonly id: string;
+  readonly auth: Record<string, string>;
+}
+
+type Context = { userId?: string; headers?: Record<string, string>; tokenId?: string; leaseId?: string };
 
 function pick<T>(items: readonly T[]): T {
   const item = items[Math.floor(Math.random() * items.length)];
@@ -16,21 +23,44 @@ function pick<T>(items: readonly T[]): T {
   return item;
 }
 
+/** The users of LoadSpec.usersFile, each with its bearer JWT; none without one. */
+function readUsers(file: string | undefined): User[] {
+  if (file === undefined) return [];
+  return readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => line !== '')
+    .map((line) => {
+      const [id = '', jwt = ''] = line.split(' ');
+      return { id, auth: { authorization: `Bearer ${jwt}` } };
+    });
+}
+
 function requestsFor(spec: LoadSpec, counters: { cycles: number }): autocannon.Request[] {
+  const users = readUsers(spec.usersFile);
+  let turn = Math.floor(Math.random() * users.length);
+  /** The user of the next activation: a new one each time, or the file's users in turn. */
+  const nextUser = (): User => {
+    if (users.length === 0) return { id: randomUUID(), auth: {} };
+    turn = (turn + 1) % users.length;
+    return users[turn] as User;
+  };
+  const anyUser = (): Record<string, string> => (users.length === 0 ? {} : pick(users).auth);
   switch (spec.kind) {
     case 'cycle':
       return [
         {
           method: 'POST',
           path: '/api/tokens/activate',
-          headers: JSON_HEADERS,
           setupRequest: (req, context) => {
-            const userId = randomUUID();
-            (context as Context).userId = userId;
-            return { ...req, body: JSON.stringify({ user_id: userId }) };
+            const user = nextUser();
+            const headers = { ...JSON_HEADERS, ...user.auth };
+            Object.assign(context as Context, { userId: user.id, headers });
+            return { ...req, headers, body: JSON.stringify({ user_id: user.id }) };
           },
+          // 201, or 200 with the lease the user already held (one of the file's users comes
+          // back in turn, and the warm-up may have left it one): either is released next.
           onResponse: (status, body, context) => {
-            if (status !== 201) return;
+            if (status !== 201 && status !== 200) return;
             const { data } = JSON.parse(body) as { data: { token_id: string; lease_id: string } };
             (context as Context).tokenId = data.token_id;
             (context as Context).leaseId = data.lease_id;
@@ -38,12 +68,11 @@ function requestsFor(spec: LoadSpec, counters: { cycles: number }): autocannon.R
         },
         {
           method: 'POST',
-          headers: JSON_HEADERS,
           // No token (the activation failed): autocannon starts the sequence over.
           setupRequest: (req, context) => {
-            const { userId, tokenId, leaseId } = context as Context;
+            const { userId, headers, tokenId, leaseId } = context as Context;
             if (userId === undefined || tokenId === undefined || leaseId === undefined) return undefined as unknown as autocannon.Request;
-            return { ...req, path: `/api/tokens/${tokenId}/release`, body: JSON.stringify(releaseBody(userId, leaseId)) };
+            return { ...req, headers, path: `/api/tokens/${tokenId}/release`, body: JSON.stringify(releaseBody(userId, leaseId)) };
           },
           onResponse: (status) => {
             if (status === 200) counters.cycles += 1;
@@ -55,26 +84,29 @@ function requestsFor(spec: LoadSpec, counters: { cycles: number }): autocannon.R
         {
           method: 'POST',
           path: '/api/tokens/activate',
-          headers: JSON_HEADERS,
-          setupRequest: (req) => ({ ...req, body: JSON.stringify({ user_id: randomUUID() }) }),
+          setupRequest: (req) => {
+            const user = nextUser();
+            return { ...req, headers: { ...JSON_HEADERS, ...user.auth }, body: JSON.stringify({ user_id: user.id }) };
+          },
         },
       ];
     case 'get':
-      return [{ method: 'GET', path: spec.path }];
+      // Built once each: every connection goes through the users in turn.
+      return users.length === 0 ? [{ method: 'GET', path: spec.path }] : users.map((u) => ({ method: 'GET', path: spec.path, headers: u.auth }));
     case 'get-any': {
       const { paths } = spec;
-      return [{ method: 'GET', setupRequest: (req) => ({ ...req, path: pick(paths) }) }];
+      return [{ method: 'GET', setupRequest: (req) => ({ ...req, headers: anyUser(), path: pick(paths) }) }];
     }
     case 'validate': {
       const { leases } = spec;
       return [
         {
           method: 'POST',
-          headers: JSON_HEADERS,
           setupRequest: (req) => {
             const lease = pick(leases);
             return {
               ...req,
+              headers: { ...JSON_HEADERS, ...anyUser() },
               path: `/api/tokens/${lease.tokenId}/validate`,
               body: JSON.stringify({ user_id: lease.userId, fence: lease.fence }),
             };

@@ -6,14 +6,18 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import {
   BENCH_ADMIN_KEY,
+  BENCH_JWT_SECRET,
   postgresCpuMeter,
   processCpuMeter,
   root,
   rssOf,
+  signJwtUsers,
   startBenchService,
   vacuum,
   withDatabaseClient,
+  writeUsersFile,
   type CpuMeter,
+  type JwtUser,
 } from './env.js';
 import { createMigratedDatabase, dropDatabases } from '../test/harness/databases.js';
 import type { ServiceProcess } from '../test/harness/processes.js';
@@ -77,6 +81,11 @@ const LONG_TTL_MS = 3_600_000;
 const HELD_FOR_READS = 50;
 /** RATE_LIMIT_PER_MINUTE for the cycle with limits on: the most it accepts, never reached. */
 const UNREACHED_LIMIT = 1_000_000_000;
+/**
+ * AUTH_MODE=jwt: users signed before the run. Activations take them in turn, so a user comes back
+ * only after this many others, long after its last lease was released.
+ */
+const JWT_USERS = 1_000;
 /** Seconds of unmeasured cycles a service process gets as it starts (see warmUp). */
 const SERVICE_WARMUP_SEC = 2;
 
@@ -86,6 +95,16 @@ interface Target {
   readonly pid?: number | undefined;
   /** The service's database; absent for the bare HTTP servers, which use none. */
   readonly databaseUrl?: string;
+  /** AUTH_MODE=jwt: the users requests act as, each with its JWT; absent: no credentials. */
+  readonly auth?: JwtUsers | undefined;
+}
+
+interface JwtUsers {
+  readonly users: readonly JwtUser[];
+  /** Every user, for the load generators (LoadSpec.usersFile). */
+  readonly usersFile: string;
+  /** The users who read the token list: half of them hold the leases held for reads. */
+  readonly readersFile: string;
 }
 
 export async function runBench(options: BenchOptions): Promise<Measurement[]> {
@@ -163,6 +182,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       warmupSec: 0,
       durationSec: SERVICE_WARMUP_SEC,
       expect: [200, 201],
+      usersFile: target.auth?.usersFile,
     } as const;
     await runLoad(cycles, options.load);
     await clear(target.url);
@@ -201,12 +221,36 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       );
     }),
   );
+  /** The jwt group: the cycle and the list again as users with JWTs, on a service of its own. */
+  const withJwt = options.groups.includes('jwt');
+  const jwt = lazily(async () => {
+    const users = await signJwtUsers(JWT_USERS);
+    const auth: JwtUsers = {
+      users,
+      usersFile: writeUsersFile(join(options.workDir, 'jwt-users.txt'), users),
+      readersFile: writeUsersFile(join(options.workDir, 'jwt-readers.txt'), users.slice(0, 2 * HELD_FOR_READS)),
+    };
+    const env = { POOL_SIZE: String(MAIN_POOL), LEASE_TTL_MS: String(LONG_TTL_MS), AUTH_MODE: 'jwt', JWT_SECRET: BENCH_JWT_SECRET };
+    const target = { ...(await startTarget('jwt', env)), auth };
+    await warmUp(target);
+    return target;
+  });
   const expiry = lazily(() =>
     startTarget('expiry', { POOL_SIZE: String(options.expiryLeases), LEASE_TTL_MS: String(options.expiryTtlMs) }),
   );
 
-  /** Loads `target` after a warm-up and records the figure, per request or per cycle. */
-  async function measure(key: ScenarioKey, round: number, target: Target, kind: LoadKind, expect: number[]) {
+  /**
+   * Loads `target` after a warm-up and records the figure, per request or per cycle. With
+   * AUTH_MODE=jwt the requests act as the users of `usersFile`.
+   */
+  async function measure(
+    key: ScenarioKey,
+    round: number,
+    target: Target,
+    kind: LoadKind,
+    expect: number[],
+    usersFile = target.auth?.usersFile,
+  ) {
     const serviceCpu = target.pid === undefined ? undefined : processCpuMeter(target.pid);
     const serverCpu = target.databaseUrl === undefined ? undefined : postgresCpu;
     let cpuSince: ReturnType<CpuMeter> | undefined;
@@ -219,6 +263,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
         warmupSec: options.warmupSec,
         durationSec: options.durationSec,
         expect,
+        usersFile,
       },
       options.load,
       () => {
@@ -246,9 +291,9 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
    * then reads every open lease to find one (every partial index on open usages looks equally
    * empty, so it may pick any), and that costs a cycle more the longer its leases stay open.
    */
-  async function freshPool(target: { url: string; databaseUrl: string }) {
+  async function freshPool(target: Target & { databaseUrl: string }) {
     await clear(target.url);
-    await hold(target.url, options.connections);
+    await hold(target, options.connections);
     await vacuum(target.databaseUrl);
     await clear(target.url);
   }
@@ -287,9 +332,10 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       const m = await main();
       await sqlCycle('sql-cycle', round, m);
       await httpCycle('http-cycle', round, m);
+      if (withJwt) await httpCycle('http-cycle-jwt', round, await jwt());
     },
     async limits(round) {
-      // Right after the cycle group's HTTP run, which it is compared with.
+      // Right after the cycle group's HTTP runs, the first of which it is compared with.
       await httpCycle('http-cycle-limited', round, await limited());
     },
     async processes(round) {
@@ -314,7 +360,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     },
     async large(round) {
       const l = await large();
-      // HTTP first: right after the cycle group's HTTP run, which it is compared with, so that
+      // HTTP first: right after the cycle group's HTTP runs, which it is compared with, so that
       // the two see the machine in as nearly the same state as one run after another can.
       await httpCycle('http-cycle-large', round, l);
       await sqlCycle('sql-cycle-large', round, l);
@@ -322,7 +368,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     async exhausted(round) {
       const m = await main();
       await clear(m.url);
-      await hold(m.url, MAIN_POOL);
+      await hold(m, MAIN_POOL);
       await vacuum(m.databaseUrl);
       await measure('exhausted', round, m, { kind: 'activate' }, [409]);
       await clear(m.url);
@@ -330,7 +376,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     async list(round) {
       const m = await main();
       await clear(m.url);
-      await hold(m.url, HELD_FOR_READS);
+      await hold(m, HELD_FOR_READS);
       await vacuum(m.databaseUrl);
       const bodyFile = join(options.workDir, 'tokens.json');
       writeFileSync(bodyFile, Buffer.from(await (await fetch(`${m.url}/api/tokens`)).arrayBuffer()));
@@ -344,11 +390,24 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       }
       await measure('list', round, m, { kind: 'get', path: '/api/tokens' }, [200]);
       await clear(m.url);
+      if (withJwt) await heldList('list-jwt', round, await jwt());
+    },
+    async jwt(round) {
+      // Each run right after its AUTH_MODE=none baseline: in the cycle and list groups when
+      // they run, else here.
+      if (!options.groups.includes('cycle')) {
+        await httpCycle('http-cycle', round, await main());
+        await httpCycle('http-cycle-jwt', round, await jwt());
+      }
+      if (!options.groups.includes('list')) {
+        await heldList('list', round, await main());
+        await heldList('list-jwt', round, await jwt());
+      }
     },
     async reads(round) {
       const m = await main();
       await clear(m.url);
-      const held = await hold(m.url, HELD_FOR_READS);
+      const held = await hold(m, HELD_FOR_READS);
       await vacuum(m.databaseUrl);
       const paths = held.map((lease) => `/api/tokens/${lease.tokenId}`);
       await measure('token', round, m, { kind: 'get-any', paths }, [200]);
@@ -362,6 +421,15 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       measurements.push(await measureExpiry(e, round));
     },
   };
+
+  /** GET /api/tokens with HELD_FOR_READS leases held, as the list group measures it. */
+  async function heldList(key: ScenarioKey, round: number, target: Target & { databaseUrl: string }) {
+    await clear(target.url);
+    await hold(target, HELD_FOR_READS);
+    await vacuum(target.databaseUrl);
+    await measure(key, round, target, { kind: 'get', path: '/api/tokens' }, [200], target.auth?.readersFile);
+    await clear(target.url);
+  }
 
   /**
    * Grants `count` leases spread evenly over one TTL (so their expiries are staggered the same
@@ -455,14 +523,15 @@ async function clear(url: string): Promise<void> {
   if (!res.ok) throw new Error(`clear answered ${res.status}`);
 }
 
-/** Leases `count` tokens to new users; returns the leases. */
-async function hold(url: string, count: number) {
+/** Leases `count` tokens to new users, or to the first of `target.auth`'s users; returns the leases. */
+async function hold(target: Pick<Target, 'url' | 'auth'>, count: number) {
   const leases: Array<{ tokenId: string; userId: string; fence: number }> = [];
   for (let i = 0; i < count; i += 1) {
-    const userId = crypto.randomUUID();
-    const res = await fetch(`${url}/api/tokens/activate`, {
+    const user = target.auth?.users[i];
+    const userId = user?.id ?? crypto.randomUUID();
+    const res = await fetch(`${target.url}/api/tokens/activate`, {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', ...(user === undefined ? {} : { authorization: `Bearer ${user.jwt}` }) },
       body: JSON.stringify({ user_id: userId }),
     });
     if (res.status !== 201) throw new Error(`activation answered ${res.status}`);

@@ -8,19 +8,21 @@ export type ScenarioKey =
   | 'http-cycle'
   | 'http-cycle-limited'
   | 'http-cycle-2'
+  | 'http-cycle-jwt'
   | 'sql-cycle-large'
   | 'http-cycle-large'
   | 'exhausted'
   | 'bare-node'
   | 'bare-express'
   | 'list'
+  | 'list-jwt'
   | 'token'
   | 'validate'
   | 'expiry'
   | 'rss';
 
 /** What `--only` selects: each group measures its scenarios and their baselines. */
-export const GROUPS = ['cycle', 'limits', 'ceilings', 'processes', 'large', 'exhausted', 'list', 'reads', 'expiry'] as const;
+export const GROUPS = ['cycle', 'limits', 'ceilings', 'processes', 'large', 'exhausted', 'list', 'jwt', 'reads', 'expiry'] as const;
 export type Group = (typeof GROUPS)[number];
 /**
  * What a run without `--only` measures: every group but `ceilings` (the cycle behind bare
@@ -82,6 +84,12 @@ export const SCENARIOS: readonly ScenarioSpec[] = [
     compareWith: 'http-cycle',
   },
   {
+    key: 'http-cycle-jwt',
+    label: () => 'HTTP activate + release, pool 100, AUTH_MODE=jwt',
+    unit: 'cycles/s',
+    target: { baseline: 'http-cycle', min: 0.85, text: '>= 0.85 x AUTH_MODE=none' },
+  },
+  {
     key: 'sql-cycle-large',
     label: (s) => `raw SQL cycle, pool ${count(s.largePool)}`,
     unit: 'cycles/s',
@@ -106,6 +114,12 @@ export const SCENARIOS: readonly ScenarioSpec[] = [
     label: () => 'GET /api/tokens, pool 100',
     unit: 'req/s',
     target: { baseline: 'bare-express', min: 0.8, text: '>= 0.8 x Express' },
+  },
+  {
+    key: 'list-jwt',
+    label: () => 'GET /api/tokens, pool 100, AUTH_MODE=jwt',
+    unit: 'req/s',
+    target: { baseline: 'list', min: 0.85, text: '>= 0.85 x AUTH_MODE=none' },
   },
   { key: 'token', label: () => 'GET /api/tokens/:id', unit: 'req/s' },
   { key: 'validate', label: () => 'POST /api/tokens/:id/validate', unit: 'req/s' },

@@ -1,11 +1,19 @@
 -- The bench's HTTP load when it comes from wrk (bench/load.ts runs it; see LoadKind there):
---   wrk -t1 -c50 -d5s -s bench/wrk.lua http://127.0.0.1:3000 -- SEED KIND [ITEM...]
+--   wrk -t1 -c50 -d5s -s bench/wrk.lua http://127.0.0.1:3000 -- SEED USERS KIND [ITEM...]
+-- USERS is - (each activation for a new user, no credentials) or, for AUTH_MODE=jwt, a file of
+-- "<user id> <JWT>" lines (LoadSpec.usersFile): activations act as its users in turn, and every
+-- request carries its user's JWT as a bearer token.
 -- KIND is cycle, activate, get PATH, get-any PATH..., or validate TOKEN:USER:FENCE...
 -- It prints one line, "wrk-result {json}", with every answer's status counted, the cycles
 -- completed, and wrk's own figures.
 
+local random = math.random
+
 local kind
-local fixed = {}    -- the requests of get, get-any and validate, formatted once
+local users = {}    -- AUTH_MODE=jwt: {id, json, auth}: the headers its requests carry
+local byId = {}     -- the same users by id, to release a lease with its holder's JWT
+local turn = 0      -- the user the last activation acted as
+local fixed = {}    -- the requests of get, get-any and validate, formatted once per user
 local released = {} -- cycle: activations answered, {token, user, lease}, waiting for their release
 local threads = {}
 
@@ -22,20 +30,34 @@ end
 
 function init(args)
   math.randomseed(tonumber(args[1]) * 64 + id)
-  kind = args[2]
-  for i = 3, #args do
-    local item = args[i]
-    if kind == "validate" then
-      local token, user, fence = item:match("^([^:]+):([^:]+):([^:]+)$")
-      fixed[#fixed + 1] = wrk.format("POST", "/api/tokens/" .. token .. "/validate", json,
-        '{"user_id":"' .. user .. '","fence":' .. fence .. "}")
-    else
-      fixed[#fixed + 1] = wrk.format("GET", item)
+  if args[2] ~= "-" then
+    for line in io.lines(args[2]) do
+      local user, jwt = line:match("^(%S+) (%S+)$")
+      local auth = "Bearer " .. jwt
+      users[#users + 1] = { id = user, json = { ["Content-Type"] = "application/json", ["Authorization"] = auth },
+        auth = { ["Authorization"] = auth } }
+      byId[user] = users[#users]
     end
+    turn = random(#users)
+  end
+  kind = args[3]
+  -- Without users, one set of requests without credentials.
+  for u = 1, math.max(1, #users) do
+    local user = users[u] or { json = json, auth = {} }
+    local requests = {}
+    for i = 4, #args do
+      local item = args[i]
+      if kind == "validate" then
+        local token, holder, fence = item:match("^([^:]+):([^:]+):([^:]+)$")
+        requests[#requests + 1] = wrk.format("POST", "/api/tokens/" .. token .. "/validate", user.json,
+          '{"user_id":"' .. holder .. '","fence":' .. fence .. "}")
+      else
+        requests[#requests + 1] = wrk.format("GET", item, user.auth)
+      end
+    end
+    fixed[u] = requests
   end
 end
-
-local random = math.random
 
 -- A random (version 4) UUID: a new user for each activation.
 local function uuid()
@@ -44,7 +66,12 @@ local function uuid()
 end
 
 local function activation()
-  return wrk.format("POST", "/api/tokens/activate", json, '{"user_id":"' .. uuid() .. '"}')
+  if #users == 0 then
+    return wrk.format("POST", "/api/tokens/activate", json, '{"user_id":"' .. uuid() .. '"}')
+  end
+  turn = turn % #users + 1
+  local user = users[turn]
+  return wrk.format("POST", "/api/tokens/activate", user.json, '{"user_id":"' .. user.id .. '"}')
 end
 
 request = function()
@@ -55,26 +82,30 @@ request = function()
     if n == 0 then return activation() end
     local lease = released[n]
     released[n] = nil
+    local holder = byId[lease[2]]
     -- The body as test/harness/leaseBodies.ts builds it: the user and the lease.
-    return wrk.format("POST", "/api/tokens/" .. lease[1] .. "/release", json,
+    return wrk.format("POST", "/api/tokens/" .. lease[1] .. "/release", holder and holder.json or json,
       '{"user_id":"' .. lease[2] .. '","lease_id":"' .. lease[3] .. '"}')
   elseif kind == "activate" then
     return activation()
   else
-    return fixed[random(#fixed)]
+    local requests = fixed[random(#fixed)]
+    return requests[random(#requests)]
   end
 end
 
 response = function(status, _, body)
   statuses[status] = (statuses[status] or 0) + 1
   if kind ~= "cycle" then return end
-  if status == 201 then
+  -- An activation answers 201, or 200 with the lease its user already held (a user of USERS
+  -- comes back in turn, and the warm-up may have left it one): either lease is released next.
+  -- A release answers 200 without activated_at.
+  if status == 201 or (status == 200 and body:find('"activated_at"', 1, true)) then
     local token = body:match('"token_id":"([^"]+)"')
     local user = body:match('"user_id":"([^"]+)"')
     local lease = body:match('"lease_id":"([^"]+)"')
     if token and user and lease then released[#released + 1] = { token, user, lease } end
   elseif status == 200 then
-    -- Only a release answers 200: a new user's activation answers 201.
     cycles = cycles + 1
   end
 end

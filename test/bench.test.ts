@@ -63,10 +63,14 @@ describe('npm run bench', () => {
     expectEveryRow(report);
   }, 180_000);
 
-  // Every kind of HTTP load (cycle, activate, get, get-any, validate) with the other generator.
+  // Every kind of HTTP load (cycle, activate, get, get-any, validate), users with JWTs among
+  // them, with the other generator. Without the cycle and list groups, the jwt group measures
+  // its AUTH_MODE=none baselines itself.
   it.skipIf(!wrk)('runs the HTTP scenarios with autocannon too', async () => {
-    const report = await smokeRun(['cycle', 'exhausted', 'list', 'reads'], 'autocannon');
+    const report = await smokeRun(['exhausted', 'jwt', 'reads'], 'autocannon');
     expect(report.text).toContain('HTTP load: autocannon');
     expectEveryRow(report);
+    const jwtRatios = report.rows.filter((r) => r.key === 'http-cycle-jwt' || r.key === 'list-jwt').map((r) => r.ratio);
+    expect(jwtRatios).toEqual([expect.any(Number), expect.any(Number)]);
   }, 180_000);
 });

@@ -33,6 +33,29 @@ describe('JWT verification with a shared secret (HS256)', () => {
     expect([...caller.scopes]).toEqual(['read', 'admin']);
   });
 
+  it('refuses a token it accepted before once its time is up: a verified token is not accepted past its exp', async () => {
+    let clockMs = Date.now();
+    const clocked = createJwtVerifier({ key: { kind: 'secret', secret: SECRET }, now: () => clockMs });
+    const token = await hs256({ sub: randomUUID(), exp: Math.floor(clockMs / 1000) + 60 });
+    await expect(clocked(token)).resolves.toMatchObject({ kind: 'user' });
+    await expect(clocked(token)).resolves.toMatchObject({ kind: 'user' });
+
+    clockMs += 89_000; // within exp and the 30 s tolerance
+    await expect(clocked(token)).resolves.toMatchObject({ kind: 'user' });
+    clockMs += 2_000; // past both
+    expect(await refused(clocked, token)).toBe('the token has expired');
+  });
+
+  it('accepts a token that was not valid yet once its nbf has come', async () => {
+    let clockMs = Date.now();
+    const clocked = createJwtVerifier({ key: { kind: 'secret', secret: SECRET }, now: () => clockMs });
+    const nbf = Math.floor(clockMs / 1000) + 100;
+    const token = await hs256({ sub: randomUUID(), nbf, exp: nbf + 60 });
+    expect(await refused(clocked, token)).toBe('the token is not valid yet');
+    clockMs = nbf * 1000;
+    await expect(clocked(token)).resolves.toMatchObject({ kind: 'user' });
+  });
+
   it('refuses an expired token, beyond 30 s of tolerance, and accepts one within it', async () => {
     expect(await refused(verify, await good({ exp: now() - 31 }))).toBe('the token has expired');
     await expect(verify(await good({ exp: now() - 10 }))).resolves.toMatchObject({ kind: 'user' });

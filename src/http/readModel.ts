@@ -164,8 +164,12 @@ export interface Rendered {
 
 export interface Redacted {
   readonly body: Buffer;
-  /** By holder's user id: their token's entry as everyone sees it, and as they see it. */
-  readonly holders: ReadonlyMap<string, { readonly redacted: string; readonly full: string }>;
+  /**
+   * By holder's user id: their token's entry as everyone sees it, and as they see it, and once
+   * built, the whole answer as they see it (a holder asks again and again while the list stays
+   * current; it was rebuilt for every request before).
+   */
+  readonly holders: ReadonlyMap<string, { readonly redacted: string; readonly full: string; own?: Buffer }>;
 }
 
 interface Entry extends Rendered {
@@ -306,7 +310,7 @@ export function renderTokens(
   const full = tokens.map((token) => JSON.stringify(tokenJson(token)));
   const body = Buffer.from(`{"data":[${full.join(',')}]}`);
   if (!privateHolders) return { body, validForMs: nextExpiryInMs };
-  const holders = new Map<string, { redacted: string; full: string }>();
+  const holders = new Map<string, { redacted: string; full: string; own?: Buffer }>();
   const redacted = tokens.map((token, i) => {
     if (token.lease === null) return full[i] ?? '';
     const hidden = JSON.stringify({ ...tokenJson(token), current_user_id: null });
@@ -334,5 +338,6 @@ export function listFor(answer: Rendered, view: { full: boolean; userId: string 
   if (redacted === undefined || view.full) return answer.body;
   const own = view.userId === null ? undefined : redacted.holders.get(view.userId);
   if (own === undefined) return redacted.body;
-  return Buffer.from(redacted.body.toString().replace(own.redacted, own.full));
+  own.own ??= Buffer.from(redacted.body.toString().replace(own.redacted, own.full));
+  return own.own;
 }

@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 
 /** The service's Prometheus metrics, on a registry of their own (one per process, or per test). */
 export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
@@ -69,3 +69,29 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/**
+ * token_lease_tokens{pool,state}: each pool's tokens, free and held, read from PostgreSQL when
+ * the metrics are scraped. Registered by the processes that run the worker role: each reports
+ * the same numbers, so aggregate them with max, not sum. A read that fails leaves the gauge
+ * empty for that scrape rather than failing it.
+ */
+export function registerTokenGauge(
+  metrics: Metrics,
+  read: () => Promise<ReadonlyArray<{ readonly name: string; readonly free: number; readonly held: number }>>,
+): void {
+  new Gauge({
+    name: 'token_lease_tokens',
+    help: 'Tokens by pool and state (free or held), read from PostgreSQL at each scrape; the same in every worker process.',
+    labelNames: ['pool', 'state'] as const,
+    registers: [metrics.registry],
+    async collect() {
+      this.reset();
+      const pools = await read().catch(() => []);
+      for (const pool of pools) {
+        this.set({ pool: pool.name, state: 'free' }, pool.free);
+        this.set({ pool: pool.name, state: 'held' }, pool.held);
+      }
+    },
+  });
+}

@@ -197,3 +197,21 @@ describe('named pools', () => {
     expect(listed.status).toBe(200);
   });
 });
+
+describe('the tokens of each pool, in the metrics', () => {
+  it('counts free and held tokens by pool, in a process that runs the worker role', async () => {
+    const t = await startTestService({ ROLE: 'all', POOL_SIZE: '2', ADMIN_API_KEY: ADMIN_KEY });
+    try {
+      await t.http.post('/api/admin/pools').set('Authorization', `Bearer ${ADMIN_KEY}`).send({ name: 'counted', size: 3 });
+      await t.http.post('/api/pools/counted/tokens/activate').send({ user_id: newUserId() });
+
+      const metrics = (await t.http.get('/metrics')).text;
+
+      expect(metrics).toMatch(/^token_lease_tokens\{pool="counted",state="free"\} 2$/m);
+      expect(metrics).toMatch(/^token_lease_tokens\{pool="counted",state="held"\} 1$/m);
+      expect(metrics).toMatch(/^token_lease_tokens\{pool="default",state="free"\} 2$/m);
+    } finally {
+      await t.close();
+    }
+  });
+});

@@ -17,7 +17,7 @@ import { startReleaseWorker } from '../jobs/releaseWorker.js';
 import { startMaintenance } from '../jobs/maintenance.js';
 import { startSweeper } from '../jobs/sweep.js';
 import type { Logger } from '../logger.js';
-import { createMetrics, type Metrics } from '../metrics.js';
+import { createMetrics, registerTokenGauge, type Metrics } from '../metrics.js';
 import { listen } from './api.js';
 import { createLimiterConnection, createProducerConnection, createWorkerConnection, jwtVerifierFor, limiterCommands, notificationClientFactory, packageVersion } from './clients.js';
 import { createShutdown } from './shutdown.js';
@@ -158,6 +158,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     if ((await leases.seedPool(config.poolSize)) > 0) readModel?.changed();
 
     if (config.role !== 'api') {
+      registerTokenGauge(metrics, () => pools.pools.list());
       const workerConnection = createWorkerConnection(config, log);
       // Added first, so closed after the worker (shutdown runs in reverse).
       shutdown.add('worker redis connection', () => workerConnection.disconnect());

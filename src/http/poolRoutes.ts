@@ -2,13 +2,13 @@ import type { Express, Request, RequestHandler } from 'express';
 import type { Leases } from '../domain/leases.js';
 import type { PoolDirectory, PoolInfo, Pools } from '../domain/pools.js';
 import { unknownPool } from '../domain/pools.js';
-import { callerOf, maySeeHolder, type AuthMode } from './authenticate.js';
+import type { AuthMode } from './authenticate.js';
 import { jsonBody } from './body.js';
 import type { PoolJson } from './contract.js';
 import { methodNotAllowed } from './errors.js';
-import { sendJson, sendSerializedJson } from './json.js';
-import { listFor, renderTokens, type ReadModel } from './readModel.js';
-import { activateHandler } from './routes.js';
+import { sendJson } from './json.js';
+import { renderTokens, type ReadModel } from './readModel.js';
+import { activateHandler, sendTokenList } from './routes.js';
 import { parse, poolBody, poolName, poolPatch } from './schemas.js';
 
 // Named pools: the admin routes that make, list and change them, and each pool's own
@@ -51,6 +51,9 @@ export function poolRoutes(
 ): void {
   const { pools, directory, leasesOf, mode, first } = deps;
   const write = deps.readModel.write.bind(deps.readModel);
+  const listPools: RequestHandler = async (_req, res) => {
+    sendJson(res, 200, { data: (await pools.list()).map(poolJson) });
+  };
   const leasesFor = async (req: Request) => {
     const name = pathPool(req);
     const pool = await directory.find(name);
@@ -74,9 +77,7 @@ export function poolRoutes(
       res.setHeader('Location', `/api/pools/${pool.name}`);
       sendJson(res, 201, { data: poolJson(pool) });
     })
-    .get(...first.admin, async (_req, res) => {
-      sendJson(res, 200, { data: (await pools.list()).map(poolJson) });
-    })
+    .get(...first.admin, listPools)
     .all(methodNotAllowed(['GET', 'POST']));
 
   router
@@ -99,9 +100,7 @@ export function poolRoutes(
 
   router
     .route('/api/pools')
-    .get(async (_req, res) => {
-      sendJson(res, 200, { data: (await pools.list()).map(poolJson) });
-    })
+    .get(listPools)
     .all(methodNotAllowed(['GET']));
 
   router
@@ -115,10 +114,7 @@ export function poolRoutes(
     .route('/api/pools/:pool/tokens')
     .get(async (req, res) => {
       const { leases } = await leasesFor(req);
-      const caller = callerOf(res);
-      const view = { full: maySeeHolder(mode, caller, ''), userId: caller.userId };
-      const answer = renderTokens(await leases.listTokens(), mode !== 'none');
-      sendSerializedJson(res, 200, listFor(answer, view));
+      sendTokenList(res, mode, renderTokens(await leases.listTokens(), mode !== 'none'));
     })
     .all(methodNotAllowed(['GET']));
 

@@ -1,4 +1,4 @@
-import type { Express, Request, RequestHandler } from 'express';
+import type { Express, Request, RequestHandler, Response } from 'express';
 import type { Lease, Leases, Usage } from '../domain/leases.js';
 import { NotFoundError, PoolExhaustedError } from '../errors.js';
 import { actingUser, callerOf, maySeeHolder, restrictedToClient, type AuthMode } from './authenticate.js';
@@ -54,6 +54,12 @@ function parseTokenId(raw: unknown): string {
   const parsed = tokenId.safeParse(raw);
   if (!parsed.success) throw new NotFoundError({ token_id: raw });
   return parsed.data;
+}
+
+/** Sends a list of tokens (GET /api/tokens, a named pool's) as the caller may see it. */
+export function sendTokenList(res: Response, mode: AuthMode, answer: Rendered): void {
+  const caller = callerOf(res);
+  sendSerializedJson(res, 200, listFor(answer, { full: maySeeHolder(mode, caller, ''), userId: caller.userId }));
 }
 
 /** The pool an activation acts on, with its own limit on this process's waiters, if any. */
@@ -131,9 +137,7 @@ export function tokenRoutes(
     .route('/api/tokens')
     // Not async: a current answer is sent without a promise or a turn of the microtask queue.
     .get((_req, res, next) => {
-      const caller = callerOf(res);
-      const view = { full: maySeeHolder(mode, caller, ''), userId: caller.userId };
-      const send = (answer: Rendered) => sendSerializedJson(res, 200, listFor(answer, view));
+      const send = (answer: Rendered) => sendTokenList(res, mode, answer);
       const answer = list.currentRendered();
       if (answer !== undefined) send(answer);
       else list.getRendered().then(send, next);

@@ -36,6 +36,8 @@ export interface SoakMinute {
   readonly cyclesPerSec: number;
   readonly p99Ms: number;
   readonly errors: number;
+  /** What the errors were: each unexpected status with its count, and socket errors and timeouts. */
+  readonly errorKinds: string;
   readonly deadTokens: number;
   readonly deadLeases: number;
   readonly deadUsages: number;
@@ -114,6 +116,7 @@ export async function runSoak(options: LongRunOptions): Promise<string> {
         cyclesPerSec: result.cycles / result.seconds,
         p99Ms: result.latencyMs.p99,
         errors: result.errors,
+        errorKinds: errorKinds(result),
         deadTokens: after.tokens.dead,
         deadLeases: after.leases.dead,
         deadUsages: after.usages.dead,
@@ -131,13 +134,23 @@ export async function runSoak(options: LongRunOptions): Promise<string> {
   return formatSoak(minutes);
 }
 
+const CYCLE_STATUSES = ['200', '201'];
+
+function errorKinds(result: LoadResult): string {
+  const unexpected = Object.entries(result.statuses).filter(([status]) => !CYCLE_STATUSES.includes(status));
+  const sockets = result.errors - unexpected.reduce((sum, [, count]) => sum + count, 0);
+  const kinds = unexpected.map(([status, count]) => `${status}: ${count}`);
+  if (sockets > 0) kinds.push(`socket errors and timeouts: ${sockets}`);
+  return kinds.join(', ');
+}
+
 export function formatSoak(minutes: readonly SoakMinute[]): string {
   const lines = [
     '| Minute | Cycles/s | p99 ms | Errors | Pages per cycle | Dead rows tokens | Dead rows leases | Dead rows usages | HOT updates of tokens | VACUUMs |',
     '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...minutes.map(
       (m) =>
-        `| ${m.minute} | ${m.cyclesPerSec.toFixed(0)} | ${m.p99Ms.toFixed(1)} | ${m.errors} | ${m.pagesPerCycle.toFixed(1)} | ${m.deadTokens} | ${m.deadLeases} | ${m.deadUsages} | ${(m.hotShare * 100).toFixed(1)}% | ${m.vacuums} |`,
+        `| ${m.minute} | ${m.cyclesPerSec.toFixed(0)} | ${m.p99Ms.toFixed(1)} | ${m.errors}${m.errorKinds === '' ? '' : ` (${m.errorKinds})`} | ${m.pagesPerCycle.toFixed(1)} | ${m.deadTokens} | ${m.deadLeases} | ${m.deadUsages} | ${(m.hotShare * 100).toFixed(1)}% | ${m.vacuums} |`,
     ),
   ];
   const first = minutes[0];

@@ -51,6 +51,20 @@ export async function revokeApiClient(db: Queryable, clientId: string): Promise<
   return rows[0] ?? null;
 }
 
+/**
+ * The PostgreSQL backends of the listening connections on this database: one for each API
+ * process (src/db/notifications.ts), each of which acknowledges a revocation it hears.
+ */
+export async function listenerPids(db: Queryable, applicationName: string): Promise<number[]> {
+  const rows = await query<{ pid: number }>(
+    db,
+    'listener-pids',
+    'SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1',
+    [applicationName],
+  );
+  return rows.map((r) => r.pid);
+}
+
 /** The client whose key has this hash, if it is not revoked; with the hash, to compare. */
 export async function findApiClientByKeyHash(
   db: Queryable,

@@ -4,10 +4,11 @@ import { notify } from './queries.js';
 
 export interface Notifications {
   /**
-   * Calls `listener` with the payload of every notification on `channel`, and with null after
-   * every reconnection (notifications sent meanwhile may be lost).
+   * Calls `listener` with the payload of every notification on `channel` and the process id of
+   * the PostgreSQL backend that sent it, and with null after every reconnection (notifications
+   * sent meanwhile may be lost).
    */
-  subscribe(channel: string, listener: (payload: string | null) => void): () => void;
+  subscribe(channel: string, listener: (payload: string | null, senderPid?: number) => void): () => void;
   /** Sends a notification on `channel`; rejects while the connection is down. */
   notify(channel: string, payload: string): Promise<void>;
   /** True while the connection is up and listening: only then does every notification arrive. */
@@ -22,6 +23,10 @@ export const WAITERS_CHANNEL = 'token_lease_waiters';
 export const CHANGES_CHANNEL = 'token_lease_changes';
 /** An API client was revoked; the payload is its id (src/domain/clients.ts). */
 export const CLIENTS_CHANNEL = 'token_lease_clients';
+/** An API process heard a revocation; the payload is the client's id, sent by its listener. */
+export const CLIENT_ACKS_CHANNEL = 'token_lease_client_acks';
+/** The `application_name` of every listening connection, by which a revocation finds them. */
+export const LISTENER_APPLICATION_NAME = 'token-lease-listener';
 
 /**
  * LISTENs on a few channels over a dedicated connection (outside the pool), reconnecting with
@@ -35,7 +40,7 @@ export function listenForNotifications(options: {
   log: Logger;
 }): Notifications {
   const { log } = options;
-  const listeners = new Map<string, Set<(payload: string | null) => void>>(
+  const listeners = new Map<string, Set<(payload: string | null, senderPid?: number) => void>>(
     options.channels.map((channel) => [channel, new Set()]),
   );
   let client: pg.Client | undefined;
@@ -43,14 +48,14 @@ export function listenForNotifications(options: {
   let attempt = 0;
   let retry: NodeJS.Timeout | undefined;
 
-  const dispatch = (channel: string, payload: string | null) => {
-    for (const listener of listeners.get(channel) ?? []) listener(payload);
+  const dispatch = (channel: string, payload: string | null, senderPid?: number) => {
+    for (const listener of listeners.get(channel) ?? []) listener(payload, senderPid);
   };
 
   async function connect(): Promise<void> {
     if (closed) return;
     const next = options.newClient();
-    next.on('notification', (message) => dispatch(message.channel, message.payload ?? ''));
+    next.on('notification', (message) => dispatch(message.channel, message.payload ?? '', message.processId));
     next.on('error', (err) => {
       log.warn({ err }, 'notification connection failed');
     });

@@ -8,6 +8,7 @@ import type { Caller } from '../auth/caller.js';
 import { createJwtVerifier, type JwtKey } from '../auth/jwt.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
+import { LISTENER_APPLICATION_NAME } from '../db/notifications.js';
 
 // Every client the service opens is built here, in main/, and handed down (or a factory for it):
 // nothing below src/main reads the environment or files, or dials a server by itself.
@@ -126,7 +127,7 @@ export function notificationClientFactory(databaseUrl: string): () => pg.Client 
   return () =>
     new pg.Client({
       connectionString: databaseUrl,
-      application_name: 'token-lease-listener',
+      application_name: LISTENER_APPLICATION_NAME,
       keepAlive: true,
       keepAliveInitialDelayMillis: 10_000,
     });

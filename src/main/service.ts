@@ -1,10 +1,10 @@
-import { createApiKeyVerifier } from '../auth/apiKeys.js';
+import { createApiKeyVerifier, KEY_CACHE_MAX_AGE_MS } from '../auth/apiKeys.js';
 import type { BearerVerifier } from '../auth/caller.js';
 import type { Config } from '../config.js';
 import { ensureDatabase, migrate } from '../db/migrate.js';
 import { createPool } from '../db/pool.js';
 import { randomUUID } from 'node:crypto';
-import { CHANGES_CHANNEL, CLIENTS_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
+import { CHANGES_CHANNEL, CLIENT_ACKS_CHANNEL, CLIENTS_CHANNEL, listenForNotifications, WAITERS_CHANNEL } from '../db/notifications.js';
 import { createApiClients, type ApiClients } from '../domain/clients.js';
 import { createLeasesByPool, type Leases } from '../domain/leases.js';
 import { maintain } from '../domain/maintenance.js';
@@ -77,14 +77,27 @@ export async function startService(config: Config, log: Logger): Promise<Service
     // With AUTH_MODE=api_key, of revoked API clients too.
     let waitingRoom: WaitingRoom | undefined;
     let channel: ChangeChannel | undefined;
-    const apiClients = createApiClients({ pool });
     let verifyBearer: BearerVerifier | undefined = verifyJwt;
-    if (config.role !== 'worker') {
-      const notifications = listenForNotifications({
-        newClient: notificationClientFactory(config.databaseUrl),
-        channels: [WAITERS_CHANNEL, CHANGES_CHANNEL, CLIENTS_CHANNEL],
-        log,
-      });
+    const notifications =
+      config.role === 'worker'
+        ? undefined
+        : listenForNotifications({
+            newClient: notificationClientFactory(config.databaseUrl),
+            channels: [WAITERS_CHANNEL, CHANGES_CHANNEL, CLIENTS_CHANNEL, CLIENT_ACKS_CHANNEL],
+            log,
+          });
+    const apiClients = createApiClients({
+      pool,
+      acks: notifications && {
+        subscribe: (listener) =>
+          notifications.subscribe(CLIENT_ACKS_CHANNEL, (clientId, pid) => {
+            if (clientId !== null && pid !== undefined) listener(clientId, pid);
+          }),
+        timeoutMs: KEY_CACHE_MAX_AGE_MS,
+      },
+      log,
+    });
+    if (notifications !== undefined) {
       shutdown.add('notification connection', () => notifications.close());
       channel = {
         subscribe: (listener) => notifications.subscribe(CHANGES_CHANNEL, listener),
@@ -115,6 +128,15 @@ export async function startService(config: Config, log: Logger): Promise<Service
         shutdown.add('api key cache', () => verifyApiKey.close());
         verifyBearer = verifyApiKey;
       }
+      // Every API process, in every AUTH_MODE, acknowledges a revocation once its key cache (above)
+      // has dropped the key: the revoking request waits for all of them (src/domain/clients.ts).
+      // Sent on the listening connection, after the notification it answers.
+      notifications.subscribe(CLIENTS_CHANNEL, (clientId) => {
+        if (clientId === null) return;
+        notifications.notify(CLIENT_ACKS_CHANNEL, clientId).catch((err: unknown) => {
+          log.warn({ err, clientId }, 'a revocation could not be acknowledged');
+        });
+      });
     }
 
     // Each pool's lease operations; the default pool's serve /api/tokens, the release jobs and

@@ -1,5 +1,8 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
@@ -134,9 +137,24 @@ async function runWrk(spec: LoadSpec, onMeasuring?: () => void): Promise<LoadRes
     spec.usersFile ?? '-',
     ...wrkItems(spec),
   ];
-  if (spec.warmupSec > 0) await wrk(args(seconds(spec.warmupSec)));
+  // A cycle run releases what it left held, so that a run that follows (the soak's next minute)
+  // finds the pool as a client that releases its leases leaves it, not short of them until
+  // they expire.
+  const run = async (duration: string) => {
+    if (spec.kind !== 'cycle') return wrk(args(duration));
+    const dir = await mkdtemp(join(tmpdir(), 'token-lease-wrk-'));
+    try {
+      const leftovers = join(dir, 'leftovers');
+      const result = await wrk(args(duration), { WRK_LEFTOVERS: leftovers });
+      await releaseLeftovers(spec, await readFile(leftovers, 'utf8'));
+      return result;
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  };
+  if (spec.warmupSec > 0) await run(seconds(spec.warmupSec));
   onMeasuring?.();
-  const result = await wrk(args(seconds(spec.durationSec)));
+  const result = await run(seconds(spec.durationSec));
   return {
     seconds: result.seconds,
     requests: result.requests,
@@ -176,8 +194,31 @@ interface WrkResult {
 
 const WRK_RESULT = 'wrk-result ';
 
-async function wrk(args: string[]): Promise<WrkResult> {
-  const child = spawn('wrk', args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'] });
+/** Releases the leases a cycle run left held ("<token> <user> <lease>" lines), as their holders. */
+async function releaseLeftovers(spec: LoadSpec, lines: string): Promise<void> {
+  const bearers = new Map<string, string>();
+  if (spec.usersFile !== undefined) {
+    for (const line of (await readFile(spec.usersFile, 'utf8')).split('\n')) {
+      const [user, jwt] = line.split(' ');
+      if (user !== undefined && jwt !== undefined) bearers.set(user, jwt);
+    }
+  }
+  const leases = lines.split('\n').filter((l) => l !== '').map((l) => l.split(' '));
+  await Promise.all(
+    leases.map(async ([token = '', user = '', lease = '']) => {
+      const bearer = bearers.get(user);
+      const res = await fetch(`${spec.url}/api/tokens/${token}/release`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', ...(bearer === undefined ? {} : { authorization: `Bearer ${bearer}` }) },
+        body: JSON.stringify({ user_id: user, lease_id: lease }),
+      });
+      await res.arrayBuffer();
+    }),
+  );
+}
+
+async function wrk(args: string[], env: Record<string, string> = {}): Promise<WrkResult> {
+  const child = spawn('wrk', args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
   let output = '';
   child.stdout.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
   const [code] = (await once(child, 'close')) as [number | null];

@@ -5,7 +5,9 @@
 -- request carries its user's JWT as a bearer token.
 -- KIND is cycle, activate, get PATH, get-any PATH..., or validate TOKEN:USER:FENCE...
 -- It prints one line, "wrk-result {json}", with every answer's status counted, the cycles
--- completed, and wrk's own figures.
+-- completed, and wrk's own figures. A cycle run stops with leases activated and not yet released
+-- (up to one per connection), or whose release was not answered; with WRK_LEFTOVERS set, it
+-- writes them to that file, a line "<token> <user> <lease>" each, for bench/load.ts to release.
 
 local random = math.random
 
@@ -14,12 +16,16 @@ local users = {}    -- AUTH_MODE=jwt: {id, json, auth}: the headers its requests
 local byId = {}     -- the same users by id, to release a lease with its holder's JWT
 local turn = 0      -- the user the last activation acted as
 local fixed = {}    -- the requests of get, get-any and validate, formatted once per user
-local released = {} -- cycle: activations answered, {token, user, lease}, waiting for their release
 local threads = {}
 
 -- Globals, so that done() can read each thread's with thread:get.
 statuses = {}
 cycles = 0
+-- cycle: activations answered, "<token> <user> <lease>", waiting for their release; and those
+-- whose release is sent and not yet answered, by lease id. Strings: thread:get crashes wrk on a
+-- table of tables.
+released = {}
+sending = {}
 
 local json = { ["Content-Type"] = "application/json" }
 
@@ -80,12 +86,14 @@ request = function()
     -- connection an answer came on, so the next request on any connection releases it.
     local n = #released
     if n == 0 then return activation() end
-    local lease = released[n]
+    local entry = released[n]
+    local token, user, lease = entry:match("^(%S+) (%S+) (%S+)$")
     released[n] = nil
-    local holder = byId[lease[2]]
+    sending[lease] = entry
+    local holder = byId[user]
     -- The body as test/harness/leaseBodies.ts builds it: the user and the lease.
-    return wrk.format("POST", "/api/tokens/" .. lease[1] .. "/release", holder and holder.json or json,
-      '{"user_id":"' .. lease[2] .. '","lease_id":"' .. lease[3] .. '"}')
+    return wrk.format("POST", "/api/tokens/" .. token .. "/release", holder and holder.json or json,
+      '{"user_id":"' .. user .. '","lease_id":"' .. lease .. '"}')
   elseif kind == "activate" then
     return activation()
   else
@@ -104,9 +112,11 @@ response = function(status, _, body)
     local token = body:match('"token_id":"([^"]+)"')
     local user = body:match('"user_id":"([^"]+)"')
     local lease = body:match('"lease_id":"([^"]+)"')
-    if token and user and lease then released[#released + 1] = { token, user, lease } end
+    if token and user and lease then released[#released + 1] = token .. " " .. user .. " " .. lease end
   elseif status == 200 then
     cycles = cycles + 1
+    local lease = body:match('"lease_id":"([^"]+)"')
+    if lease then sending[lease] = nil end
   end
 end
 
@@ -121,6 +131,15 @@ function done(summary, latency, _)
   local counted = {}
   for status, count in pairs(counts) do
     counted[#counted + 1] = string.format('"%d":%d', status, count)
+  end
+  local leftovers = os.getenv("WRK_LEFTOVERS")
+  if leftovers ~= nil and leftovers ~= "" then
+    local file = assert(io.open(leftovers, "w"))
+    for _, thread in ipairs(threads) do
+      for _, lease in ipairs(thread:get("released")) do file:write(lease, "\n") end
+      for _, lease in pairs(thread:get("sending")) do file:write(lease, "\n") end
+    end
+    file:close()
   end
   local e = summary.errors
   io.write(string.format(

@@ -83,6 +83,7 @@ export const envSchema = z
     POOL_FULL_POLICY: z.enum(['reject', 'evict_oldest']).default('reject'),
     MAX_WAITERS: whole(1000, 0, 100_000),
     LIST_CACHE_MAX_AGE_MS: milliseconds(250, 0, 60_000),
+    STATS_FLUSH_MS: milliseconds(10_000, 10, 60_000),
     ADMIN_API_KEY: z
       .string()
       .min(16, 'must be at least 16 characters')
@@ -162,6 +163,7 @@ export const envSchema = z
     poolFullPolicy: e.POOL_FULL_POLICY,
     maxWaiters: e.MAX_WAITERS,
     listCacheMaxAgeMs: e.LIST_CACHE_MAX_AGE_MS,
+    statsFlushMs: e.STATS_FLUSH_MS,
     adminApiKey: e.ADMIN_API_KEY,
     authMode: e.AUTH_MODE ?? 'none',
     jwt: {

@@ -15,6 +15,7 @@ import {
   leaseSchema,
   readySchema,
   releasedSchema,
+  statsSchema,
   tokenDetailsSchema,
   tokenSchema,
   validationSchema,
@@ -80,6 +81,7 @@ describe('GET /openapi.json', () => {
       leases: t.service.leases,
       apiClients: t.service.apiClients,
       pools: t.service.pools,
+      stats: t.service.stats,
       log: { isLevelEnabled: () => false } as never,
       metrics: t.service.metrics,
       adminApiKey: undefined,
@@ -157,6 +159,10 @@ describe('real answers match the documented schemas', () => {
     conforms(await t.http.get('/api/pools/contract/tokens'), 'get', '/api/pools/{pool}/tokens', envelope(tokenSchema.array()));
     conforms(await t.http.post('/api/pools/contract/tokens/clear').set(admin), 'post', '/api/pools/{pool}/tokens/clear', envelope(clearedSchema));
     conforms(await t.http.post('/api/pools/contract/tokens/clear'), 'post', '/api/pools/{pool}/tokens/clear', errorSchema);
+
+    conforms(await t.http.get('/api/stats?pool=contract&bucket=600'), 'get', '/api/stats', envelope(statsSchema));
+    conforms(await t.http.get('/api/stats?bucket=61'), 'get', '/api/stats', errorSchema);
+    conforms(await t.http.get('/api/stats?pool=nope'), 'get', '/api/stats', errorSchema);
 
     conforms(await t.http.get('/readyz'), 'get', '/readyz', envelope(readySchema));
   });

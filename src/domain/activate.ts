@@ -53,6 +53,7 @@ export async function activate(
   let row = await attempt(deps, userId, null, clientId);
   const waitMs = options.waitMs ?? 0;
   if (row.outcome !== 'created' && row.outcome !== 'existing' && waitMs > 0 && deps.waitingRoom) {
+    deps.activity?.count(deps.poolId, 'waits');
     try {
       row = await deps.waitingRoom.wait({
         poolId: deps.poolId,
@@ -64,12 +65,16 @@ export async function activate(
       });
     } catch (err) {
       // The wait ran out: refused like any activation on a full pool.
-      if (err instanceof PoolExhaustedError) metrics.activations.inc({ pool: deps.poolName, outcome: 'exhausted' });
+      if (err instanceof PoolExhaustedError) {
+        metrics.activations.inc({ pool: deps.poolName, outcome: 'exhausted' });
+        deps.activity?.count(deps.poolId, 'refusals');
+      }
       throw err;
     }
   }
   metrics.activations.inc({ pool: deps.poolName, outcome: row.outcome === 'queued' ? 'exhausted' : row.outcome });
   if (row.outcome !== 'created' && row.outcome !== 'existing') {
+    deps.activity?.count(deps.poolId, 'refusals');
     throw new PoolExhaustedError(Math.max(1, Math.ceil(Number(row.wait_ms ?? 0) / 1000)));
   }
   const lease = toLease({ ...row, id: row.lease_id });

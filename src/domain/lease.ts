@@ -8,6 +8,7 @@ import type { Metrics } from '../metrics.js';
 import type { Pool } from '../db/pool.js';
 import type { EndReason, UsageRow } from '../db/queries.js';
 import type { WaitingRoom } from './waiting.js';
+import type { ActivityCounter } from './activity.js';
 
 export type { EndReason };
 
@@ -62,6 +63,8 @@ export interface LeasesDeps {
   readonly scheduler?: ReleaseScheduler | undefined;
   /** Where activations with a wait go when the pool is full; without it they are refused. */
   readonly waitingRoom?: WaitingRoom | undefined;
+  /** Counts refused and waiting activations for GET /api/stats (API processes only). */
+  readonly activity?: ActivityCounter | undefined;
 }
 
 /**

@@ -19,6 +19,8 @@ import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.
 import { sendJson, sendSerializedJson } from './json.js';
 import { tokenRoutes } from './routes.js';
 import { poolRoutes } from './poolRoutes.js';
+import { statsRoutes } from './statsRoutes.js';
+import type { Stats } from '../domain/stats.js';
 import type { PoolDirectory, Pools } from '../domain/pools.js';
 
 export interface AppDeps {
@@ -51,6 +53,8 @@ export interface AppDeps {
     readonly directory: PoolDirectory;
     readonly leasesOf: (pool: { readonly id: number; readonly name: string }) => Leases;
   } | undefined;
+  /** GET /api/stats (with named pools); absent: not served. */
+  readonly stats?: Stats | undefined;
 }
 
 export interface RateLimits {
@@ -138,6 +142,7 @@ export function createApp(deps: AppDeps): Express {
           : async () => ({ leases: deps.leases, maxWaiters: (await pools.directory.find('default')).maxWaiters }),
     });
     if (pools !== undefined) poolRoutes(app, { ...pools, mode: authMode, readModel, first });
+    if (pools !== undefined && deps.stats !== undefined) statsRoutes(app, { stats: deps.stats, directory: pools.directory });
     if (deps.apiClients !== undefined) clientRoutes(app, { clients: deps.apiClients, first: first.admin });
     // Built and serialised once: it is generated from the schemas the routes use.
     const openApi = JSON.stringify(openApiDocument(deps.version ?? '0.0.0'));

@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import { ERRORS, type ErrorDefinition } from '../errors.js';
 import { CLIENT_SCOPES } from '../domain/clients.js';
-import { activateQuery, clientBody, historyQuery, leaseBody, poolBody, poolPatch, userBody, validateBody } from './schemas.js';
+import { activateQuery, clientBody, historyQuery, leaseBody, poolBody, poolPatch, statsQuery, userBody, validateBody } from './schemas.js';
 
 // The API's answers as zod schemas: the routes build their answers with these types, the
 // OpenAPI document served at GET /openapi.json is generated from them and from the request
@@ -117,7 +117,27 @@ export const poolSchema = z.object({
   retired: z.int().min(0).describe('Tokens taken out of use (none yet: tokens cannot be retired)'),
 });
 
+const count = z.int().min(0);
+export const statsSchema = z.object({
+  pool: z.string(),
+  from: time.describe('Start of the first bucket: the asked from, rounded down to the minute'),
+  to: time.describe('End of the last bucket'),
+  bucket_seconds: z.int().min(60),
+  tokens: count.describe("The pool's tokens now, the base of held_share"),
+  buckets: z.array(
+    z.object({
+      start: time,
+      held_share: z.number().min(0).max(1).describe("Share of the pool's token-time held in the bucket"),
+      activations: count.describe('Leases that started in the bucket'),
+      expiries: count.describe('Leases that ran out (expires_at) in the bucket'),
+      refusals: count.describe('Activations answered pool_exhausted, at once or after waiting'),
+      waits: count.describe('Activations that waited in the queue of a full pool'),
+    }),
+  ),
+});
+
 export type LeaseJson = z.infer<typeof leaseSchema>;
+export type StatsJson = z.infer<typeof statsSchema>;
 export type PoolJson = z.infer<typeof poolSchema>;
 export type TokenJson = z.infer<typeof tokenSchema>;
 export type TokenDetailsJson = z.infer<typeof tokenDetailsSchema>;
@@ -430,6 +450,16 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('How many active leases were ended', clearedSchema),
             ...failures(ERRORS.not_found, ERRORS.unauthorized, ERRORS.forbidden, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/stats': {
+        get: {
+          summary: "A pool's activity over a time window, bucket by bucket, computed from its history (docs/api.md)",
+          parameters: queryParameters(statsQuery.in),
+          responses: {
+            '200': answer('One entry per bucket, oldest first', statsSchema),
+            ...failures(ERRORS.not_found, ERRORS.validation_failed, ...AUTH, ERRORS.unavailable),
           },
         },
       },

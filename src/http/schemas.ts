@@ -169,3 +169,34 @@ export function parse<S extends z.ZodType>(schema: S, input: unknown, what: stri
     })),
   );
 }
+
+// GET /api/stats. Times are ISO 8601 with an offset; the window starts on a whole minute (the
+// activity counters' unit) and holds at most MAX_STATS_BUCKETS buckets.
+export const MAX_STATS_BUCKETS = 1440;
+const STATS_TIME_MESSAGE = 'must be an ISO 8601 time with a time zone, such as 2026-01-01T00:00:00Z';
+const statsTime = z.iso.datetime({ offset: true, error: STATS_TIME_MESSAGE }).transform((t) => new Date(t));
+const BUCKET_MESSAGE = 'must be a whole number of minutes in seconds, from 60 to 86400';
+
+export const statsQuery = z
+  .object({
+    pool: poolName.default('default'),
+    from: statsTime.optional().meta({ description: 'Start of the window, rounded down to the minute; default: an hour before `to`' }),
+    to: statsTime.optional().meta({ description: 'End of the window; default: now' }),
+    bucket: decimal(/^[0-9]+$/, BUCKET_MESSAGE, 60, 86_400)
+      .refine((s) => s % 60 === 0, { error: BUCKET_MESSAGE })
+      .default(60),
+  })
+  .transform((q, ctx) => {
+    const toMs = q.to?.getTime() ?? Date.now();
+    const fromMs = Math.floor((q.from?.getTime() ?? toMs - 3_600_000) / 60_000) * 60_000;
+    const buckets = Math.ceil((toMs - fromMs) / (q.bucket * 1000));
+    if (buckets < 1) {
+      ctx.addIssue({ code: 'custom', path: ['to'], message: 'must be later than from' });
+      return z.NEVER;
+    }
+    if (buckets > MAX_STATS_BUCKETS) {
+      ctx.addIssue({ code: 'custom', path: ['bucket'], message: `gives more than ${MAX_STATS_BUCKETS} buckets: widen it or narrow the window` });
+      return z.NEVER;
+    }
+    return { pool: q.pool, from: new Date(fromMs), bucketSeconds: q.bucket, buckets };
+  });

@@ -9,6 +9,8 @@ import { createApiClients, type ApiClients } from '../domain/clients.js';
 import { createLeasesByPool, type Leases } from '../domain/leases.js';
 import { maintain } from '../domain/maintenance.js';
 import { createPoolDirectory, createPools, getPoolId, type PoolDirectory, type Pools } from '../domain/pools.js';
+import { createActivityCounter, type ActivityCounter } from '../domain/activity.js';
+import { createStats, type Stats } from '../domain/stats.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { createApp, type RateLimits } from '../http/app.js';
 import { createReadModel, type ChangeChannel, type ReadModel } from '../http/readModel.js';
@@ -28,6 +30,8 @@ export interface Service {
   /** Named pools: making and changing them, finding them by name, each one's lease operations. */
   readonly pools: { readonly pools: Pools; readonly directory: PoolDirectory; readonly leasesOf: (pool: { readonly id: number; readonly name: string }) => Leases };
   readonly metrics: Metrics;
+  /** GET /api/stats's reads. */
+  readonly stats: Stats;
   /** The HTTP port: the token API (ROLE all or api) or only health and metrics (worker). */
   readonly port: number;
   stop(reason: string): Promise<boolean>;
@@ -139,6 +143,14 @@ export async function startService(config: Config, log: Logger): Promise<Service
       });
     }
 
+    // Refused and waiting activations, counted by the processes that serve them.
+    let activity: ActivityCounter | undefined;
+    if (config.role !== 'worker') {
+      const counter = createActivityCounter({ pool, log, flushMs: config.statsFlushMs });
+      shutdown.add('activity counts', () => counter.close());
+      activity = counter;
+    }
+
     // Each pool's lease operations; the default pool's serve /api/tokens, the release jobs and
     // the sweep (which act on leases of every pool). A pool's own settings win over these.
     const leasesOf = createLeasesByPool({
@@ -150,6 +162,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       metrics,
       scheduler: releases,
       waitingRoom,
+      activity,
     });
     const leases = leasesOf({ id: await getPoolId(pool, 'default'), name: 'default' });
     const serviceSettings = {
@@ -247,6 +260,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
         redisPrefix: config.redisPrefix,
       };
     }
+    const stats = createStats({ pool });
     const app = createApp({
       leases,
       log,
@@ -263,6 +277,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       readModel,
       rateLimits,
       pools,
+      stats,
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());
@@ -273,7 +288,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       shutdown.add('waiting clients', () => room.close());
     }
 
-    return { leases, apiClients, pools, metrics, port: http.port, stop: (reason) => shutdown.run(reason) };
+    return { leases, apiClients, pools, metrics, stats, port: http.port, stop: (reason) => shutdown.run(reason) };
   } catch (error) {
     await shutdown.run('start-up failed');
     throw error;

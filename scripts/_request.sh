@@ -5,6 +5,8 @@
 #   API_TOKEN        sent as "Authorization: Bearer ..." when set (a JWT, with AUTH_MODE=jwt)
 #   ADMIN_API_KEY    sent instead when API_TOKEN is not set (admin routes)
 #   TIMEOUT_SECONDS  how long to wait for an answer (default 30; an activation's wait comes on top)
+#   IDEMPOTENCY_KEY  sent as "Idempotency-Key" when set (generate, import: a retry with the same
+#                    key answers the first request's result)
 # Needs curl 7.76 or later (--fail-with-body). -h or --help prints a script's usage.
 set -euo pipefail
 
@@ -14,17 +16,21 @@ if [[ ${1:-} == -h || ${1:-} == --help ]]; then
   exit 0
 fi
 
-# request METHOD PATH [BODY] [EXTRA_SECONDS]: EXTRA_SECONDS is added to the time allowed for the
-# answer (an activation that waits for a token).
+# request METHOD PATH [BODY] [EXTRA_SECONDS] [CONTENT_TYPE]: EXTRA_SECONDS is added to the time
+# allowed for the answer (an activation that waits for a token). A BODY of @FILE sends the file
+# (an import; CONTENT_TYPE text/plain), so that no token's value is on a command line.
 request() {
-  local method=$1 path=$2 body=${3:-} extra=${4:-0}
+  local method=$1 path=$2 body=${3:-} extra=${4:-0} type=${5:-application/json}
   local args=(--silent --show-error --fail-with-body --max-time "$((${TIMEOUT_SECONDS:-30} + extra))" -X "$method")
   local credential=${API_TOKEN:-${ADMIN_API_KEY:-}}
   if [[ -n $credential ]]; then
     args+=(-H "Authorization: Bearer ${credential}")
   fi
+  if [[ -n ${IDEMPOTENCY_KEY:-} ]]; then
+    args+=(-H "Idempotency-Key: ${IDEMPOTENCY_KEY}")
+  fi
   if [[ -n $body ]]; then
-    args+=(-H 'Content-Type: application/json' --data-binary "$body")
+    args+=(-H "Content-Type: ${type}" --data-binary "$body")
   fi
   local status=0
   curl "${args[@]}" "${BASE_URL:-http://localhost:4000}${path}" || status=$?
@@ -45,6 +51,20 @@ check_id() {
 # Quotes a value checked by check_id as a JSON string.
 json_string() {
   printf '"%s"' "$1"
+}
+
+# Refuses (exit 2) a token value that is not 1 to 256 printable ASCII characters without spaces.
+check_value() {
+  if [[ $1 == *$'\n'* ]] || ! LC_ALL=C grep -qxE '[!-~]{1,256}' <<<"$1"; then
+    echo 'invalid value: 1 to 256 printable ASCII characters without spaces' >&2
+    exit 2
+  fi
+}
+
+# Quotes a value checked by check_value as a JSON string (\ and " escaped).
+json_value() {
+  local v=${1//\\/\\\\}
+  printf '"%s"' "${v//\"/\\\"}"
 }
 
 usage() {

@@ -4,6 +4,8 @@
 -- (null for a plain activation): nobody takes a token ahead of a live waiter who came earlier.
 -- p_client is the API client asking (null for any other caller), recorded on a new lease.
 -- p_ttl_ms and p_evict are the service's settings: the pool's own, where it has them, win.
+-- A retired token is never leased again. The answer carries the token's sealed value, if it has
+-- one, for its holder (src/domain/values.ts opens it).
 --
 -- Locking order (docs/design.md): the user's advisory lock, then one token row, then the clock,
 -- read once; every decision and every time stamped uses that reading.
@@ -25,7 +27,8 @@ RETURNS TABLE (
   expires_at        timestamptz,
   wait_ms           bigint,
   evicted_lease_id  uuid,
-  expired_lease_ids uuid[]
+  expired_lease_ids uuid[],
+  value_sealed      bytea
 )
 LANGUAGE plpgsql
 AS $$
@@ -61,13 +64,14 @@ BEGIN
           PERFORM wake_waiters(p_pool);
         END IF;
         RETURN QUERY SELECT 'existing'::text, tok.lease_id, tok.id, tok.user_id, tok.last_fence,
-          tok.started_at, tok.expires_at, NULL::bigint, NULL::uuid, expired;
+          tok.started_at, tok.expires_at, NULL::bigint, NULL::uuid, expired, tok.value_sealed;
         RETURN;
       END IF;
-      -- Ran out and nothing has ended it yet: end it now. Its token is ours (locked) and free.
+      -- Ran out and nothing has ended it yet: end it now. Its token is ours (locked) and free,
+      -- unless it was retired.
       PERFORM end_lease(tok, clock, 'expired');
       expired := expired || held.id;
-      have := true;
+      have := tok.retired_at IS NULL;
     END IF;
     -- Else it was ended between our read and the lock: the user holds nothing.
   END IF;
@@ -83,7 +87,7 @@ BEGIN
     END IF;
     RETURN QUERY SELECT CASE WHEN p_waiter IS NULL THEN 'exhausted' ELSE 'queued' END,
       NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint, NULL::timestamptz, NULL::timestamptz,
-      next_free_in_ms(p_pool), NULL::uuid, expired;
+      next_free_in_ms(p_pool), NULL::uuid, expired, NULL::bytea;
     RETURN;
   END IF;
 
@@ -92,6 +96,7 @@ BEGIN
   IF NOT have THEN
     SELECT t.* INTO tok FROM tokens t
       WHERE t.pool_id = p_pool AND (t.lease_id IS NULL OR t.expires_at <= clock_timestamp())
+        AND t.retired_at IS NULL
       ORDER BY t.position
       LIMIT 1
       FOR UPDATE SKIP LOCKED;
@@ -105,26 +110,28 @@ BEGIN
     END IF;
   END IF;
 
-  -- evict_oldest: the token of the oldest lease. When every candidate is locked by other
-  -- evictions, wait for the oldest instead of giving up (the statement timeout bounds it); if
-  -- it changed hands meanwhile, look again.
+  -- evict_oldest: the token of the oldest lease, unless it was retired. When every candidate is
+  -- locked by other evictions, wait for the oldest instead of giving up (the statement timeout
+  -- bounds it); if it changed hands or was retired meanwhile, look again.
   IF NOT have AND evict THEN
     LOOP
       SELECT l.id, l.token_id INTO old_id, old_token FROM leases l JOIN tokens t ON t.id = l.token_id
-        WHERE l.pool_id = p_pool
+        WHERE l.pool_id = p_pool AND t.retired_at IS NULL
         ORDER BY l.started_at, l.id
         LIMIT 1
         FOR UPDATE OF t SKIP LOCKED;
       IF NOT FOUND THEN
-        SELECT l.id, l.token_id INTO old_id, old_token FROM leases l
-          WHERE l.pool_id = p_pool
+        SELECT l.id, l.token_id INTO old_id, old_token FROM leases l JOIN tokens t ON t.id = l.token_id
+          WHERE l.pool_id = p_pool AND t.retired_at IS NULL
           ORDER BY l.started_at, l.id
           LIMIT 1;
         EXIT WHEN NOT FOUND;
       END IF;
       SELECT t.* INTO tok FROM tokens t WHERE t.id = old_token FOR UPDATE;
       clock := clock_timestamp();
-      IF tok.lease_id IS NULL THEN
+      IF tok.retired_at IS NOT NULL THEN
+        NULL; -- retired meanwhile: look again
+      ELSIF tok.lease_id IS NULL THEN
         have := true;
       ELSIF tok.lease_id = old_id THEN
         IF tok.expires_at <= clock THEN
@@ -142,7 +149,7 @@ BEGIN
 
   IF NOT have THEN
     RETURN QUERY SELECT 'exhausted'::text, NULL::uuid, NULL::uuid, NULL::uuid, NULL::bigint,
-      NULL::timestamptz, NULL::timestamptz, next_free_in_ms(p_pool), NULL::uuid, expired;
+      NULL::timestamptz, NULL::timestamptz, next_free_in_ms(p_pool), NULL::uuid, expired, NULL::bytea;
     RETURN;
   END IF;
 
@@ -160,6 +167,6 @@ BEGIN
   END IF;
 
   RETURN QUERY SELECT 'created'::text, new_id, tok.id, p_user, tok.last_fence + 1, clock, new_exp,
-    NULL::bigint, evicted, expired;
+    NULL::bigint, evicted, expired, tok.value_sealed;
 END;
 $$;

@@ -1,7 +1,8 @@
 -- Moves the expiry of the lease p_lease of p_user on token p_token to the lease time from now,
 -- capped at the longest lease after its start (null: no cap); never moves it back. Both are the
 -- token's pool's own where it has them, else the service's, p_ttl_ms and p_max_ms. Outcomes:
---   renewed      the usage as renewed, with remaining_ms until its new expiry
+--   renewed      the usage as renewed, with remaining_ms until its new expiry, and the token's
+--                sealed value, if it has one, for its holder
 --   max_lease    at its cap already: unchanged
 --   expired      it had run out: ended now as expired
 --   ended        it had ended before (the usage says how)
@@ -27,7 +28,8 @@ RETURNS TABLE (
   ended_at     timestamptz,
   end_reason   text,
   client_id    uuid,
-  remaining_ms integer
+  remaining_ms integer,
+  value_sealed bytea
 )
 LANGUAGE plpgsql
 AS $$
@@ -41,7 +43,7 @@ DECLARE
 BEGIN
   SELECT t.* INTO tok FROM tokens t WHERE t.id = p_token FOR UPDATE;
   IF NOT FOUND THEN
-    RETURN QUERY SELECT 'no_token'::text, (NULL::usages).*, NULL::integer;
+    RETURN QUERY SELECT 'no_token'::text, (NULL::usages).*, NULL::integer, NULL::bytea;
     RETURN;
   END IF;
   clock := clock_timestamp();
@@ -52,18 +54,18 @@ BEGIN
   IF tok.lease_id = p_lease AND tok.user_id = p_user THEN
     SELECT (as_usage(l)).* INTO u FROM leases l WHERE l.id = p_lease;
     IF p_client IS NOT NULL AND u.client_id IS DISTINCT FROM p_client THEN
-      RETURN QUERY SELECT 'forbidden'::text, (NULL::usages).*, NULL::integer;
+      RETURN QUERY SELECT 'forbidden'::text, (NULL::usages).*, NULL::integer, NULL::bytea;
       RETURN;
     END IF;
     IF tok.expires_at <= clock THEN
       u := end_lease(tok, clock, 'expired');
       PERFORM wake_waiters(tok.pool_id);
-      RETURN QUERY SELECT 'expired'::text, u.*, 0;
+      RETURN QUERY SELECT 'expired'::text, u.*, 0, NULL::bytea;
       RETURN;
     END IF;
     IF max_ms IS NOT NULL AND tok.expires_at >= tok.started_at + max_ms * interval '1 millisecond' THEN
       RETURN QUERY SELECT 'max_lease'::text, u.*,
-        ceil(extract(epoch FROM tok.expires_at - clock) * 1000)::integer;
+        ceil(extract(epoch FROM tok.expires_at - clock) * 1000)::integer, NULL::bytea;
       RETURN;
     END IF;
     new_exp := clock + ttl_ms * interval '1 millisecond';
@@ -73,17 +75,18 @@ BEGIN
     new_exp := greatest(new_exp, tok.expires_at);
     UPDATE tokens t SET expires_at = new_exp WHERE t.id = tok.id;
     UPDATE leases l SET expires_at = new_exp WHERE l.id = p_lease RETURNING (as_usage(l)).* INTO u;
-    RETURN QUERY SELECT 'renewed'::text, u.*, ceil(extract(epoch FROM new_exp - clock) * 1000)::integer;
+    RETURN QUERY SELECT 'renewed'::text, u.*, ceil(extract(epoch FROM new_exp - clock) * 1000)::integer,
+      tok.value_sealed;
     RETURN;
   END IF;
 
   SELECT x.* INTO u FROM usages x WHERE x.id = p_lease AND x.token_id = p_token AND x.user_id = p_user;
   IF NOT FOUND THEN
-    RETURN QUERY SELECT 'not_holder'::text, (NULL::usages).*, NULL::integer;
+    RETURN QUERY SELECT 'not_holder'::text, (NULL::usages).*, NULL::integer, NULL::bytea;
   ELSIF p_client IS NOT NULL AND u.client_id IS DISTINCT FROM p_client THEN
-    RETURN QUERY SELECT 'forbidden'::text, (NULL::usages).*, NULL::integer;
+    RETURN QUERY SELECT 'forbidden'::text, (NULL::usages).*, NULL::integer, NULL::bytea;
   ELSE
-    RETURN QUERY SELECT 'ended'::text, u.*, NULL::integer;
+    RETURN QUERY SELECT 'ended'::text, u.*, NULL::integer, NULL::bytea;
   END IF;
 END;
 $$;

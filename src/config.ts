@@ -42,6 +42,17 @@ const clusterNodes = z.string().transform((list, ctx) => {
   return nodes;
 });
 
+/** 32 bytes in base64 (standard or URL-safe, padded or not): TOKEN_VALUE_KEY. */
+const key32 = z.string().transform((text, ctx) => {
+  const key = Buffer.from(text, 'base64');
+  const canonical = (b64: string) => b64.replace(/=+$/, '').replaceAll('+', '-').replaceAll('/', '_');
+  if (key.length !== 32 || canonical(key.toString('base64')) !== canonical(text)) {
+    ctx.issues.push({ code: 'custom', input: text, message: 'must be 32 random bytes in base64 (openssl rand -base64 32)' });
+    return z.NEVER;
+  }
+  return key;
+});
+
 /** Whether every key that starts with `prefix` hashes to one Redis Cluster slot: a nonempty {tag}. */
 const isHashTag = (prefix: string): boolean => /\{[^{}]+\}/.test(prefix);
 
@@ -91,6 +102,7 @@ export const envSchema = z
       .regex(/^[\x21-\x7e]+$/, 'must be visible ASCII characters, without spaces')
       .optional(),
     AUTH_MODE: z.enum(['none', 'jwt', 'api_key']).optional(),
+    TOKEN_VALUE_KEY: key32.optional(),
     JWT_SECRET: z
       .string()
       .refine((s) => Buffer.byteLength(s, 'utf8') >= 32, 'must be at least 32 bytes')
@@ -166,6 +178,8 @@ export const envSchema = z
     statsFlushMs: e.STATS_FLUSH_MS,
     adminApiKey: e.ADMIN_API_KEY,
     authMode: e.AUTH_MODE ?? 'none',
+    /** Seals tokens' values at rest (AES-256-GCM); null: they are stored in clear. */
+    tokenValueKey: e.TOKEN_VALUE_KEY ?? null,
     jwt: {
       secret: e.JWT_SECRET,
       publicKey: e.JWT_PUBLIC_KEY,

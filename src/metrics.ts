@@ -71,18 +71,20 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
 export type Metrics = ReturnType<typeof createMetrics>;
 
 /**
- * token_lease_tokens{pool,state}: each pool's tokens, free and held, read from PostgreSQL when
+ * token_lease_tokens{pool,state}: each pool's tokens, free, held and retired, read from PostgreSQL when
  * the metrics are scraped. Registered by the processes that run the worker role: each reports
  * the same numbers, so aggregate them with max, not sum. A read that fails leaves the gauge
  * empty for that scrape rather than failing it.
  */
 export function registerTokenGauge(
   metrics: Metrics,
-  read: () => Promise<ReadonlyArray<{ readonly name: string; readonly free: number; readonly held: number }>>,
+  read: () => Promise<
+    ReadonlyArray<{ readonly name: string; readonly free: number; readonly held: number; readonly retired: number }>
+  >,
 ): void {
   new Gauge({
     name: 'token_lease_tokens',
-    help: 'Tokens by pool and state (free or held), read from PostgreSQL at each scrape; the same in every worker process.',
+    help: 'Tokens by pool and state (free, held or retired), read from PostgreSQL at each scrape; the same in every worker process.',
     labelNames: ['pool', 'state'] as const,
     registers: [metrics.registry],
     async collect() {
@@ -91,6 +93,7 @@ export function registerTokenGauge(
       for (const pool of pools) {
         this.set({ pool: pool.name, state: 'free' }, pool.free);
         this.set({ pool: pool.name, state: 'held' }, pool.held);
+        this.set({ pool: pool.name, state: 'retired' }, pool.retired);
       }
     },
   });

@@ -155,6 +155,26 @@ describe('AUTH_MODE=jwt', () => {
     expect(bobs).toMatchObject({ status: 'active', expires_at: expect.any(String) });
   });
 
+  it("shows a value's holder in its check only to them and to read callers; redeem acts for the sub", async () => {
+    const key = { Authorization: `Bearer ${ADMIN_KEY}` };
+    await t.http.post('/api/admin/pools').set(key).send({ name: 'valued', size: 0 });
+    await t.http.post('/api/admin/pools/valued/tokens/import').set(key).set('Content-Type', 'text/plain').send('jwt-value-1\n');
+    const lease = (await t.http.post('/api/pools/valued/tokens/activate').set(as('alice')).send({})).body.data;
+    expect(lease.value).toBe('jwt-value-1');
+    const check = async (who: keyof typeof users) =>
+      (await t.http.post('/api/tokens/check').set(as(who)).send({ value: 'jwt-value-1' })).body.data;
+
+    expect(await check('bob')).toEqual({ token_id: lease.token_id, held: true, expires_at: lease.expires_at, fence: lease.fence });
+    expect((await check('alice')).user_id).toBe(users.alice);
+    expect((await check('reader')).user_id).toBe(users.alice);
+    const bobs = await t.http.post('/api/tokens/redeem').set(as('bob')).send({ value: 'jwt-value-1' });
+    expect(bobs.status).toBe(409);
+    expect(bobs.body.error.code).toBe('not_holder');
+    const alices = await t.http.post('/api/tokens/redeem').set(as('alice')).send({ value: 'jwt-value-1' });
+    expect(alices.status).toBe(200);
+    expect(alices.body.data).toMatchObject({ user_id: users.alice, end_reason: 'redeemed' });
+  });
+
   it('lets admin routes through with the admin scope or key only', async () => {
     expect((await t.http.post('/api/tokens/clear').set(as('alice'))).status).toBe(403);
     expect((await t.http.post('/api/tokens/clear').set(as('reader'))).status).toBe(403);

@@ -4,6 +4,10 @@ import supertest from 'supertest';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { z } from 'zod';
 import {
+  checkSchema,
+  generatedSchema,
+  importSchema,
+  retiredSchema,
   clearedSchema,
   poolSchema,
   clientSchema,
@@ -163,6 +167,30 @@ describe('real answers match the documented schemas', () => {
     conforms(await t.http.get('/api/stats?pool=contract&bucket=600'), 'get', '/api/stats', envelope(statsSchema));
     conforms(await t.http.get('/api/stats?bucket=61'), 'get', '/api/stats', errorSchema);
     conforms(await t.http.get('/api/stats?pool=nope'), 'get', '/api/stats', errorSchema);
+    const generated = await t.http.post('/api/admin/pools/contract/tokens/generate').set(admin).send({ count: 1 });
+    conforms(generated, 'post', '/api/admin/pools/{pool}/tokens/generate', envelope(generatedSchema));
+    conforms(await t.http.post('/api/admin/pools/contract/tokens/generate').set(admin).send({ count: 0 }), 'post', '/api/admin/pools/{pool}/tokens/generate', errorSchema);
+    await t.http.post('/api/admin/pools').set(admin).send({ name: 'contract-values', size: 0 });
+    const imported = await t.http
+      .post('/api/admin/pools/contract-values/tokens/import')
+      .set(admin)
+      .set('Content-Type', 'text/plain')
+      .send('contract-value-1\nnot a value\ncontract-value-1\n');
+    conforms(imported, 'post', '/api/admin/pools/{pool}/tokens/import', envelope(importSchema));
+    conforms(await t.http.post('/api/admin/pools/contract-values/tokens/import').set(admin).send({ values: 1 }), 'post', '/api/admin/pools/{pool}/tokens/import', errorSchema);
+    const holder = newUserId();
+    const valued = await t.http.post('/api/pools/contract-values/tokens/activate').send({ user_id: holder });
+    conforms(valued, 'post', '/api/pools/{pool}/tokens/activate', envelope(leaseSchema));
+    expect(valued.body.data.value).toBe('contract-value-1');
+    conforms(await t.http.post('/api/tokens/check').send({ value: 'contract-value-1' }), 'post', '/api/tokens/check', envelope(checkSchema));
+    conforms(await t.http.post('/api/tokens/check').send({ value: 'unknown-value' }), 'post', '/api/tokens/check', envelope(checkSchema));
+    conforms(await t.http.post('/api/tokens/check').send({}), 'post', '/api/tokens/check', errorSchema);
+    const redeemed = await t.http.post('/api/tokens/redeem').send({ user_id: holder, value: 'contract-value-1' });
+    conforms(redeemed, 'post', '/api/tokens/redeem', envelope(releasedSchema));
+    conforms(await t.http.post('/api/tokens/redeem').send({ user_id: holder, value: 'contract-value-1' }), 'post', '/api/tokens/redeem', errorSchema);
+    const retiring = await t.http.post(`/api/admin/tokens/${generated.body.data.token_ids[0] as string}/retire`).set(admin);
+    conforms(retiring, 'post', '/api/admin/tokens/{id}/retire', envelope(retiredSchema));
+    conforms(await t.http.post(`/api/admin/tokens/${tokenId}/retire`).set(admin).send({ now: 1 }), 'post', '/api/admin/tokens/{id}/retire', errorSchema);
 
     conforms(await t.http.get('/readyz'), 'get', '/readyz', envelope(readySchema));
   });

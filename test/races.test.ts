@@ -389,6 +389,7 @@ describe('waiting without blocking anyone', () => {
           wait_ms: '60000',
           evicted_lease_id: null,
           expired_lease_ids: [],
+          value_sealed: null,
         });
       },
     });

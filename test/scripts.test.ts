@@ -1,4 +1,6 @@
 import { execFile } from 'node:child_process';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { newUserId, startTestService, type TestService } from './helpers.js';
@@ -17,9 +19,9 @@ afterAll(async () => {
   await t.close();
 });
 
-function run(script: string, args: string[], env: Record<string, string> = {}) {
+function run(script: string, args: string[], env: Record<string, string> = {}, input?: string) {
   return new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
-    execFile(
+    const child = execFile(
       'bash',
       [`${scriptsDir}${script}`, ...args],
       { env: { PATH: process.env.PATH ?? '', BASE_URL: t.url, ...env } },
@@ -28,6 +30,7 @@ function run(script: string, args: string[], env: Record<string, string> = {}) {
         resolve({ code, stdout, stderr });
       },
     );
+    child.stdin?.end(input ?? '');
   });
 }
 
@@ -170,6 +173,127 @@ describe('scripts/', () => {
       const res = await run('release.sh', [flag]);
       expect(res.code).toBe(0);
       expect(res.stdout).toContain('scripts/release.sh TOKEN_ID USER_ID LEASE_ID');
+    }
+  });
+});
+
+/**
+ * A token provider on 127.0.0.1 that answers POST ?size=N with text/plain, one token a line, and
+ * at most `perCall` of them; with `flawed`, its first answer ends with a duplicate and a line
+ * that is no token. After `total` tokens it answers nothing more.
+ */
+async function startProvider(args: {
+  perCall: number;
+  total: number;
+  flawed: boolean;
+}): Promise<{ url: string; asked: number[]; close(): Promise<void> }> {
+  const tag = Math.random().toString(36).slice(2, 8);
+  const asked: number[] = [];
+  let made = 0;
+  const server: Server = createServer((req, res) => {
+    const size = Number(new URL(req.url ?? '/', 'http://x').searchParams.get('size'));
+    asked.push(size);
+    const lines: string[] = [];
+    const count = Math.min(size, args.perCall, args.total - made);
+    for (let i = 0; i < count; i += 1) {
+      const flawed = args.flawed && asked.length === 1;
+      if (flawed && i === count - 2) lines.push(`prov-${tag}-${made}`);
+      else if (flawed && i === count - 1) lines.push('not a token');
+      else lines.push(`prov-${tag}-${++made}`);
+    }
+    req.resume();
+    res.writeHead(200, { 'Content-Type': 'text/plain' }).end(lines.map((line) => `${line}\n`).join(''));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}/tokens`,
+    asked,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  };
+}
+
+describe('scripts/ for tokens with values', () => {
+  const admin = { ADMIN_API_KEY: ADMIN_KEY };
+  const makePool = (name: string) =>
+    t.http.post('/api/admin/pools').set('Authorization', `Bearer ${ADMIN_KEY}`).send({ name, size: 0 });
+
+  it('import-from-provider.sh asks again for the shortfall and prints the totals', async () => {
+    await makePool('provided');
+    const provider = await startProvider({ perCall: 7, total: 1_000, flawed: true });
+    try {
+      const res = await run('import-from-provider.sh', [provider.url, '20', 'provided'], admin);
+
+      expect(res.stderr).toBe('');
+      expect(res.code).toBe(0);
+      expect(res.stdout).toBe('asked 44\nreceived 22\nstored 20\nduplicate 1\ninvalid 1\n');
+      expect(provider.asked).toEqual([20, 15, 8, 1]);
+      const pool = (await t.http.get('/api/pools/provided')).body.data;
+      expect(pool).toMatchObject({ size: 20, free: 20 });
+    } finally {
+      await provider.close();
+    }
+  });
+
+  it('import-from-provider.sh gives up after 5 more asks and exits non-zero when it stored too few', async () => {
+    await makePool('provided-short');
+    const provider = await startProvider({ perCall: 7, total: 3, flawed: false });
+    try {
+      const res = await run('import-from-provider.sh', [provider.url, '10', 'provided-short'], admin);
+
+      expect(res.code).toBe(1);
+      expect(res.stdout).toBe('asked 45\nreceived 3\nstored 3\nduplicate 0\ninvalid 0\n');
+      expect(res.stderr).toContain('stored 3 of 10');
+      expect(provider.asked).toEqual([10, 7, 7, 7, 7, 7]);
+    } finally {
+      await provider.close();
+    }
+    const refused = await run('import-from-provider.sh', ['not-a-url', '10'], admin);
+    expect(refused.code).toBe(2);
+  });
+
+  it('generate.sh, import.sh, check.sh, redeem.sh and retire.sh act on tokens with values', async () => {
+    await makePool('scripted');
+    const generated = await run('generate.sh', ['scripted', '2'], admin);
+    expect(generated.code).toBe(0);
+    const [generatedId] = json(generated.stdout).data.token_ids as string[];
+
+    const imported = await run('import.sh', ['scripted'], admin, 'script-value-1\nscript\\"quote\nbad value\n');
+    expect(imported.code).toBe(0);
+    expect(json(imported.stdout).data.totals).toEqual({ stored: 2, duplicate: 0, invalid: 1 });
+
+    const user = newUserId();
+    // The generated tokens come first: lease them, then the imported ones.
+    for (let i = 0; i < 2; i += 1) await t.http.post('/api/pools/scripted/tokens/activate').send({ user_id: newUserId() });
+    const lease = (await t.http.post('/api/pools/scripted/tokens/activate').send({ user_id: user })).body.data;
+    expect(lease.value).toBe('script-value-1');
+
+    const checked = await run('check.sh', ['script-value-1']);
+    expect(json(checked.stdout).data).toMatchObject({ token_id: lease.token_id, held: true, fence: 1 });
+    const quoted = await run('check.sh', ['-'], {}, 'script\\"quote\n');
+    expect(json(quoted.stdout).data).toMatchObject({ held: false, token_id: expect.any(String) });
+
+    const redeemed = await run('redeem.sh', [user, 'script-value-1']);
+    expect(redeemed.code).toBe(0);
+    expect(json(redeemed.stdout).data.end_reason).toBe('redeemed');
+    const again = await run('redeem.sh', [user, 'script-value-1']);
+    expect(again.code).not.toBe(0);
+    expect(json(again.stdout).error.code).toBe('already_redeemed');
+
+    const retired = await run('retire.sh', [generatedId ?? '', 'now'], admin);
+    expect(retired.code).toBe(0);
+    expect(json(retired.stdout).data).toMatchObject({ status: 'retired', usage: { end_reason: 'retired' } });
+
+    for (const [script, args] of [
+      ['check.sh', ['a b']],
+      ['redeem.sh', [user, 'x'.repeat(257)]],
+      ['retire.sh', [generatedId ?? '', 'later']],
+      ['generate.sh', ['scripted', 'many']],
+      ['import.sh', ['scripted', '/no/such/file']],
+    ] as const) {
+      const res = await run(script, [...args], admin);
+      expect(res.code, script).toBe(2);
+      expect(res.stdout, script).toBe('');
     }
   });
 });

@@ -18,9 +18,11 @@ export interface PoolRow {
 }
 
 export interface PoolCountsRow extends PoolRow {
-  /** Tokens without an active lease (a lease past its expiry counts as free). */
+  /** Tokens without an active lease (a lease past its expiry counts as free), not retired. */
   free: number;
   held: number;
+  /** Tokens taken out of use, once their lease (if any) has ended. */
+  retired: number;
 }
 
 export interface PoolSettings {
@@ -32,8 +34,11 @@ export interface PoolSettings {
 
 const COUNTS = `
   SELECT p.*,
-         count(t.id) FILTER (WHERE t.lease_id IS NULL OR t.expires_at <= clock_timestamp())::int AS free,
-         count(t.id) FILTER (WHERE t.expires_at > clock_timestamp())::int AS held
+         count(t.id) FILTER (WHERE t.retired_at IS NULL
+                               AND (t.lease_id IS NULL OR t.expires_at <= clock_timestamp()))::int AS free,
+         count(t.id) FILTER (WHERE t.expires_at > clock_timestamp())::int AS held,
+         count(t.id) FILTER (WHERE t.retired_at IS NOT NULL
+                               AND (t.lease_id IS NULL OR t.expires_at <= clock_timestamp()))::int AS retired
   FROM pools p LEFT JOIN tokens t ON t.pool_id = p.id`;
 
 /** Every pool with how many of its tokens are free and held, by name. */

@@ -6,7 +6,7 @@
 import type { PoolClient, Queryable } from './pool.js';
 import { query } from './pool.js';
 
-export type EndReason = 'expired' | 'released' | 'cleared' | 'evicted';
+export type EndReason = 'expired' | 'released' | 'cleared' | 'evicted' | 'redeemed' | 'retired';
 
 export interface UsageRow {
   id: string;
@@ -32,6 +32,8 @@ export interface ActivateRow {
   evicted_lease_id: string | null;
   /** Leases this activation ended on the way because their time had run out. */
   expired_lease_ids: string[];
+  /** The token's value as stored (src/domain/values.ts), for its holder; null without one. */
+  value_sealed: Buffer | null;
 }
 
 /**
@@ -77,7 +79,7 @@ export async function releaseLease(
 
 export type RenewRow = Outcome<
   'renewed' | 'max_lease' | 'expired' | 'ended' | 'not_holder' | 'forbidden' | 'no_token',
-  { remaining_ms: number | null }
+  { remaining_ms: number | null; value_sealed: Buffer | null }
 >;
 
 /**
@@ -279,6 +281,8 @@ export async function listPoolIds(db: Queryable): Promise<number[]> {
 export interface TokenRow {
   id: string;
   pool_id: number;
+  /** Taken out of use: never leased again (a held one stays held until its lease ends). */
+  retired: boolean;
   lease_id: string | null;
   user_id: string | null;
   fence: string | null;
@@ -289,7 +293,7 @@ export interface TokenRow {
 // Read from the token row alone, which holds its open lease. A lease past its expiry is not
 // shown: it counts as free even before anything ends it.
 const TOKEN_COLUMNS = `
-  SELECT t.id, t.pool_id,
+  SELECT t.id, t.pool_id, t.retired_at IS NOT NULL AS retired,
          CASE WHEN live THEN t.lease_id END AS lease_id,
          CASE WHEN live THEN t.user_id END AS user_id,
          CASE WHEN live THEN t.last_fence END AS fence,
@@ -414,7 +418,7 @@ export async function ping(db: Queryable): Promise<void> {
   await query(db, 'ping', 'SELECT 1');
 }
 
-function one<R>(rows: R[]): R {
+export function one<R>(rows: R[]): R {
   const [row] = rows;
   if (row === undefined || rows.length > 1) {
     throw new Error(`expected exactly one row, got ${rows.length}`);

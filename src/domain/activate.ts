@@ -3,7 +3,7 @@
 
 import { PoolExhaustedError } from '../errors.js';
 import * as sql from '../db/queries.js';
-import { type Lease, type LeasesDeps, leaseEnded, toLease } from './lease.js';
+import { type HeldLease, type LeasesDeps, held, leaseEnded, toLease } from './lease.js';
 import { release } from './release.js';
 import { ClientGoneError } from './waiting.js';
 
@@ -39,7 +39,8 @@ async function attempt(
 
 /**
  * Gives `userId` a lease: the one they hold if it has not run out, otherwise a new one on a
- * free token (or, with evict_oldest, the oldest lease's token). On a full pool, waits up to
+ * free token (or, with evict_oldest, the oldest lease's token), with the token's value if it has
+ * one. On a full pool, waits up to
  * `waitMs` in the queue, first come first served; then throws PoolExhaustedError. A new lease
  * records `clientId`, the API client asking, if it is one.
  */
@@ -47,7 +48,7 @@ export async function activate(
   deps: LeasesDeps,
   userId: string,
   options: ActivateOptions = {},
-): Promise<{ created: boolean; lease: Lease }> {
+): Promise<{ created: boolean; lease: HeldLease }> {
   const { metrics, log } = deps;
   const clientId = options.clientId ?? null;
   let row = await attempt(deps, userId, null, clientId);
@@ -91,5 +92,6 @@ export async function activate(
       throw new ClientGoneError();
     }
   }
-  return { created: row.outcome === 'created', lease };
+  // The value goes into the answer only, not into the release job.
+  return { created: row.outcome === 'created', lease: held(deps, lease, row.value_sealed) };
 }

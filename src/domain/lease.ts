@@ -7,6 +7,7 @@ import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import type { Pool } from '../db/pool.js';
 import type { EndReason, UsageRow } from '../db/queries.js';
+import { CLEAR_VALUES, type ValueSealer } from './values.js';
 import type { WaitingRoom } from './waiting.js';
 import type { ActivityCounter } from './activity.js';
 
@@ -20,6 +21,14 @@ export interface Lease {
   readonly fence: number;
   readonly startedAt: Date;
   readonly expiresAt: Date;
+}
+
+/**
+ * A lease as its holder is told of it, by activate and renew: with the token's secret value, if
+ * it has one. No other answer carries the value.
+ */
+export interface HeldLease extends Lease {
+  readonly value: string | null;
 }
 
 /** A usage as history keeps it; `endedAt` and `endReason` are null while it is open. */
@@ -65,6 +74,8 @@ export interface LeasesDeps {
   readonly waitingRoom?: WaitingRoom | undefined;
   /** Counts refused and waiting activations for GET /api/stats (API processes only). */
   readonly activity?: ActivityCounter | undefined;
+  /** Seals and opens tokens' values (TOKEN_VALUE_KEY); absent: values are stored in clear. */
+  readonly values?: ValueSealer | undefined;
 }
 
 /**
@@ -103,6 +114,11 @@ export function toLease(row: Nullable<Pick<UsageRow, 'id' | 'token_id' | 'user_i
     startedAt: row.started_at,
     expiresAt: row.expires_at,
   };
+}
+
+/** The lease with its token's value opened, for its holder. */
+export function held(deps: LeasesDeps, lease: Lease, sealed: Buffer | null): HeldLease {
+  return { ...lease, value: sealed === null ? null : (deps.values ?? CLEAR_VALUES).open(sealed) };
 }
 
 export function toUsage(row: Nullable<UsageRow>): Usage {

@@ -1,16 +1,23 @@
 // The lease operations, one file each (activate.ts, release.ts, reads.ts, expiry.ts,
-// pools.ts), bound to their dependencies. HTTP routes, the release job and the sweep all end
+// pools.ts, and for tokens with values addTokens.ts, redeem.ts, retire.ts), bound to their
+// dependencies. HTTP routes, the release job and the sweep all end
 // leases through them, and they through the SQL in src/db; nothing else writes leases.
 
 import { activate, type ActivateOptions } from './activate.js';
+import { generateTokens, importValues, type ImportInput } from './addTokens.js';
 import { expireLease, openLeases, sweep } from './expiry.js';
 import type { LeaseRef, LeasesDeps } from './lease.js';
 import { clearPool, seedPool } from './pools.js';
 import { getToken, history, listTokens, validate } from './reads.js';
+import { checkValue, redeem } from './redeem.js';
 import { release, renew } from './release.js';
+import { retire } from './retire.js';
 import * as sql from '../db/queries.js';
 
-export type { EndReason, Lease, LeaseRef, LeasesDeps, ReleaseScheduler, Usage } from './lease.js';
+export type { EndReason, HeldLease, Lease, LeaseRef, LeasesDeps, ReleaseScheduler, Usage } from './lease.js';
+export type { ImportInput, ImportItem, ImportResult } from './addTokens.js';
+export type { ValueCheck } from './redeem.js';
+export type { Retirement } from './retire.js';
 export type { ExpireOutcome } from './expiry.js';
 export type { HistoryPage, InvalidReason, TokenList, TokenState, Validation } from './reads.js';
 
@@ -28,6 +35,11 @@ export function createLeases(deps: LeasesDeps) {
     openLeases: (pageSize?: number) => openLeases(deps, pageSize),
     sweep: () => sweep(deps),
     seedPool: (size: number) => seedPool(deps, size),
+    generate: (args: { count: number; idempotencyKey?: string | undefined }) => generateTokens(deps, args),
+    import: (args: { inputs: readonly ImportInput[]; idempotencyKey?: string | undefined }) => importValues(deps, args),
+    check: (value: string) => checkValue(deps, value),
+    redeem: (ref: { value: string; userId: string; clientId?: string | null }) => redeem(deps, ref),
+    retire: (args: { tokenId: string; now: boolean }) => retire(deps, args),
     ping: () => sql.ping(deps.pool),
   };
 }

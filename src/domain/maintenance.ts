@@ -1,11 +1,13 @@
 // Upkeep the service does for itself, so that cost stays flat as work and history grow, even on
 // a PostgreSQL whose autovacuum is off or slow: the hot tables are vacuumed once their dead rows
-// pass a threshold, and usages that ended more than HISTORY_RETENTION_DAYS ago are removed in
-// small batches. One worker at a time (advisory lock class 5); nothing here takes a lock that a
+// pass a threshold, usages that ended more than HISTORY_RETENTION_DAYS ago are removed in
+// small batches, and so are the answers kept for Idempotency-Keys after a day. One worker at a time (advisory lock class 5); nothing here takes a lock that a
 // lease statement waits for.
 
 import type { Pool, Queryable } from '../db/pool.js';
 import * as sql from '../db/queries.js';
+import { deleteOldAnswers } from '../db/tokenValues.js';
+import { ANSWER_RETENTION_HOURS } from './idempotency.js';
 import type { Logger } from '../logger.js';
 
 export interface MaintenanceDeps {
@@ -41,6 +43,8 @@ export async function maintain(deps: MaintenanceDeps): Promise<MaintenanceReport
     locked = await sql.tryLockMaintenance(client);
     if (!locked) return null;
     const usagesRemoved = await removeOldUsages(deps, client);
+    // The answers kept for retries with an Idempotency-Key are needed for a day at most.
+    await deleteOldAnswers(client, ANSWER_RETENTION_HOURS);
     const vacuumed: Array<{ table: sql.HotTable; dead: number }> = [];
     for (const { table, dead } of await sql.deadRows(client)) {
       if (dead < deps.vacuumDeadRows) continue;

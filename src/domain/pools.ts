@@ -25,6 +25,7 @@ export interface PoolInfo {
   readonly maxWaiters: number;
   readonly free: number;
   readonly held: number;
+  readonly retired: number;
 }
 
 /** The service's settings, which a pool follows where it has none of its own. */
@@ -66,6 +67,7 @@ function toInfo(row: PoolCountsRow, service: ServiceSettings): PoolInfo {
     maxWaiters: row.max_waiters ?? service.maxWaiters,
     free: row.free,
     held: row.held,
+    retired: row.retired,
   };
 }
 

@@ -9,6 +9,8 @@ import { type EndReason, type Lease, type LeasesDeps, type Usage, countEnded, to
 export interface TokenState {
   readonly id: string;
   readonly lease: Lease | null;
+  /** Taken out of use: never leased again (one retired while held keeps its lease until it ends). */
+  readonly retired: boolean;
 }
 
 export interface TokenList {
@@ -32,7 +34,15 @@ export type Validation =
   | { readonly valid: false; readonly reason: InvalidReason };
 
 /** Why a (token, user, fence) no longer names an active lease. */
-export type InvalidReason = 'expired' | 'released' | 'cleared' | 'superseded' | 'not_holder' | 'unknown_lease';
+export type InvalidReason =
+  | 'expired'
+  | 'released'
+  | 'cleared'
+  | 'superseded'
+  | 'redeemed'
+  | 'retired'
+  | 'not_holder'
+  | 'unknown_lease';
 
 const INVALID_REASONS: Record<EndReason, InvalidReason> = {
   expired: 'expired',
@@ -40,6 +50,8 @@ const INVALID_REASONS: Record<EndReason, InvalidReason> = {
   cleared: 'cleared',
   // Evicted: the token went to a newer lease with a higher fence.
   evicted: 'superseded',
+  redeemed: 'redeemed',
+  retired: 'retired',
 };
 
 function noToken(tokenId: string): NotFoundError {
@@ -109,5 +121,6 @@ function toTokenState(row: sql.TokenRow): TokenState {
   return {
     id: row.id,
     lease: row.lease_id === null ? null : toLease({ ...row, id: row.lease_id, token_id: row.id }),
+    retired: row.retired,
   };
 }

@@ -5,12 +5,13 @@
 import { AppError, ERRORS, NotFoundError } from '../errors.js';
 import * as sql from '../db/queries.js';
 import {
-  type Lease,
+  type HeldLease,
   type LeaseRef,
   type LeasesDeps,
   type Usage,
   anotherClients,
   ended,
+  held,
   leaseEnded,
   notHolder,
   toLease,
@@ -53,9 +54,10 @@ export async function release(deps: LeasesDeps, ref: LeaseRef): Promise<Usage> {
 
 /**
  * Moves the named lease's expiry to LEASE_TTL_MS from now (capped by MAX_LEASE_MS) and
- * schedules its release at the new time; the old job, when it fires, finds it not due.
+ * schedules its release at the new time; the old job, when it fires, finds it not due. Answers
+ * the lease with its token's value, if it has one.
  */
-export async function renew(deps: LeasesDeps, ref: LeaseRef): Promise<Lease> {
+export async function renew(deps: LeasesDeps, ref: LeaseRef): Promise<HeldLease> {
   const row = await sql.renewLease(deps.pool, {
     ...ref,
     ttlMs: deps.leaseTtlMs,
@@ -67,5 +69,5 @@ export async function renew(deps: LeasesDeps, ref: LeaseRef): Promise<Lease> {
   }
   const lease = toLease(row);
   deps.scheduler?.scheduleRelease(lease, row.remaining_ms ?? 0);
-  return lease;
+  return held(deps, lease, row.value_sealed);
 }

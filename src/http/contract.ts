@@ -1,7 +1,22 @@
 import { z } from 'zod';
 import { ERRORS, type ErrorDefinition } from '../errors.js';
 import { CLIENT_SCOPES } from '../domain/clients.js';
-import { activateQuery, clientBody, historyQuery, leaseBody, poolBody, poolPatch, statsQuery, userBody, validateBody } from './schemas.js';
+import {
+  activateQuery,
+  checkBody,
+  clientBody,
+  generateBody,
+  historyQuery,
+  importJsonBody,
+  leaseBody,
+  poolBody,
+  poolPatch,
+  redeemBody,
+  retireBody,
+  statsQuery,
+  userBody,
+  validateBody,
+} from './schemas.js';
 
 // The API's answers as zod schemas: the routes build their answers with these types, the
 // OpenAPI document served at GET /openapi.json is generated from them and from the request
@@ -10,7 +25,7 @@ import { activateQuery, clientBody, historyQuery, leaseBody, poolBody, poolPatch
 
 const uuid = z.guid();
 const time = z.iso.datetime({ precision: 3 }).describe('ISO 8601 UTC with milliseconds');
-const endReason = z.enum(['expired', 'released', 'cleared', 'evicted']);
+const endReason = z.enum(['expired', 'released', 'cleared', 'evicted', 'redeemed', 'retired']);
 
 export const leaseSchema = z.object({
   token_id: uuid,
@@ -19,6 +34,10 @@ export const leaseSchema = z.object({
   expires_at: time,
   lease_id: uuid,
   fence: z.int().min(1).describe('Grows with every lease of the same token'),
+  value: z
+    .string()
+    .optional()
+    .describe("The token's secret value, for its holder only; absent for a token without one"),
 });
 
 /** A holder's id, null to callers who may not see it (AUTH_MODE other than none; docs/security.md). */
@@ -26,7 +45,7 @@ const holderId = uuid.nullable();
 
 export const tokenSchema = z.object({
   id: uuid,
-  status: z.enum(['available', 'active']),
+  status: z.enum(['available', 'active', 'retired']),
   current_user_id: holderId,
   activated_at: time.nullable(),
   expires_at: time.nullable(),
@@ -60,11 +79,44 @@ export const validationSchema = z.discriminatedUnion('valid', [
   z.object({ valid: z.literal(true), lease_id: uuid, expires_at: time }),
   z.object({
     valid: z.literal(false),
-    reason: z.enum(['expired', 'released', 'cleared', 'superseded', 'not_holder', 'unknown_lease']),
+    reason: z.enum(['expired', 'released', 'cleared', 'superseded', 'redeemed', 'retired', 'not_holder', 'unknown_lease']),
   }),
 ]);
 
 export const clearedSchema = z.object({ cleared_tokens: z.int().min(0) });
+
+export const checkSchema = z.object({
+  token_id: uuid.nullable().describe('The token with this value; null when no token has it'),
+  held: z.boolean().describe('Whether it is held now'),
+  expires_at: time.nullable().describe('Until when, while held'),
+  fence: z.int().min(1).nullable().describe("The holder's lease's fence, while held"),
+  user_id: uuid
+    .nullable()
+    .optional()
+    .describe('The holder, while held; only to callers who may see holders (docs/security.md)'),
+});
+
+export const retiredSchema = z.object({
+  token_id: uuid,
+  status: z.enum(['retired', 'retiring']).describe('retiring: held, and retired once its lease ends'),
+  usage: usageSchema.nullable().describe('The lease this call ended, or (retiring) the lease it waits for'),
+});
+
+export const generatedSchema = z.object({ token_ids: z.array(uuid).describe('The new tokens, in order') });
+
+const importOutcome = z.enum(['stored', 'duplicate', 'invalid']);
+export const importSchema = z.object({
+  items: z.array(
+    z.object({
+      line: z.int().min(1).describe('The line of a text/plain import; the place in the list of a JSON one'),
+      value: z.string(),
+      outcome: importOutcome,
+      reason: z.string().nullable().describe('Why the value is invalid'),
+      token_id: uuid.nullable().describe('The token a stored value became'),
+    }),
+  ),
+  totals: z.object({ stored: z.int().min(0), duplicate: z.int().min(0), invalid: z.int().min(0) }),
+});
 
 const scopes = z.array(z.enum(CLIENT_SCOPES));
 
@@ -114,7 +166,7 @@ export const poolSchema = z.object({
   max_waiters: z.int().min(0).describe('Clients one API process lets wait for this pool, within MAX_WAITERS'),
   free: z.int().min(0).describe('Tokens without an active lease'),
   held: z.int().min(0).describe('Tokens with an active lease'),
-  retired: z.int().min(0).describe('Tokens taken out of use (none yet: tokens cannot be retired)'),
+  retired: z.int().min(0).describe('Tokens taken out of use (a held one counts once its lease ends)'),
 });
 
 const count = z.int().min(0);
@@ -148,6 +200,10 @@ export type ValidationJson = z.infer<typeof validationSchema>;
 export type ClientJson = z.infer<typeof clientSchema>;
 export type NewClientJson = z.infer<typeof newClientSchema>;
 export type RevokedClientJson = z.infer<typeof revokedClientSchema>;
+export type CheckJson = z.infer<typeof checkSchema>;
+export type RetiredJson = z.infer<typeof retiredSchema>;
+export type GeneratedJson = z.infer<typeof generatedSchema>;
+export type ImportJson = z.infer<typeof importSchema>;
 
 const json = (schema: z.ZodType, io: 'input' | 'output' = 'output') => {
   const document = z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });
@@ -193,10 +249,18 @@ function failures(...definitions: readonly ErrorDefinition[]) {
   );
 }
 
-const body = (schema: z.ZodType) => ({
-  required: true,
+const body = (schema: z.ZodType, required = true) => ({
+  required,
   content: { 'application/json': { schema: json(schema, 'input') } },
 });
+
+const idempotencyKeyParameter = {
+  name: 'Idempotency-Key',
+  in: 'header',
+  required: false,
+  description: "A retry with the same key and request answers the first request's result (kept 24 hours)",
+  schema: { type: 'string', pattern: '^[\\x21-\\x7e]{1,255}$' },
+};
 
 const tokenIdParameter = {
   name: 'id',
@@ -338,6 +402,77 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('How many active leases were ended', clearedSchema),
             ...failures(ERRORS.unauthorized, ERRORS.forbidden, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/tokens/check': {
+        post: {
+          summary: 'Whether the token with this value is held now, until when and under which fence',
+          requestBody: body(checkBody),
+          responses: {
+            '200': answer('The token and whether it is held; an unknown value is not held', checkSchema),
+            ...failures(...BAD_INPUT, ...AUTH, ...LIMITED),
+          },
+        },
+      },
+      '/api/tokens/redeem': {
+        post: {
+          summary: 'The holder uses the token with this value up: the lease ends as redeemed, the token is retired',
+          requestBody: body(redeemBody),
+          responses: {
+            '200': answer('The ended usage', releasedSchema),
+            ...failures(
+              ERRORS.not_found,
+              ERRORS.already_redeemed,
+              ERRORS.lease_expired,
+              ERRORS.lease_ended,
+              ERRORS.not_holder,
+              ...BAD_INPUT,
+              ...AUTH,
+              ...LIMITED,
+            ),
+          },
+        },
+      },
+      '/api/admin/tokens/{id}/retire': {
+        post: {
+          summary: 'Take a token out of its pool (admin): a free one now, a held one when its lease ends or, with now, at once',
+          security: [{ adminKey: [] }],
+          parameters: [tokenIdParameter],
+          requestBody: body(retireBody, false),
+          responses: {
+            '200': answer('The token retired, or retiring once its lease ends; again, the same', retiredSchema),
+            ...failures(ERRORS.not_found, ...BAD_INPUT, ...AUTH, ...LIMITED),
+          },
+        },
+      },
+      '/api/admin/pools/{pool}/tokens/generate': {
+        post: {
+          summary: 'Add tokens with random values to the pool (admin)',
+          security: [{ adminKey: [] }],
+          parameters: [poolParameter, idempotencyKeyParameter],
+          requestBody: body(generateBody),
+          responses: {
+            '201': answer('The new tokens', generatedSchema),
+            ...failures(ERRORS.not_found, ERRORS.conflict, ERRORS.idempotency_key_reused, ...BAD_INPUT, ...AUTH, ...LIMITED),
+          },
+        },
+      },
+      '/api/admin/pools/{pool}/tokens/import': {
+        post: {
+          summary: 'Add tokens with these values to the pool, each in its own transaction (admin)',
+          security: [{ adminKey: [] }],
+          parameters: [poolParameter, idempotencyKeyParameter],
+          requestBody: {
+            required: true,
+            content: {
+              'application/json': { schema: json(importJsonBody, 'input') },
+              'text/plain': { schema: { type: 'string', description: 'One value a line; blank lines are skipped' } },
+            },
+          },
+          responses: {
+            '200': answer('What became of each value, in input order, and the totals', importSchema),
+            ...failures(ERRORS.not_found, ERRORS.conflict, ERRORS.idempotency_key_reused, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
       },

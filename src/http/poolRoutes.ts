@@ -1,15 +1,15 @@
 import type { Express, Request, RequestHandler } from 'express';
-import type { Leases } from '../domain/leases.js';
+import type { ImportResult, Leases } from '../domain/leases.js';
 import type { PoolDirectory, PoolInfo, Pools } from '../domain/pools.js';
 import { unknownPool } from '../domain/pools.js';
 import type { AuthMode } from './authenticate.js';
-import { jsonBody } from './body.js';
-import type { PoolJson } from './contract.js';
+import { importBody, jsonBody } from './body.js';
+import type { GeneratedJson, ImportJson, PoolJson } from './contract.js';
 import { methodNotAllowed } from './errors.js';
 import { sendJson } from './json.js';
 import { renderTokens, type ReadModel } from './readModel.js';
 import { activateHandler, sendTokenList } from './routes.js';
-import { parse, poolBody, poolName, poolPatch } from './schemas.js';
+import { generateBody, idempotencyKey, importJsonBody, importLines, parse, poolBody, poolName, poolPatch } from './schemas.js';
 
 // Named pools: the admin routes that make, list and change them, and each pool's own
 // activate, list and clear, which behave as the default pool's routes under /api/tokens do.
@@ -25,8 +25,26 @@ function poolJson(pool: PoolInfo): PoolJson {
     max_waiters: pool.maxWaiters,
     free: pool.free,
     held: pool.held,
-    retired: 0,
+    retired: pool.retired,
   };
+}
+
+function importJson(result: ImportResult): ImportJson {
+  return {
+    items: result.items.map((item) => ({
+      line: item.line,
+      value: item.value,
+      outcome: item.outcome,
+      reason: item.reason,
+      token_id: item.tokenId,
+    })),
+    totals: { ...result.totals },
+  };
+}
+
+/** The Idempotency-Key a request was sent with, if any. */
+function idempotencyKeyOf(req: Request): string | undefined {
+  return parse(idempotencyKey, req.get('Idempotency-Key'), 'Idempotency-Key');
 }
 
 /** The pool a path names; a name no pool has, or could have, is a 404. */
@@ -97,6 +115,34 @@ export function poolRoutes(
       sendJson(res, 200, { data: poolJson(pool) });
     })
     .all(methodNotAllowed(['PATCH']));
+
+  // Tokens with values (src/domain/addTokens.ts). An Idempotency-Key makes a retry answer the
+  // first request's result.
+  router
+    .route('/api/admin/pools/:pool/tokens/generate')
+    .post(...first.admin, ...jsonBody, async (req, res) => {
+      const { count } = parse(generateBody, req.body, 'body');
+      const key = idempotencyKeyOf(req);
+      const { leases } = await leasesFor(req);
+      const { tokenIds } = await write(leases.generate({ count, idempotencyKey: key }));
+      const data: GeneratedJson = { token_ids: tokenIds };
+      sendJson(res, 201, { data });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/admin/pools/:pool/tokens/import')
+    .post(...first.admin, ...importBody, async (req, res) => {
+      const inputs =
+        typeof req.body === 'string'
+          ? importLines(req.body)
+          : parse(importJsonBody, req.body, 'body').values.map((value, i) => ({ line: i + 1, value }));
+      const key = idempotencyKeyOf(req);
+      const { leases } = await leasesFor(req);
+      const result = await write(leases.import({ inputs, idempotencyKey: key }));
+      sendJson(res, 200, { data: importJson(result) });
+    })
+    .all(methodNotAllowed(['POST']));
 
   router
     .route('/api/pools')

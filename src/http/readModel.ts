@@ -29,7 +29,7 @@ export function tokenJson(token: TokenState): TokenJson {
   const { lease } = token;
   return {
     id: token.id,
-    status: lease === null ? 'available' : 'active',
+    status: lease !== null ? 'active' : token.retired ? 'retired' : 'available',
     current_user_id: lease?.userId ?? null,
     activated_at: lease === null ? null : iso(lease.startedAt),
     expires_at: lease === null ? null : iso(lease.expiresAt),

@@ -1,12 +1,14 @@
 import type { Express, Request, RequestHandler, Response } from 'express';
-import type { Lease, Leases, Usage } from '../domain/leases.js';
+import type { HeldLease, Leases, Usage } from '../domain/leases.js';
 import { NotFoundError, PoolExhaustedError } from '../errors.js';
 import { actingUser, callerOf, maySeeHolder, restrictedToClient, type AuthMode } from './authenticate.js';
 import { jsonBody } from './body.js';
 import type {
+  CheckJson,
   HistoryJson,
   LeaseJson,
   ReleasedJson,
+  RetiredJson,
   TokenDetailsJson,
   UsageJson,
   ValidationJson,
@@ -16,10 +18,13 @@ import { sendJson, sendSerializedJson } from './json.js';
 import { isPoolExhausted, iso, listFor, tokenJson, type ReadModel, type Rendered } from './readModel.js';
 import {
   activateQuery,
+  checkBody,
   encodeCursor,
   historyQuery,
   leaseBody,
   parse,
+  redeemBody,
+  retireBody,
   tokenId,
   userBody,
   validateBody,
@@ -27,7 +32,8 @@ import {
 
 // The token API. Field names are the public contract: add fields, never rename them.
 
-function leaseJson(lease: Lease): LeaseJson {
+/** A lease for its holder: with the token's value, when it has one (and in no other answer). */
+function leaseJson(lease: HeldLease): LeaseJson {
   return {
     token_id: lease.tokenId,
     user_id: lease.userId,
@@ -35,7 +41,12 @@ function leaseJson(lease: Lease): LeaseJson {
     expires_at: iso(lease.expiresAt),
     lease_id: lease.leaseId,
     fence: lease.fence,
+    ...(lease.value === null ? {} : { value: lease.value }),
   };
+}
+
+function releasedJson(usage: Usage): ReleasedJson {
+  return { token_id: usage.tokenId, ...usageJson(usage), lease_id: usage.leaseId, user_id: usage.userId };
 }
 
 function usageJson(usage: Usage): UsageJson {
@@ -158,8 +169,7 @@ export function tokenRoutes(
       const userId = actingUser(caller, body.user_id);
       const ref = { tokenId: id, userId, leaseId: body.lease_id, clientId: restrictedToClient(caller) };
       const usage = await write(leases.release(ref));
-      const data: ReleasedJson = { token_id: usage.tokenId, ...usageJson(usage), lease_id: usage.leaseId, user_id: usage.userId };
-      sendJson(res, 200, { data });
+      sendJson(res, 200, { data: releasedJson(usage) });
     })
     .all(methodNotAllowed(['POST']));
 
@@ -195,6 +205,49 @@ export function tokenRoutes(
     .post(...first.admin, async (_req, res) => {
       const { cleared } = await write(leases.clear());
       sendJson(res, 200, { data: { cleared_tokens: cleared } });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  // Before /api/tokens/:id, which would take them.
+  router
+    .route('/api/tokens/check')
+    .post(...first.lease, ...jsonBody, async (req, res) => {
+      const { value } = parse(checkBody, req.body, 'body');
+      const check = await leases.check(value);
+      const data: CheckJson = {
+        token_id: check.tokenId,
+        held: check.held,
+        expires_at: check.expiresAt === null ? null : iso(check.expiresAt),
+        fence: check.fence,
+        ...(holderShown(res, check.userId ?? '') ? { user_id: check.userId } : {}),
+      };
+      sendJson(res, 200, { data });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/tokens/redeem')
+    .post(...first.lease, ...jsonBody, async (req, res) => {
+      const body = parse(redeemBody, req.body, 'body');
+      const caller = callerOf(res);
+      const userId = actingUser(caller, body.user_id);
+      const usage = await write(leases.redeem({ value: body.value, userId, clientId: restrictedToClient(caller) }));
+      sendJson(res, 200, { data: releasedJson(usage) });
+    })
+    .all(methodNotAllowed(['POST']));
+
+  router
+    .route('/api/admin/tokens/:id/retire')
+    .post(...first.admin, ...jsonBody, async (req, res) => {
+      const id = parseTokenId(req.params.id);
+      const { now } = parse(retireBody, req.body, 'body');
+      const retired = await write(leases.retire({ tokenId: id, now }));
+      const data: RetiredJson = {
+        token_id: retired.tokenId,
+        status: retired.status,
+        usage: retired.usage === null ? null : usageJson(retired.usage),
+      };
+      sendJson(res, 200, { data });
     })
     .all(methodNotAllowed(['POST']));
 

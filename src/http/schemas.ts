@@ -1,5 +1,8 @@
 import { z } from 'zod';
 import { CLIENT_SCOPES } from '../domain/clients.js';
+import { MAX_VALUES_PER_CALL } from '../domain/addTokens.js';
+import { IDEMPOTENCY_KEY_FORMAT } from '../domain/idempotency.js';
+import { VALUE_FORMAT } from '../domain/values.js';
 import { ValidationError } from '../errors.js';
 
 // Request shapes. Unknown fields are ignored (clients may send more than we read).
@@ -51,6 +54,52 @@ export const validateBody = z.object(
   },
   { error: 'the body must be a JSON object with a user_id and a fence' },
 );
+
+// A token's value: the messages never repeat it (an answer or a log line must not carry it).
+const VALUE_MESSAGE = 'must be a token value: 1 to 256 printable ASCII characters without spaces';
+const tokenValue = z.string({ error: VALUE_MESSAGE }).regex(VALUE_FORMAT, { error: VALUE_MESSAGE });
+
+export const checkBody = z.object({ value: tokenValue }, { error: 'the body must be a JSON object with a value' });
+
+export const redeemBody = z.object(
+  { user_id: userId.optional(), value: tokenValue },
+  { error: 'the body must be a JSON object with a user_id and a value' },
+);
+
+// POST /api/admin/tokens/:id/retire: no body, or {"now": true} to end a held token's lease now.
+export const retireBody = z
+  .object({ now: z.boolean({ error: 'must be true or false' }).default(false) }, { error: 'the body must be a JSON object' })
+  .optional()
+  .transform((body) => ({ now: body?.now ?? false }));
+
+const COUNT_MESSAGE = `must be a whole number of tokens from 1 to ${MAX_VALUES_PER_CALL}`;
+export const generateBody = z.object(
+  { count: z.int({ error: COUNT_MESSAGE }).min(1, { error: COUNT_MESSAGE }).max(MAX_VALUES_PER_CALL, { error: COUNT_MESSAGE }) },
+  { error: 'the body must be a JSON object with a count' },
+);
+
+const VALUES_MESSAGE = `must be a list of at most ${MAX_VALUES_PER_CALL} values`;
+/** An import as JSON; each entry is checked on its own (a bad one is reported, not refused). */
+export const importJsonBody = z.object(
+  { values: z.array(z.unknown(), { error: VALUES_MESSAGE }).max(MAX_VALUES_PER_CALL, { error: VALUES_MESSAGE }) },
+  { error: 'the body must be a JSON object with values, or text/plain with one value a line' },
+);
+
+/** An import as text/plain: one value a line, blank lines skipped; each keeps its line number. */
+export function importLines(text: string): Array<{ line: number; value: string }> {
+  const lines = text
+    .split('\n')
+    .map((raw, i) => ({ line: i + 1, value: raw.endsWith('\r') ? raw.slice(0, -1) : raw }))
+    .filter(({ value }) => value.trim() !== '');
+  if (lines.length > MAX_VALUES_PER_CALL) throw new ValidationError([{ field: 'body', message: VALUES_MESSAGE }]);
+  return lines;
+}
+
+const IDEMPOTENCY_KEY_MESSAGE = 'must be 1 to 255 visible ASCII characters';
+export const idempotencyKey = z
+  .string()
+  .regex(IDEMPOTENCY_KEY_FORMAT, { error: IDEMPOTENCY_KEY_MESSAGE })
+  .optional();
 
 export const MAX_WAIT_SECONDS = 60;
 

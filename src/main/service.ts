@@ -11,7 +11,9 @@ import { maintain } from '../domain/maintenance.js';
 import { createPoolDirectory, createPools, getPoolId, type PoolDirectory, type Pools } from '../domain/pools.js';
 import { createActivityCounter, type ActivityCounter } from '../domain/activity.js';
 import { createStats, type Stats } from '../domain/stats.js';
+import { createValueSealer } from '../domain/values.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
+import { valueSealedElsewhere } from '../db/tokenValues.js';
 import { createApp, type RateLimits } from '../http/app.js';
 import { createReadModel, type ChangeChannel, type ReadModel } from '../http/readModel.js';
 import { createReleaseQueue } from '../jobs/queue.js';
@@ -61,6 +63,15 @@ export async function startService(config: Config, log: Logger): Promise<Service
       log,
     );
     shutdown.add('database pool', () => pool.end());
+    // A value this key cannot open would fail its holder's activation: refuse to start instead.
+    const values = createValueSealer(config.tokenValueKey);
+    if (await valueSealedElsewhere(pool, values.keyId)) {
+      throw new Error(
+        config.tokenValueKey === null
+          ? "tokens' values are sealed with a TOKEN_VALUE_KEY, which is not set"
+          : "tokens' values are sealed with another TOKEN_VALUE_KEY than the one set",
+      );
+    }
 
     const metrics = createMetrics({ defaultMetrics: true });
     const producer = createProducerConnection(config, log);
@@ -163,6 +174,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       scheduler: releases,
       waitingRoom,
       activity,
+      values,
     });
     const leases = leasesOf({ id: await getPoolId(pool, 'default'), name: 'default' });
     const serviceSettings = {

@@ -35,6 +35,20 @@ export default tseslint.config(
     },
   },
   {
+    // The dashboard's browser modules, served as they are (public/dashboard/): plain JavaScript,
+    // checked without type information, with the browser's globals.
+    files: ['public/**/*.js'],
+    extends: [tseslint.configs.disableTypeChecked],
+    languageOptions: {
+      sourceType: 'module',
+      globals: Object.fromEntries(
+        ['window', 'document', 'fetch', 'AbortController', 'TextDecoderStream', 'setTimeout', 'clearTimeout', 'setInterval', 'clearInterval']
+          .map((name) => [name, 'readonly']),
+      ),
+    },
+    rules: { 'no-console': 'error' },
+  },
+  {
     files: ['eslint.config.js'],
     extends: [tseslint.configs.disableTypeChecked],
   },

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 
 const root = fileURLToPath(new URL('../', import.meta.url));
 const README_MAX_BYTES = 10 * 1024;
-const TOPICS = ['api.md', 'configuration.md', 'design.md', 'operations.md', 'scaling.md', 'testing.md', 'performance.md'];
+const TOPICS = ['api.md', 'configuration.md', 'design.md', 'operations.md', 'scaling.md', 'testing.md', 'performance.md', 'dashboard.md'];
 
 const docsDir = join(root, 'docs');
 const documents = [

@@ -20,6 +20,7 @@ import { sendJson, sendSerializedJson } from './json.js';
 import { tokenRoutes } from './routes.js';
 import { poolRoutes } from './poolRoutes.js';
 import { statsRoutes } from './statsRoutes.js';
+import { dashboardRoutes } from './dashboard.js';
 import type { Stats } from '../domain/stats.js';
 import type { PoolDirectory, Pools } from '../domain/pools.js';
 
@@ -144,6 +145,7 @@ export function createApp(deps: AppDeps): Express {
     if (pools !== undefined) poolRoutes(app, { ...pools, mode: authMode, readModel, first });
     if (pools !== undefined && deps.stats !== undefined) statsRoutes(app, { stats: deps.stats, directory: pools.directory });
     if (deps.apiClients !== undefined) clientRoutes(app, { clients: deps.apiClients, first: first.admin });
+    dashboardRoutes(app);
     // Built and serialised once: it is generated from the schemas the routes use.
     const openApi = JSON.stringify(openApiDocument(deps.version ?? '0.0.0'));
     app

@@ -45,6 +45,7 @@ DECLARE
   new_exp   timestamptz;
   ttl_ms    integer;
   evict     boolean;
+  made      leases;
 BEGIN
   -- One activation per user and pool at a time: the second sees what the first did.
   PERFORM pg_advisory_xact_lock(1, hashtext(p_pool::text || '/' || p_user::text));
@@ -156,7 +157,9 @@ BEGIN
   new_id := uuid_v7(clock);
   new_exp := clock + ttl_ms * interval '1 millisecond';
   INSERT INTO leases (id, pool_id, token_id, user_id, fence, started_at, expires_at, client_id)
-    VALUES (new_id, p_pool, tok.id, p_user, tok.last_fence + 1, clock, new_exp, p_client);
+    VALUES (new_id, p_pool, tok.id, p_user, tok.last_fence + 1, clock, new_exp, p_client)
+    RETURNING * INTO made;
+  PERFORM log_event('lease.activated', clock, as_usage(made));
   UPDATE tokens t
     SET last_fence = tok.last_fence + 1, lease_id = new_id, user_id = p_user,
         started_at = clock, expires_at = new_exp

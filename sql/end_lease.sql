@@ -1,6 +1,7 @@
 -- Ends the lease on a token. The caller holds the token's row lock (`tok` is that row as
 -- locked) and passes the one clock reading it took after locking: the open lease becomes a
--- usage that ended then, and the token's copy of the lease is cleared. Returns the usage.
+-- usage that ended then, and the token's copy of the lease is cleared, and its event
+-- (lease.<reason>) is logged in the same transaction. Returns the usage.
 CREATE OR REPLACE FUNCTION end_lease(tok tokens, clock timestamptz, reason text) RETURNS usages
 LANGUAGE plpgsql
 AS $$
@@ -12,6 +13,9 @@ BEGIN
     SELECT o.id, o.pool_id, o.token_id, o.user_id, o.fence, o.started_at, o.expires_at, clock, reason, o.client_id
     FROM open o
     RETURNING * INTO ended;
+  IF ended.id IS NOT NULL THEN
+    PERFORM log_event('lease.' || reason, clock, ended);
+  END IF;
   UPDATE tokens t SET lease_id = NULL, user_id = NULL, started_at = NULL, expires_at = NULL
     WHERE t.id = tok.id;
   RETURN ended;

@@ -55,6 +55,9 @@ BEGIN
     END IF;
     u := end_lease(tok, clock, 'redeemed');
     UPDATE tokens t SET retired_at = coalesce(t.retired_at, clock) WHERE t.id = tok.id;
+    IF tok.retired_at IS NULL THEN
+      PERFORM log_token_event('token.retired', clock, tok.pool_id, tok.id);
+    END IF;
     RETURN QUERY SELECT 'redeemed'::text, u.*;
     RETURN;
   END IF;

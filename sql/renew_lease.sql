@@ -75,6 +75,7 @@ BEGIN
     new_exp := greatest(new_exp, tok.expires_at);
     UPDATE tokens t SET expires_at = new_exp WHERE t.id = tok.id;
     UPDATE leases l SET expires_at = new_exp WHERE l.id = p_lease RETURNING (as_usage(l)).* INTO u;
+    PERFORM log_event('lease.renewed', clock, u);
     RETURN QUERY SELECT 'renewed'::text, u.*, ceil(extract(epoch FROM new_exp - clock) * 1000)::integer,
       tok.value_sealed;
     RETURN;

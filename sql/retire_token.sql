@@ -33,6 +33,7 @@ BEGIN
   clock := clock_timestamp();
   IF tok.retired_at IS NULL THEN
     UPDATE tokens t SET retired_at = clock WHERE t.id = tok.id;
+    PERFORM log_token_event('token.retired', clock, tok.pool_id, tok.id);
   END IF;
 
   IF tok.lease_id IS NULL THEN

@@ -95,6 +95,7 @@ export const envSchema = z
     MAX_WAITERS: whole(1000, 0, 100_000),
     LIST_CACHE_MAX_AGE_MS: milliseconds(250, 0, 60_000),
     STATS_FLUSH_MS: milliseconds(10_000, 10, 60_000),
+    MAX_STREAMS: whole(1000, 0, 100_000),
     ADMIN_API_KEY: z
       .string()
       .min(16, 'must be at least 16 characters')
@@ -176,6 +177,7 @@ export const envSchema = z
     maxWaiters: e.MAX_WAITERS,
     listCacheMaxAgeMs: e.LIST_CACHE_MAX_AGE_MS,
     statsFlushMs: e.STATS_FLUSH_MS,
+    maxStreams: e.MAX_STREAMS,
     adminApiKey: e.ADMIN_API_KEY,
     authMode: e.AUTH_MODE ?? 'none',
     /** Seals tokens' values at rest (AES-256-GCM); null: they are stored in clear. */

@@ -45,6 +45,7 @@ export const ERRORS = registry({
   unavailable: { status: 503, message: 'the service cannot answer now; retry shortly' },
   not_ready: { status: 503, message: 'PostgreSQL is unreachable' },
   too_many_waiters: { status: 503, message: 'too many clients are waiting on this server; retry later' },
+  too_many_streams: { status: 503, message: 'too many event streams are open on this server; retry later' },
 });
 
 export type ErrorCode = keyof typeof ERRORS;

@@ -52,6 +52,16 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       help: 'Ended usages removed from the history, older than HISTORY_RETENTION_DAYS.',
       registers: [registry],
     }),
+    eventsRemoved: new Counter({
+      name: 'token_lease_events_removed_total',
+      help: 'Events removed from the event log, older than HISTORY_RETENTION_DAYS.',
+      registers: [registry],
+    }),
+    openStreams: new Gauge({
+      name: 'token_lease_event_streams',
+      help: 'Event streams (GET /api/events/stream) open on this process.',
+      registers: [registry],
+    }),
     rateLimitStoreFailures: new Counter({
       name: 'token_lease_rate_limit_store_failures_total',
       help: 'Requests let through uncounted, by budget (lease or admin), because the rate limiter could not reach Redis.',

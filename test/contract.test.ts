@@ -15,6 +15,7 @@ import {
   revokedClientSchema,
   envelope,
   errorSchema,
+  eventsPageSchema,
   historySchema,
   leaseSchema,
   readySchema,
@@ -86,6 +87,7 @@ describe('GET /openapi.json', () => {
       apiClients: t.service.apiClients,
       pools: t.service.pools,
       stats: t.service.stats,
+      events: t.service.events,
       log: { isLevelEnabled: () => false } as never,
       metrics: t.service.metrics,
       adminApiKey: undefined,
@@ -191,6 +193,11 @@ describe('real answers match the documented schemas', () => {
     const retiring = await t.http.post(`/api/admin/tokens/${generated.body.data.token_ids[0] as string}/retire`).set(admin);
     conforms(retiring, 'post', '/api/admin/tokens/{id}/retire', envelope(retiredSchema));
     conforms(await t.http.post(`/api/admin/tokens/${tokenId}/retire`).set(admin).send({ now: 1 }), 'post', '/api/admin/tokens/{id}/retire', errorSchema);
+    const events = await t.http.get('/api/events?after=0&limit=5');
+    conforms(events, 'get', '/api/events', envelope(eventsPageSchema));
+    expect(events.body.data.events).toHaveLength(5);
+    conforms(await t.http.get('/api/events?after=-1'), 'get', '/api/events', errorSchema);
+    conforms(await t.http.get('/api/events/stream?after=x'), 'get', '/api/events/stream', errorSchema);
 
     conforms(await t.http.get('/readyz'), 'get', '/readyz', envelope(readySchema));
   });

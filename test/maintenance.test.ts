@@ -42,7 +42,7 @@ describe('database upkeep', () => {
       await other.query('SELECT pg_advisory_lock(5, 0)');
       expect(await maintain(deps())).toBeNull();
       await other.query('SELECT pg_advisory_unlock(5, 0)');
-      expect(await maintain(deps())).toEqual({ vacuumed: [], usagesRemoved: 0 });
+      expect(await maintain(deps())).toEqual({ vacuumed: [], usagesRemoved: 0, eventsRemoved: 0 });
     } finally {
       other.release();
     }
@@ -109,5 +109,26 @@ describe('database upkeep', () => {
     );
     expect(rows).toHaveLength(3);
     expect((await maintain(deps({ historyRetentionDays: 30 })))?.usagesRemoved).toBe(0);
+  });
+
+  it('removes events older than the retention from the low end of the log, in batches, and records how far', async () => {
+    await db.pool.query('DELETE FROM events');
+    const { rows: tokens } = await db.pool.query<{ id: string }>('SELECT id FROM tokens ORDER BY position LIMIT 1');
+    const event = (daysAgo: number) =>
+      db.pool.query<{ id: string }>(
+        `INSERT INTO events (type, at, pool_id, token_id) VALUES ('token.retired', now() - $1 * interval '1 day', 1, $2) RETURNING id`,
+        [daysAgo, tokens[0]?.id],
+      );
+    const ids: number[] = [];
+    for (const daysAgo of [40, 39, 38, 31, 10, 5]) ids.push(Number((await event(daysAgo)).rows[0]?.id));
+
+    const report = await maintain(deps({ historyRetentionDays: 30, retentionBatch: 3 }));
+
+    expect(report?.eventsRemoved).toBe(4);
+    const { rows } = await db.pool.query<{ id: string }>('SELECT id FROM events ORDER BY id');
+    expect(rows.map((r) => Number(r.id))).toEqual(ids.slice(4));
+    const { rows: retention } = await db.pool.query<{ through: string }>('SELECT removed_through AS through FROM events_retention');
+    expect(Number(retention[0]?.through)).toBe(ids[3]);
+    expect((await maintain(deps({ historyRetentionDays: 30 })))?.eventsRemoved).toBe(0);
   });
 });

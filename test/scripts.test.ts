@@ -44,7 +44,7 @@ describe('scripts/', () => {
     expect(json(res.stdout).data.user_id).toBe(user);
   });
 
-  it('list.sh, show.sh and history.sh print the pool, a token and its usages', async () => {
+  it('list.sh, show.sh, history.sh and events.sh print the pool, a token, its usages and the event log', async () => {
     const list = await run('list.sh', []);
     expect(list.code).toBe(0);
     const tokens = json(list.stdout).data as Array<{ id: string; status: string }>;
@@ -57,6 +57,11 @@ describe('scripts/', () => {
     const history = await run('history.sh', [held?.id ?? '', '10']);
     expect(history.code).toBe(0);
     expect(json(history.stdout).data.usages).toHaveLength(1);
+
+    const events = await run('events.sh', ['0', '10']);
+    expect(events.code).toBe(0);
+    expect(json(events.stdout).data.events).toContainEqual(expect.objectContaining({ type: 'lease.activated' }));
+    expect((await run('events.sh', ['x'])).code).not.toBe(0);
   });
 
   it('renew.sh, validate.sh and release.sh act on a lease', async () => {

@@ -361,9 +361,9 @@ export async function unlockMaintenance(client: PoolClient): Promise<void> {
 
 /**
  * The tables the upkeep vacuums: the ones whose rows every lease change rewrites or deletes.
- * usages is insert-only; what retention deletes from it is vacuumed too.
+ * usages and events are insert-only; what retention deletes from them is vacuumed too.
  */
-export const HOT_TABLES = ['tokens', 'leases', 'waiters', 'usages'] as const;
+export const HOT_TABLES = ['tokens', 'leases', 'waiters', 'usages', 'events'] as const;
 export type HotTable = (typeof HOT_TABLES)[number];
 
 export async function deadRows(db: Queryable): Promise<Array<{ table: HotTable; dead: number; live: number }>> {

@@ -1,10 +1,12 @@
 // Upkeep the service does for itself, so that cost stays flat as work and history grow, even on
 // a PostgreSQL whose autovacuum is off or slow: the hot tables are vacuumed once their dead rows
-// pass a threshold, usages that ended more than HISTORY_RETENTION_DAYS ago are removed in
-// small batches, and so are the answers kept for Idempotency-Keys after a day. One worker at a time (advisory lock class 5); nothing here takes a lock that a
-// lease statement waits for.
+// pass a threshold, usages that ended more than HISTORY_RETENTION_DAYS ago, and events as old,
+// are removed in small batches, and so are the answers kept for Idempotency-Keys after a day. One
+// worker at a time (advisory lock class 5); nothing here takes a lock that a lease statement
+// waits for.
 
 import type { Pool, Queryable } from '../db/pool.js';
+import { deleteOldEvents } from '../db/events.js';
 import * as sql from '../db/queries.js';
 import { deleteOldAnswers } from '../db/tokenValues.js';
 import { ANSWER_RETENTION_HOURS } from './idempotency.js';
@@ -25,6 +27,7 @@ export interface MaintenanceDeps {
 export interface MaintenanceReport {
   readonly vacuumed: ReadonlyArray<{ table: sql.HotTable; dead: number }>;
   readonly usagesRemoved: number;
+  readonly eventsRemoved: number;
 }
 
 /** One upkeep run; null when another process holds the upkeep lock. */
@@ -42,7 +45,8 @@ export async function maintain(deps: MaintenanceDeps): Promise<MaintenanceReport
   try {
     locked = await sql.tryLockMaintenance(client);
     if (!locked) return null;
-    const usagesRemoved = await removeOldUsages(deps, client);
+    const usagesRemoved = await removeOld(deps, client, sql.deleteOldUsages);
+    const eventsRemoved = await removeOld(deps, client, deleteOldEvents);
     // The answers kept for retries with an Idempotency-Key are needed for a day at most.
     await deleteOldAnswers(client, ANSWER_RETENTION_HOURS);
     const vacuumed: Array<{ table: sql.HotTable; dead: number }> = [];
@@ -51,7 +55,7 @@ export async function maintain(deps: MaintenanceDeps): Promise<MaintenanceReport
       await sql.vacuum(client, table);
       vacuumed.push({ table, dead });
     }
-    return { vacuumed, usagesRemoved };
+    return { vacuumed, usagesRemoved, eventsRemoved };
   } finally {
     // A connection that could not give the lock back is closed, which gives it back.
     const kept = !connection.broken && (!locked || (await sql.unlockMaintenance(client).then(() => true, () => false)));
@@ -60,12 +64,17 @@ export async function maintain(deps: MaintenanceDeps): Promise<MaintenanceReport
   }
 }
 
-async function removeOldUsages(deps: MaintenanceDeps, client: Queryable): Promise<number> {
+/** Runs a retention statement in batches until it removes less than a batch, or the run's share is done. */
+async function removeOld(
+  deps: MaintenanceDeps,
+  client: Queryable,
+  remove: (db: Queryable, args: { days: number; limit: number }) => Promise<number>,
+): Promise<number> {
   if (deps.historyRetentionDays === 0) return 0;
   const batch = deps.retentionBatch ?? 1_000;
   let removed = 0;
   for (let i = 0; i < (deps.retentionBatchesPerRun ?? 100); i += 1) {
-    const n = await sql.deleteOldUsages(client, { days: deps.historyRetentionDays, limit: batch });
+    const n = await remove(client, { days: deps.historyRetentionDays, limit: batch });
     removed += n;
     if (n < batch) break;
   }

@@ -23,6 +23,8 @@ import { statsRoutes } from './statsRoutes.js';
 import { dashboardRoutes } from './dashboard.js';
 import type { Stats } from '../domain/stats.js';
 import type { PoolDirectory, Pools } from '../domain/pools.js';
+import type { EventFeed } from '../domain/eventFeed.js';
+import { eventRoutes, type EventStreams } from './eventRoutes.js';
 
 export interface AppDeps {
   readonly leases: Leases;
@@ -56,6 +58,8 @@ export interface AppDeps {
   } | undefined;
   /** GET /api/stats (with named pools); absent: not served. */
   readonly stats?: Stats | undefined;
+  /** The event log and this process's streams of it (src/http/eventRoutes.ts); absent: not served. */
+  readonly events?: { readonly feed: EventFeed; readonly streams: EventStreams } | undefined;
 }
 
 export interface RateLimits {
@@ -146,6 +150,7 @@ export function createApp(deps: AppDeps): Express {
     if (pools !== undefined && deps.stats !== undefined) statsRoutes(app, { stats: deps.stats, directory: pools.directory });
     if (deps.apiClients !== undefined) clientRoutes(app, { clients: deps.apiClients, first: first.admin });
     dashboardRoutes(app);
+    if (deps.events !== undefined) eventRoutes(app, { ...deps.events, mode: authMode });
     // Built and serialised once: it is generated from the schemas the routes use.
     const openApi = JSON.stringify(openApiDocument(deps.version ?? '0.0.0'));
     app

@@ -1,10 +1,12 @@
 import { z } from 'zod';
 import { ERRORS, type ErrorDefinition } from '../errors.js';
 import { CLIENT_SCOPES } from '../domain/clients.js';
+import { EVENT_TYPES } from '../domain/events.js';
 import {
   activateQuery,
   checkBody,
   clientBody,
+  eventsQuery,
   generateBody,
   historyQuery,
   importJsonBody,
@@ -14,6 +16,7 @@ import {
   redeemBody,
   retireBody,
   statsQuery,
+  streamQuery,
   userBody,
   validateBody,
 } from './schemas.js';
@@ -188,6 +191,30 @@ export const statsSchema = z.object({
   ),
 });
 
+/** One change to a lease (docs/events.md): the same JSON in GET /api/events and in the stream's data lines. */
+export const eventSchema = z.object({
+  id: z.int().min(1).describe('Grows with every event; events are answered and streamed in id order'),
+  type: z.enum(EVENT_TYPES),
+  timestamp: time.describe('The database time of the change'),
+  data: z.object({
+    pool: z.string(),
+    token_id: uuid,
+    lease_id: uuid.nullable(),
+    user_id: uuid.nullable(),
+    fence: z.int().min(1).nullable(),
+    started_at: time.nullable(),
+    expires_at: time.nullable(),
+    ended_at: time.nullable().describe('When the lease ended; null for lease.activated and lease.renewed'),
+  }),
+});
+
+export const eventsPageSchema = z.object({
+  events: z.array(eventSchema),
+  next_after: z.int().min(0).describe('Pass as ?after= for the next page'),
+});
+
+export type EventJson = z.infer<typeof eventSchema>;
+export type EventsPageJson = z.infer<typeof eventsPageSchema>;
 export type LeaseJson = z.infer<typeof leaseSchema>;
 export type StatsJson = z.infer<typeof statsSchema>;
 export type PoolJson = z.infer<typeof poolSchema>;
@@ -595,6 +622,39 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('One entry per bucket, oldest first', statsSchema),
             ...failures(ERRORS.not_found, ERRORS.validation_failed, ...AUTH, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/events': {
+        get: {
+          summary: 'A page of the event log, oldest first, after an event id (docs/events.md)',
+          parameters: queryParameters(eventsQuery),
+          responses: {
+            '200': answer('Events the caller may read, and where the next page starts', eventsPageSchema),
+            ...failures(ERRORS.validation_failed, ...AUTH, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/events/stream': {
+        get: {
+          summary:
+            'The events as Server-Sent Events: id, event (the type) and data (the event as GET /api/events gives it); resumes after Last-Event-ID or ?after=',
+          parameters: [
+            ...queryParameters(streamQuery),
+            {
+              name: 'Last-Event-ID',
+              in: 'header',
+              required: false,
+              description: 'Resume after this event id (sent by EventSource on reconnection); wins over ?after=',
+              schema: { type: 'string', pattern: '^[0-9]{1,16}$' },
+            },
+          ],
+          responses: {
+            '200': {
+              description: 'text/event-stream: events, a reset event when events were missed, a comment every 15 s',
+              content: { 'text/event-stream': { schema: { type: 'string' } } },
+            },
+            ...failures(ERRORS.validation_failed, ...AUTH, ERRORS.too_many_streams, ERRORS.unavailable),
           },
         },
       },

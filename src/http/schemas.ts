@@ -197,6 +197,20 @@ export const historyQuery = z.object({
     .optional(),
 });
 
+const MAX_EVENTS_PAGE = 1_000;
+const EVENT_ID = /^[0-9]{1,16}$/;
+const EVENT_ID_MESSAGE = 'must be an event id: a whole number, 0 for the beginning';
+/** An event id in a query or in Last-Event-ID: plain digits, at most 2^53 - 1. */
+export const eventId = decimal(EVENT_ID, EVENT_ID_MESSAGE, 0, Number.MAX_SAFE_INTEGER);
+
+export const eventsQuery = z.object({
+  after: eventId.default(0),
+  limit: decimal(/^[0-9]+$/, `must be an integer from 1 to ${MAX_EVENTS_PAGE}`, 1, MAX_EVENTS_PAGE).default(100),
+});
+
+/** ?after= on the stream; without it (and without Last-Event-ID) the stream starts with what happens next. */
+export const streamQuery = z.object({ after: eventId.optional() });
+
 // A history cursor is opaque to clients; it carries the fence of the last usage they saw.
 export function encodeCursor(fence: number): string {
   return Buffer.from(`f${fence}`).toString('base64url');

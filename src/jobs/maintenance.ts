@@ -22,8 +22,9 @@ export function startMaintenance(deps: {
       if (report === null) return;
       for (const table of report.vacuumed) metrics.vacuums.inc({ table: table.table });
       metrics.usagesRemoved.inc(report.usagesRemoved);
+      metrics.eventsRemoved.inc(report.eventsRemoved);
       const fields = { ...report, ms: Date.now() - started };
-      if (report.vacuumed.length > 0 || report.usagesRemoved > 0) log.info(fields, 'maintenance ran');
+      if (report.vacuumed.length > 0 || report.usagesRemoved > 0 || report.eventsRemoved > 0) log.info(fields, 'maintenance ran');
       else log.debug(fields, 'maintenance ran');
     } catch (err) {
       metrics.maintenanceRuns.inc({ result: 'failed' });

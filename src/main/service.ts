@@ -14,7 +14,9 @@ import { createStats, type Stats } from '../domain/stats.js';
 import { createValueSealer } from '../domain/values.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { valueSealedElsewhere } from '../db/tokenValues.js';
+import { createEventFeed, type EventFeed } from '../domain/eventFeed.js';
 import { createApp, type RateLimits } from '../http/app.js';
+import { createEventStreams, type EventStreams } from '../http/eventRoutes.js';
 import { createReadModel, type ChangeChannel, type ReadModel } from '../http/readModel.js';
 import { createReleaseQueue } from '../jobs/queue.js';
 import { startReleaseWorker } from '../jobs/releaseWorker.js';
@@ -34,6 +36,8 @@ export interface Service {
   readonly metrics: Metrics;
   /** GET /api/stats's reads. */
   readonly stats: Stats;
+  /** The event log and this process's streams of it; absent for ROLE=worker. */
+  readonly events: { readonly feed: EventFeed; readonly streams: EventStreams } | undefined;
   /** The HTTP port: the token API (ROLE all or api) or only health and metrics (worker). */
   readonly port: number;
   stop(reason: string): Promise<boolean>;
@@ -273,6 +277,14 @@ export async function startService(config: Config, log: Logger): Promise<Service
       };
     }
     const stats = createStats({ pool });
+    // API processes follow the event log for their streams, woken by the change announcements
+    // every API process sends after its writes (and every 100 ms, for the worker's).
+    let events: { feed: EventFeed; streams: EventStreams } | undefined;
+    if (config.role !== 'worker') {
+      const feed = createEventFeed({ pool, log, wakeUps: channel });
+      shutdown.add('event feed', () => feed.close());
+      events = { feed, streams: createEventStreams({ feed, maxStreams: config.maxStreams, log, metrics }) };
+    }
     const app = createApp({
       leases,
       log,
@@ -290,9 +302,15 @@ export async function startService(config: Config, log: Logger): Promise<Service
       rateLimits,
       pools,
       stats,
+      events,
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());
+    // Runs before the server's close: open streams would hold it until they end by themselves.
+    if (events !== undefined) {
+      const { streams } = events;
+      shutdown.add('event streams', () => streams.close());
+    }
     // Runs before the server's close waits for requests in flight: waiting clients are answered
     // 503 at once instead of holding the shutdown for up to a minute.
     if (waitingRoom !== undefined) {
@@ -300,7 +318,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       shutdown.add('waiting clients', () => room.close());
     }
 
-    return { leases, apiClients, pools, metrics, stats, port: http.port, stop: (reason) => shutdown.run(reason) };
+    return { leases, apiClients, pools, metrics, stats, events, port: http.port, stop: (reason) => shutdown.run(reason) };
   } catch (error) {
     await shutdown.run('start-up failed');
     throw error;

@@ -28,6 +28,9 @@ const HELP = `Usage: npm run bench -- [options]
   --connections N     HTTP connections, and raw SQL concurrency (default 50)
   --large-pool N      tokens in the large pool (default 1000000)
   --expiry-leases N   leases in the expiry scenario (default 2000)
+  --subscribers N     events: stream subscribers, over two API processes (default 1000)
+  --event-activations N
+                      events: activations measured per round, 20 a second (default 100)
   --entry dist|src    run the compiled build (default; built first) or the sources via tsx
   --load wrk|autocannon
                       what generates the HTTP load (default: wrk if installed, else autocannon;
@@ -50,6 +53,8 @@ const { values } = parseArgs({
     connections: { type: 'string', default: '50' },
     'large-pool': { type: 'string', default: '1000000' },
     'expiry-leases': { type: 'string', default: '2000' },
+    subscribers: { type: 'string', default: '1000' },
+    'event-activations': { type: 'string', default: '100' },
     minutes: { type: 'string', default: '5' },
     'history-usages': { type: 'string', default: '10000000' },
     entry: { type: 'string', default: 'dist' },
@@ -165,6 +170,8 @@ const report = await benchmark({
   largePool: positive('large-pool', values['large-pool']),
   expiryLeases: positive('expiry-leases', values['expiry-leases']),
   expiryTtlMs: 2_000,
+  subscribers: positive('subscribers', values.subscribers),
+  eventActivations: positive('event-activations', values['event-activations']),
   entry: values.entry,
   load,
   databaseServerUrl,

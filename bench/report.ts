@@ -30,6 +30,7 @@ export interface Sizes {
   readonly largePool: number;
   readonly expiryLeases: number;
   readonly expiryTtlMs: number;
+  readonly subscribers: number;
 }
 
 const MB = 1024 * 1024;
@@ -56,8 +57,8 @@ export function summarise(measurements: readonly Measurement[], sizes: Sizes): R
     const p50s = optional((m) => m.p50Ms);
     const p99s = optional((m) => m.p99Ms);
     const maxes = optional((m) => m.maxMs);
-    // Lateness is a worst case: the worst round counts. Rates: the median round.
-    const worst = spec.key === 'expiry';
+    // Lateness and latency are worst cases: the worst round counts. Rates: the median round.
+    const worst = spec.unit === 'ms';
     const p99Ms = p99s === undefined ? undefined : worst ? Math.max(...p99s) : median(p99s);
     const maxMs = maxes === undefined ? undefined : Math.max(...maxes);
     const errors = ms.reduce((sum, m) => sum + m.errors, 0);
@@ -72,6 +73,8 @@ export function summarise(measurements: readonly Measurement[], sizes: Sizes): R
         met = ratio === undefined ? undefined : ratio >= (target.min ?? 0);
       } else if (spec.key === 'expiry') {
         met = (p99Ms ?? Infinity) <= (target.max ?? Infinity) && (maxMs ?? Infinity) <= EXPIRY_MAX_LATENESS_MS;
+      } else if (spec.unit === 'ms') {
+        met = (p99Ms ?? Infinity) <= (target.max ?? Infinity);
       } else {
         met = value / MB <= (target.max ?? Infinity);
       }

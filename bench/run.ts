@@ -24,6 +24,7 @@ import type { ServiceProcess } from '../test/harness/processes.js';
 import { deleteRedisKeys } from '../test/redis.js';
 import { runLoad, type LoadGenerator, type LoadKind } from './load.js';
 import { EXPIRY_MAX_LATENESS_MS, type Group, type ScenarioKey } from './scenarios.js';
+import { measureEventLatency, summariseLatency } from './events.js';
 import { runSqlCycle } from './sqlCycle.js';
 import { percentile } from './stats.js';
 
@@ -40,6 +41,9 @@ export interface BenchOptions {
   readonly largePool: number;
   readonly expiryLeases: number;
   readonly expiryTtlMs: number;
+  /** The events group: streams opened, and activations measured per round. */
+  readonly subscribers: number;
+  readonly eventActivations: number;
   readonly entry: 'dist' | 'src';
   /** What generates the HTTP load (see bench/load.ts). */
   readonly load: LoadGenerator;
@@ -86,6 +90,8 @@ const UNREACHED_LIMIT = 1_000_000_000;
  * only after this many others, long after its last lease was released.
  */
 const JWT_USERS = 1_000;
+/** Activations per second in the events group: each one's event goes to every subscriber. */
+const EVENT_RATE = 20;
 /** Seconds of unmeasured cycles a service process gets as it starts (see warmUp). */
 const SERVICE_WARMUP_SEC = 2;
 
@@ -235,6 +241,16 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     await warmUp(target);
     return target;
   });
+  // Two API processes behind one port (node:cluster hands connections out in turn), so the
+  // streams are spread over both and every event crosses from the process that made it.
+  const events = lazily(() =>
+    startTarget('events', {
+      POOL_SIZE: String(MAIN_POOL),
+      LEASE_TTL_MS: String(LONG_TTL_MS),
+      API_PROCESSES: '2',
+      MAX_STREAMS: String(options.subscribers),
+    }),
+  );
   const expiry = lazily(() =>
     startTarget('expiry', { POOL_SIZE: String(options.expiryLeases), LEASE_TTL_MS: String(options.expiryTtlMs) }),
   );
@@ -414,6 +430,20 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       await measure('validate', round, m, { kind: 'validate', leases: held }, [200]);
       await clear(m.url);
     },
+    async events(round) {
+      const e = await events();
+      await clear(e.url);
+      const { samples, errors } = await measureEventLatency({
+        url: e.url,
+        subscribers: options.subscribers,
+        activations: options.eventActivations,
+        rate: EVENT_RATE,
+      });
+      const { p50, p99, max } = summariseLatency(samples);
+      say(`  event-latency: ${samples.length} deliveries, p50 ${p50.toFixed(1)} ms, p99 ${p99.toFixed(1)} ms, max ${max.toFixed(0)} ms`);
+      measurements.push({ key: 'event-latency', round, value: p99, p50Ms: p50, p99Ms: p99, maxMs: max, errors, samples: samples.length });
+      await clear(e.url);
+    },
     async expiry(round) {
       const e = await expiry();
       await clear(e.url);
@@ -502,7 +532,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
         await groups[group](round);
       }
     }
-    const m = options.groups.some((g) => g !== 'large' && g !== 'expiry') ? await main() : undefined;
+    const m = options.groups.some((g) => g !== 'large' && g !== 'expiry' && g !== 'events') ? await main() : undefined;
     if (m !== undefined) {
       measurements.push({ key: 'rss', round: options.rounds, value: rssOf(m.service.pid), errors: 0 });
     }

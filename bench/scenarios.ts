@@ -19,10 +19,11 @@ export type ScenarioKey =
   | 'token'
   | 'validate'
   | 'expiry'
+  | 'event-latency'
   | 'rss';
 
 /** What `--only` selects: each group measures its scenarios and their baselines. */
-export const GROUPS = ['cycle', 'limits', 'ceilings', 'processes', 'large', 'exhausted', 'list', 'jwt', 'reads', 'expiry'] as const;
+export const GROUPS = ['cycle', 'limits', 'ceilings', 'processes', 'large', 'exhausted', 'list', 'jwt', 'reads', 'expiry', 'events'] as const;
 export type Group = (typeof GROUPS)[number];
 /**
  * What a run without `--only` measures: every group but `ceilings` (the cycle behind bare
@@ -42,7 +43,7 @@ export interface Target {
 
 export interface ScenarioSpec {
   readonly key: ScenarioKey;
-  readonly label: (sizes: { largePool: number; expiryLeases: number; expiryTtlMs: number }) => string;
+  readonly label: (sizes: { largePool: number; expiryLeases: number; expiryTtlMs: number; subscribers: number }) => string;
   readonly unit: 'cycles/s' | 'req/s' | 'ms' | 'MB';
   readonly target?: Target;
   /** Shown for context, without a target. */
@@ -128,6 +129,12 @@ export const SCENARIOS: readonly ScenarioSpec[] = [
     label: (s) => `expiry lateness, ${count(s.expiryLeases)} leases, ${s.expiryTtlMs / 1000} s TTL`,
     unit: 'ms',
     target: { max: 250, text: 'p99 <= 250 ms, max <= 1 s' },
+  },
+  {
+    key: 'event-latency',
+    label: (s) => `activation answer to its event at ${count(s.subscribers)} stream subscribers, API_PROCESSES=2`,
+    unit: 'ms',
+    target: { max: 250, text: 'p99 <= 250 ms' },
   },
   {
     key: 'rss',

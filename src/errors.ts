@@ -25,7 +25,7 @@ export const ERRORS = registry({
   invalid_json: { status: 400, message: 'the body is not valid JSON' },
   unauthorized: { status: 401, message: 'this route needs valid credentials: Authorization: Bearer <token>' },
   forbidden: { status: 403, message: 'these credentials do not allow this' },
-  not_found: { status: 404, message: 'no such route, token, pool or client' },
+  not_found: { status: 404, message: 'no such route, token, pool, client or lease' },
   method_not_allowed: { status: 405, message: 'this method is not allowed here' },
   conflict: { status: 409, message: 'the change conflicts with a concurrent one; retry' },
   pool_exhausted: { status: 409, message: 'every token is leased; retry after the earliest lease expires' },

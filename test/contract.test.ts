@@ -17,8 +17,10 @@ import {
   errorSchema,
   eventsPageSchema,
   historySchema,
+  leaseRecordSchema,
   leaseSchema,
   readySchema,
+  userRevokedSchema,
   releasedSchema,
   statsSchema,
   tokenDetailsSchema,
@@ -198,6 +200,15 @@ describe('real answers match the documented schemas', () => {
     expect(events.body.data.events).toHaveLength(5);
     conforms(await t.http.get('/api/events?after=-1'), 'get', '/api/events', errorSchema);
     conforms(await t.http.get('/api/events/stream?after=x'), 'get', '/api/events/stream', errorSchema);
+    const held = (await t.http.post('/api/pools/contract/tokens/activate').send({ user_id: newUserId() })).body.data;
+    conforms(await t.http.get(`/api/leases/${held.lease_id as string}`), 'get', '/api/leases/{lease_id}', envelope(leaseRecordSchema));
+    conforms(await t.http.get('/api/leases/nope'), 'get', '/api/leases/{lease_id}', errorSchema);
+    const revokePath = `/api/admin/leases/${held.lease_id as string}/revoke`;
+    conforms(await t.http.post(revokePath).set(admin), 'post', '/api/admin/leases/{lease_id}/revoke', envelope(leaseRecordSchema));
+    conforms(await t.http.post(revokePath), 'post', '/api/admin/leases/{lease_id}/revoke', errorSchema);
+    const userPath = `/api/admin/users/${held.user_id as string}/revoke`;
+    conforms(await t.http.post(userPath).set(admin), 'post', '/api/admin/users/{user_id}/revoke', envelope(userRevokedSchema));
+    conforms(await t.http.post('/api/admin/users/nope/revoke').set(admin), 'post', '/api/admin/users/{user_id}/revoke', errorSchema);
 
     conforms(await t.http.get('/readyz'), 'get', '/readyz', envelope(readySchema));
   });

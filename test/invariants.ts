@@ -367,6 +367,7 @@ function validationsDisagreeing(
         return row !== undefined && row.user_id !== o.userId;
       case 'released':
       case 'cleared':
+      case 'revoked':
         return endedBy(o.reason);
       case 'superseded':
         return endedBy('evicted');

@@ -138,6 +138,35 @@ describe('scripts/', () => {
     }
   });
 
+  it('lease.sh shows a lease; revoke-lease.sh and revoke-user.sh end leases with the admin key', async () => {
+    const admin = { ADMIN_API_KEY: ADMIN_KEY };
+    await run('clear.sh', [], admin);
+    const user = newUserId();
+    const lease = json((await run('activate.sh', [user])).stdout).data;
+
+    const shown = await run('lease.sh', [lease.lease_id]);
+    expect(shown.code).toBe(0);
+    expect(json(shown.stdout).data).toMatchObject({ lease_id: lease.lease_id, user_id: user, pool: 'default', end_reason: null });
+
+    const denied = await run('revoke-lease.sh', [lease.lease_id]);
+    expect(denied.code).not.toBe(0);
+    expect(json(denied.stdout).error.code).toBe('unauthorized');
+    const revoked = await run('revoke-lease.sh', [lease.lease_id], admin);
+    expect(revoked.code).toBe(0);
+    expect(json(revoked.stdout).data).toMatchObject({ lease_id: lease.lease_id, end_reason: 'revoked' });
+
+    const again = json((await run('activate.sh', [user])).stdout).data;
+    const byUser = await run('revoke-user.sh', [user], admin);
+    expect(byUser.code).toBe(0);
+    expect(json(byUser.stdout).data).toMatchObject({ user_id: user, revoked: 1, leases: [{ lease_id: again.lease_id, end_reason: 'revoked' }] });
+
+    for (const [script, args] of [['lease.sh', []], ['revoke-lease.sh', ['../x']], ['revoke-user.sh', ['a b']]] as const) {
+      const refused = await run(script, [...args], admin);
+      expect(refused.code, script).toBe(2);
+      expect(refused.stdout, script).toBe('');
+    }
+  });
+
   it('exit non-zero on an HTTP error and still print the error body', async () => {
     const res = await run('show.sh', ['00000000-0000-4000-8000-000000000000']);
     expect(res.code).not.toBe(0);

@@ -6,7 +6,7 @@
 import type { PoolClient, Queryable } from './pool.js';
 import { query } from './pool.js';
 
-export type EndReason = 'expired' | 'released' | 'cleared' | 'evicted' | 'redeemed' | 'retired';
+export type EndReason = 'expired' | 'released' | 'cleared' | 'evicted' | 'redeemed' | 'retired' | 'revoked';
 
 export interface UsageRow {
   id: string;
@@ -135,6 +135,38 @@ export async function endDueLeases(db: Queryable, args: { poolId: number; limit:
 /** Ends every open lease of the pool; returns the ended usages. */
 export async function clearLeases(db: Queryable, poolId: number): Promise<UsageRow[]> {
   return query<UsageRow>(db, 'clear-leases', 'SELECT * FROM clear_leases($1)', [poolId]);
+}
+
+export type RevokeRow = Outcome<'revoked' | 'expired' | 'ended' | 'gone'>;
+
+/** Ends the lease `leaseId` now as revoked, whoever holds it (sql/revoke_lease.sql). */
+export async function revokeLease(db: Queryable, leaseId: string): Promise<RevokeRow> {
+  return one(await query<RevokeRow>(db, 'revoke-lease', 'SELECT * FROM revoke_lease($1)', [leaseId]));
+}
+
+/** Ends every open lease of the user, in every pool (sql/revoke_user_leases.sql); the ended usages. */
+export async function revokeUserLeases(db: Queryable, userId: string): Promise<UsageRow[]> {
+  return query<UsageRow>(db, 'revoke-user-leases', 'SELECT * FROM revoke_user_leases($1)', [userId]);
+}
+
+export interface LeaseRecordRow extends UsageRow {
+  /** The name of the lease's pool. */
+  pool: string;
+  /** Open and unexpired, by the database clock. */
+  active: boolean;
+}
+
+/** One lease by its id, open or ended, with its pool's name; no lock. */
+export async function findLease(db: Queryable, leaseId: string): Promise<LeaseRecordRow | null> {
+  return maybeOne(
+    await query<LeaseRecordRow>(
+      db,
+      'find-lease',
+      `SELECT u.*, p.name AS pool, (u.ended_at IS NULL AND u.expires_at > clock_timestamp()) AS active
+       FROM all_usages u JOIN pools p ON p.id = u.pool_id WHERE u.id = $1`,
+      [leaseId],
+    ),
+  );
 }
 
 /** Whole milliseconds from now until `expiry`, rounded up, never negative (a job delay). */

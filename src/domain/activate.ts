@@ -81,10 +81,13 @@ export async function activate(
   const lease = toLease({ ...row, id: row.lease_id });
   if (row.evicted_lease_id !== null) {
     metrics.evictions.inc({ pool: deps.poolName });
-    leaseEnded(deps, row.evicted_lease_id, 'evicted', 'activation');
-    log.info({ leaseId: row.evicted_lease_id, tokenId: lease.tokenId }, 'lease evicted');
+    leaseEnded(deps, row.evicted_lease_id, 'evicted', 'activation', { token_id: lease.tokenId });
   }
   if (row.outcome === 'created') {
+    log.info(
+      { leaseId: lease.leaseId, tokenId: lease.tokenId, userId, pool: deps.poolName, fence: lease.fence, expiresAt: lease.expiresAt },
+      'lease granted',
+    );
     deps.scheduler?.scheduleRelease(lease, lease.expiresAt.getTime() - lease.startedAt.getTime());
     if (options.signal?.aborted === true) {
       // The waiting client left as its lease was granted: give that lease straight back.

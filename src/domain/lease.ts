@@ -78,18 +78,27 @@ export interface LeasesDeps {
   readonly values?: ValueSealer | undefined;
 }
 
+/** What is known of a lease that ended, for its log line. */
+export interface Ended {
+  readonly token_id?: string | null;
+  readonly user_id?: string | null;
+}
+
 /**
- * Every lease that ends through this process passes here: it is counted, and a release job not
- * sent yet for it is dropped.
+ * Every lease that ends through this process passes here: it is counted and logged (info, with
+ * its ids), and a release job not sent yet for it is dropped.
  */
-export function leaseEnded(deps: LeasesDeps, leaseId: string, reason: EndReason, by: string): void {
+export function leaseEnded(deps: LeasesDeps, leaseId: string, reason: EndReason, by: string, usage?: Ended): void {
   deps.scheduler?.leaseEnded(leaseId);
   deps.metrics.leasesEnded.inc({ reason, by });
+  if (deps.log.isLevelEnabled('info')) {
+    deps.log.info({ leaseId, tokenId: usage?.token_id ?? undefined, userId: usage?.user_id ?? undefined, reason, by }, 'lease ended');
+  }
 }
 
 export function countEnded(deps: LeasesDeps, usages: readonly UsageRow[], by: string): void {
   for (const usage of usages) {
-    if (usage.end_reason !== null) leaseEnded(deps, usage.id, usage.end_reason, by);
+    if (usage.end_reason !== null) leaseEnded(deps, usage.id, usage.end_reason, by, usage);
   }
 }
 

@@ -1,5 +1,5 @@
 // The lease operations, one file each (activate.ts, release.ts, reads.ts, expiry.ts,
-// pools.ts, and for tokens with values addTokens.ts, redeem.ts, retire.ts), bound to their
+// pools.ts, revoke.ts, and for tokens with values addTokens.ts, redeem.ts, retire.ts), bound to their
 // dependencies. HTTP routes, the release job and the sweep all end
 // leases through them, and they through the SQL in src/db; nothing else writes leases.
 
@@ -12,6 +12,7 @@ import { getToken, history, listTokens, validate } from './reads.js';
 import { checkValue, redeem } from './redeem.js';
 import { release, renew } from './release.js';
 import { retire } from './retire.js';
+import { getLease, revoke, revokeUser } from './revoke.js';
 import * as sql from '../db/queries.js';
 
 export type { EndReason, HeldLease, Lease, LeaseRef, LeasesDeps, ReleaseScheduler, Usage } from './lease.js';
@@ -19,6 +20,7 @@ export type { ImportInput, ImportItem, ImportResult } from './addTokens.js';
 export type { ValueCheck } from './redeem.js';
 export type { Retirement } from './retire.js';
 export type { ExpireOutcome } from './expiry.js';
+export type { LeaseRecord } from './revoke.js';
 export type { HistoryPage, InvalidReason, TokenList, TokenState, Validation } from './reads.js';
 
 export function createLeases(deps: LeasesDeps) {
@@ -31,6 +33,9 @@ export function createLeases(deps: LeasesDeps) {
     getToken: (tokenId: string) => getToken(deps, tokenId),
     history: (tokenId: string, page: { beforeFence: number | null; limit: number }) => history(deps, tokenId, page),
     clear: () => clearPool(deps),
+    lease: (leaseId: string) => getLease(deps, leaseId),
+    revoke: (leaseId: string) => revoke(deps, leaseId),
+    revokeUser: (userId: string) => revokeUser(deps, userId),
     expireLease: (leaseId: string) => expireLease(deps, leaseId),
     openLeases: (pageSize?: number) => openLeases(deps, pageSize),
     sweep: () => sweep(deps),

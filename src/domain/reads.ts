@@ -38,6 +38,7 @@ export type InvalidReason =
   | 'expired'
   | 'released'
   | 'cleared'
+  | 'revoked'
   | 'superseded'
   | 'redeemed'
   | 'retired'
@@ -48,6 +49,7 @@ const INVALID_REASONS: Record<EndReason, InvalidReason> = {
   expired: 'expired',
   released: 'released',
   cleared: 'cleared',
+  revoked: 'revoked',
   // Evicted: the token went to a newer lease with a higher fence.
   evicted: 'superseded',
   redeemed: 'redeemed',

@@ -13,6 +13,7 @@ import { within } from '../timeouts.js';
 import { openApiDocument } from './contract.js';
 import { authenticate, requireScope, type AuthMode } from './authenticate.js';
 import { clientRoutes } from './clientRoutes.js';
+import { leaseRoutes } from './leaseRoutes.js';
 import { rateLimiter } from './rateLimit.js';
 import { createReadModel, type ReadModel } from './readModel.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
@@ -148,6 +149,7 @@ export function createApp(deps: AppDeps): Express {
     });
     if (pools !== undefined) poolRoutes(app, { ...pools, mode: authMode, readModel, first });
     if (pools !== undefined && deps.stats !== undefined) statsRoutes(app, { stats: deps.stats, directory: pools.directory });
+    leaseRoutes(app, { leases: deps.leases, mode: authMode, readModel, first });
     if (deps.apiClients !== undefined) clientRoutes(app, { clients: deps.apiClients, first: first.admin });
     dashboardRoutes(app);
     if (deps.events !== undefined) eventRoutes(app, { ...deps.events, mode: authMode });

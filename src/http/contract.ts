@@ -28,7 +28,7 @@ import {
 
 const uuid = z.guid();
 const time = z.iso.datetime({ precision: 3 }).describe('ISO 8601 UTC with milliseconds');
-const endReason = z.enum(['expired', 'released', 'cleared', 'evicted', 'redeemed', 'retired']);
+const endReason = z.enum(['expired', 'released', 'cleared', 'evicted', 'redeemed', 'retired', 'revoked']);
 
 export const leaseSchema = z.object({
   token_id: uuid,
@@ -82,7 +82,7 @@ export const validationSchema = z.discriminatedUnion('valid', [
   z.object({ valid: z.literal(true), lease_id: uuid, expires_at: time }),
   z.object({
     valid: z.literal(false),
-    reason: z.enum(['expired', 'released', 'cleared', 'superseded', 'redeemed', 'retired', 'not_holder', 'unknown_lease']),
+    reason: z.enum(['expired', 'released', 'cleared', 'revoked', 'superseded', 'redeemed', 'retired', 'not_holder', 'unknown_lease']),
   }),
 ]);
 
@@ -119,6 +119,27 @@ export const importSchema = z.object({
     }),
   ),
   totals: z.object({ stored: z.int().min(0), duplicate: z.int().min(0), invalid: z.int().min(0) }),
+});
+
+/** One lease looked up by its id (GET /api/leases/:lease_id, and a revoke's answer). */
+export const leaseRecordSchema = z.object({
+  lease_id: uuid,
+  pool: z.string().describe("The lease's pool"),
+  token_id: uuid,
+  user_id: uuid,
+  fence: z.int().min(1),
+  started_at: time,
+  expires_at: time,
+  ended_at: time.nullable().describe('Null while the lease is open'),
+  end_reason: endReason.nullable().describe('Null while the lease is open'),
+  active: z.boolean().describe('Open and not yet expired'),
+});
+
+/** POST /api/admin/users/:user_id/revoke: the leases it revoked. */
+export const userRevokedSchema = z.object({
+  user_id: uuid,
+  revoked: z.int().min(0).describe('How many open leases were revoked (not those that had run out)'),
+  leases: z.array(leaseRecordSchema),
 });
 
 const scopes = z.array(z.enum(CLIENT_SCOPES));
@@ -225,6 +246,8 @@ export type HistoryJson = z.infer<typeof historySchema>;
 export type ReleasedJson = z.infer<typeof releasedSchema>;
 export type ValidationJson = z.infer<typeof validationSchema>;
 export type ClientJson = z.infer<typeof clientSchema>;
+export type LeaseRecordJson = z.infer<typeof leaseRecordSchema>;
+export type UserRevokedJson = z.infer<typeof userRevokedSchema>;
 export type NewClientJson = z.infer<typeof newClientSchema>;
 export type RevokedClientJson = z.infer<typeof revokedClientSchema>;
 export type CheckJson = z.infer<typeof checkSchema>;
@@ -294,6 +317,22 @@ const tokenIdParameter = {
   in: 'path',
   required: true,
   description: 'Token id; an unknown or malformed id answers 404',
+  schema: { type: 'string', format: 'uuid' },
+};
+
+const leaseIdParameter = {
+  name: 'lease_id',
+  in: 'path',
+  required: true,
+  description: 'Lease id; an unknown or malformed id answers 404',
+  schema: { type: 'string', format: 'uuid' },
+};
+
+const userIdParameter = {
+  name: 'user_id',
+  in: 'path',
+  required: true,
+  description: 'User id (a UUID); a malformed one answers 422',
   schema: { type: 'string', format: 'uuid' },
 };
 
@@ -500,6 +539,38 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('What became of each value, in input order, and the totals', importSchema),
             ...failures(ERRORS.not_found, ERRORS.conflict, ERRORS.idempotency_key_reused, ...BAD_INPUT, ...AUTH, ...LIMITED),
+          },
+        },
+      },
+      '/api/leases/{lease_id}': {
+        get: {
+          summary: 'One lease, open or ended (its holder, read or admin callers; open in AUTH_MODE=none)',
+          parameters: [leaseIdParameter],
+          responses: {
+            '200': answer('The lease', leaseRecordSchema),
+            ...failures(ERRORS.not_found, ...AUTH, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/leases/{lease_id}/revoke': {
+        post: {
+          summary: 'End the lease now as revoked, whoever holds it; again, the same answer (admin)',
+          security: [{ adminKey: [] }],
+          parameters: [leaseIdParameter],
+          responses: {
+            '200': answer('The lease as it is now (a lease that had ended answers as it ended)', leaseRecordSchema),
+            ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/users/{user_id}/revoke': {
+        post: {
+          summary: "End every open lease of the user, in every pool, as revoked (admin)",
+          security: [{ adminKey: [] }],
+          parameters: [userIdParameter],
+          responses: {
+            '200': answer('The leases revoked', userRevokedSchema),
+            ...failures(ERRORS.validation_failed, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
       },

@@ -13,7 +13,8 @@ const uuid = z.guid({ error: 'must be a UUID' });
 // PostgreSQL answers UUIDs in lower case; compare them that way too.
 const lowerCaseUuid = uuid.transform((id) => id.toLowerCase());
 const userId = lowerCaseUuid;
-const leaseId = lowerCaseUuid;
+/** Lease ids in bodies and paths (in a path, anything else is a 404, as for a lease that does not exist). */
+export const leaseId = lowerCaseUuid;
 
 /**
  * A number in a query string, written in plain decimal (`pattern`), from `min` to `max`. Coercing
@@ -173,6 +174,9 @@ export const poolPatch = z.object(
   },
   { error: 'the body must be a JSON object' },
 );
+
+/** POST /api/admin/users/:user_id/revoke: a user is no resource of the service, so a malformed id is a 422. */
+export const userPathParameters = z.object({ user_id: userId });
 
 /** Client ids in paths: anything else is a 404, as for a client that does not exist. */
 export const clientId = lowerCaseUuid;

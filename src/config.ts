@@ -53,6 +53,14 @@ const key32 = z.string().transform((text, ctx) => {
   return key;
 });
 
+/** WEBHOOK_RETRY_SCHEDULE_MS: whole milliseconds, comma-separated; null if it is not that. */
+function parseRetrySchedule(value: string): number[] | null {
+  const parts = value.split(',').map((p) => p.trim());
+  if (parts.some((p) => !/^[0-9]{1,10}$/.test(p))) return null;
+  const delays = parts.map(Number);
+  return delays.every((d) => d <= MAX_MS) ? delays : null;
+}
+
 /** Whether every key that starts with `prefix` hashes to one Redis Cluster slot: a nonempty {tag}. */
 const isHashTag = (prefix: string): boolean => /\{[^{}]+\}/.test(prefix);
 
@@ -96,6 +104,20 @@ export const envSchema = z
     LIST_CACHE_MAX_AGE_MS: milliseconds(250, 0, 60_000),
     STATS_FLUSH_MS: milliseconds(10_000, 10, 60_000),
     MAX_STREAMS: whole(1000, 0, 100_000),
+    WEBHOOK_RETRY_SCHEDULE_MS: z
+      .string()
+      .transform((value, ctx) => {
+        const delays = parseRetrySchedule(value);
+        if (delays === null) {
+          ctx.issues.push({ code: 'custom', input: value, message: 'must be whole numbers of milliseconds, comma-separated' });
+          return z.NEVER;
+        }
+        return delays;
+      })
+      .default([0, 5_000, 300_000, 1_800_000, 7_200_000, 18_000_000, 36_000_000, 36_000_000]),
+    WEBHOOK_ROTATION_GRACE_MS: milliseconds(86_400_000, 0),
+    WEBHOOK_ALLOW_PRIVATE: z.enum(['true', 'false'], { error: 'must be true or false' }).default('false'),
+    WEBHOOK_CONCURRENCY: whole(16, 1, 1000),
     ADMIN_API_KEY: z
       .string()
       .min(16, 'must be at least 16 characters')
@@ -178,6 +200,12 @@ export const envSchema = z
     listCacheMaxAgeMs: e.LIST_CACHE_MAX_AGE_MS,
     statsFlushMs: e.STATS_FLUSH_MS,
     maxStreams: e.MAX_STREAMS,
+    webhooks: {
+      retryScheduleMs: e.WEBHOOK_RETRY_SCHEDULE_MS,
+      rotationGraceMs: e.WEBHOOK_ROTATION_GRACE_MS,
+      allowPrivate: e.WEBHOOK_ALLOW_PRIVATE === 'true',
+      concurrency: e.WEBHOOK_CONCURRENCY,
+    },
     adminApiKey: e.ADMIN_API_KEY,
     authMode: e.AUTH_MODE ?? 'none',
     /** Seals tokens' values at rest (AES-256-GCM); null: they are stored in clear. */

@@ -57,6 +57,12 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       help: 'Events removed from the event log, older than HISTORY_RETENTION_DAYS.',
       registers: [registry],
     }),
+    webhookAttempts: new Counter({
+      name: 'token_lease_webhook_attempts_total',
+      help: 'Webhook delivery attempts, by what they left: succeeded, retry (failed, tried again later) or failed (for good).',
+      labelNames: ['result'] as const,
+      registers: [registry],
+    }),
     openStreams: new Gauge({
       name: 'token_lease_event_streams',
       help: 'Event streams (GET /api/events/stream) open on this process.',

@@ -13,6 +13,10 @@ import {
   clientSchema,
   newClientSchema,
   revokedClientSchema,
+  webhookSchema,
+  webhookWithSecretSchema,
+  deliverySchema,
+  deliveriesPageSchema,
   envelope,
   errorSchema,
   eventsPageSchema,
@@ -90,6 +94,7 @@ describe('GET /openapi.json', () => {
       pools: t.service.pools,
       stats: t.service.stats,
       events: t.service.events,
+      webhooks: t.service.webhooks,
       log: { isLevelEnabled: () => false } as never,
       metrics: t.service.metrics,
       adminApiKey: undefined,
@@ -209,6 +214,28 @@ describe('real answers match the documented schemas', () => {
     const userPath = `/api/admin/users/${held.user_id as string}/revoke`;
     conforms(await t.http.post(userPath).set(admin), 'post', '/api/admin/users/{user_id}/revoke', envelope(userRevokedSchema));
     conforms(await t.http.post('/api/admin/users/nope/revoke').set(admin), 'post', '/api/admin/users/{user_id}/revoke', errorSchema);
+
+    const hook = await t.http.post('/api/admin/webhooks').set(admin).send({ url: 'http://93.184.215.14/hook', events: ['lease.expired'] });
+    conforms(hook, 'post', '/api/admin/webhooks', envelope(webhookWithSecretSchema));
+    conforms(await t.http.post('/api/admin/webhooks').set(admin).send({ url: 'http://127.0.0.1/', events: ['lease.expired'] }), 'post', '/api/admin/webhooks', errorSchema);
+    conforms(await t.http.get('/api/admin/webhooks').set(admin), 'get', '/api/admin/webhooks', envelope(webhookSchema.array()));
+    conforms(await t.http.get('/api/admin/webhooks'), 'get', '/api/admin/webhooks', errorSchema);
+    const hookPath = `/api/admin/webhooks/${hook.body.data.id as string}`;
+    conforms(await t.http.post(`${hookPath}/rotate`).set(admin), 'post', '/api/admin/webhooks/{id}/rotate', envelope(webhookWithSecretSchema));
+    conforms(await t.http.post('/api/admin/webhooks/nope/rotate').set(admin), 'post', '/api/admin/webhooks/{id}/rotate', errorSchema);
+    // This process runs no worker: a delivery made by hand stands for one the worker made.
+    const { rows } = await t.db.pool.query<{ id: string }>(
+      'INSERT INTO webhook_deliveries (webhook_id, event_id, next_attempt_at) VALUES ($1, 1, now()) RETURNING id',
+      [hook.body.data.id],
+    );
+    const deliveryPath = `${hookPath}/deliveries/${rows[0]?.id ?? ''}/replay`;
+    const replayPath = '/api/admin/webhooks/{id}/deliveries/{delivery_id}/replay';
+    conforms(await t.http.post(deliveryPath).set(admin), 'post', replayPath, envelope(deliverySchema));
+    conforms(await t.http.post(`${hookPath}/deliveries/99999/replay`).set(admin), 'post', replayPath, errorSchema);
+    conforms(await t.http.get(`${hookPath}/deliveries`).set(admin), 'get', '/api/admin/webhooks/{id}/deliveries', envelope(deliveriesPageSchema));
+    conforms(await t.http.get(`${hookPath}/deliveries?limit=0`).set(admin), 'get', '/api/admin/webhooks/{id}/deliveries', errorSchema);
+    conforms(await t.http.delete(hookPath).set(admin), 'delete', '/api/admin/webhooks/{id}', envelope(webhookSchema));
+    conforms(await t.http.delete(hookPath).set(admin), 'delete', '/api/admin/webhooks/{id}', errorSchema);
 
     conforms(await t.http.get('/readyz'), 'get', '/readyz', envelope(readySchema));
   });

@@ -42,7 +42,7 @@ describe('database upkeep', () => {
       await other.query('SELECT pg_advisory_lock(5, 0)');
       expect(await maintain(deps())).toBeNull();
       await other.query('SELECT pg_advisory_unlock(5, 0)');
-      expect(await maintain(deps())).toEqual({ vacuumed: [], usagesRemoved: 0, eventsRemoved: 0 });
+      expect(await maintain(deps())).toEqual({ vacuumed: [], usagesRemoved: 0, eventsRemoved: 0, deliveriesRemoved: 0 });
     } finally {
       other.release();
     }

@@ -167,6 +167,39 @@ describe('scripts/', () => {
     }
   });
 
+  it('webhooks.sh makes, lists, rotates, reads the delivery log of, replays and deletes webhooks', async () => {
+    const admin = { ADMIN_API_KEY: ADMIN_KEY };
+    const made = await run('webhooks.sh', ['create', 'http://93.184.215.14/hook', 'lease.activated', 'lease.expired'], admin);
+    expect(made.code, made.stdout + made.stderr).toBe(0);
+    const hook = json(made.stdout).data as { id: string; secret: string };
+    expect(json(made.stdout).data).toMatchObject({ url: 'http://93.184.215.14/hook', events: ['lease.activated', 'lease.expired'], secret: expect.stringMatching(/^whsec_/) });
+
+    const listed = await run('webhooks.sh', ['list'], admin);
+    expect(json(listed.stdout).data).toContainEqual(expect.objectContaining({ id: hook.id }));
+    expect(listed.stdout).not.toContain(hook.secret);
+
+    const rotated = await run('webhooks.sh', ['rotate', hook.id], admin);
+    expect(rotated.code).toBe(0);
+    expect(json(rotated.stdout).data.secret).not.toBe(hook.secret);
+
+    const log = await run('webhooks.sh', ['deliveries', hook.id, '10'], admin);
+    expect(json(log.stdout).data).toEqual({ deliveries: [], next_before: null });
+    const replay = await run('webhooks.sh', ['replay', hook.id, '12345'], admin);
+    expect(replay.code).not.toBe(0);
+    expect(json(replay.stdout).error.code).toBe('not_found');
+
+    const refusedUrl = await run('webhooks.sh', ['create', 'http://127.0.0.1:9/x', 'lease.activated'], admin);
+    expect(json(refusedUrl.stdout).error.code).toBe('validation_failed');
+    const deleted = await run('webhooks.sh', ['delete', hook.id], admin);
+    expect(deleted.code).toBe(0);
+    expect((await run('webhooks.sh', ['list'])).code).not.toBe(0);
+    for (const args of [['create', 'http://a b', 'lease.activated'], ['create', 'http://x', 'x'], ['create', 'http://x'], ['delete', '../x'], ['replay', 'a', 'b'], ['deliveries', 'a', 'x'], ['rename']]) {
+      const refused = await run('webhooks.sh', args, admin);
+      expect(refused.code, args.join(' ')).toBe(2);
+      expect(refused.stdout, args.join(' ')).toBe('');
+    }
+  });
+
   it('exit non-zero on an HTTP error and still print the error body', async () => {
     const res = await run('show.sh', ['00000000-0000-4000-8000-000000000000']);
     expect(res.code).not.toBe(0);

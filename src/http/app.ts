@@ -26,6 +26,8 @@ import type { Stats } from '../domain/stats.js';
 import type { PoolDirectory, Pools } from '../domain/pools.js';
 import type { EventFeed } from '../domain/eventFeed.js';
 import { eventRoutes, type EventStreams } from './eventRoutes.js';
+import type { Webhooks } from '../domain/webhooks.js';
+import { webhookRoutes } from './webhookRoutes.js';
 
 export interface AppDeps {
   readonly leases: Leases;
@@ -61,6 +63,8 @@ export interface AppDeps {
   readonly stats?: Stats | undefined;
   /** The event log and this process's streams of it (src/http/eventRoutes.ts); absent: not served. */
   readonly events?: { readonly feed: EventFeed; readonly streams: EventStreams } | undefined;
+  /** Webhooks (src/http/webhookRoutes.ts), and how a replay makes its job run now; absent: not served. */
+  readonly webhooks?: { readonly webhooks: Webhooks; readonly runNow: (deliveryId: number) => Promise<void> } | undefined;
 }
 
 export interface RateLimits {
@@ -153,6 +157,7 @@ export function createApp(deps: AppDeps): Express {
     if (deps.apiClients !== undefined) clientRoutes(app, { clients: deps.apiClients, first: first.admin });
     dashboardRoutes(app);
     if (deps.events !== undefined) eventRoutes(app, { ...deps.events, mode: authMode });
+    if (deps.webhooks !== undefined) webhookRoutes(app, { ...deps.webhooks, first: first.admin });
     // Built and serialised once: it is generated from the schemas the routes use.
     const openApi = JSON.stringify(openApiDocument(deps.version ?? '0.0.0'));
     app

@@ -19,6 +19,8 @@ import {
   streamQuery,
   userBody,
   validateBody,
+  deliveriesQuery,
+  webhookBody,
 } from './schemas.js';
 
 // The API's answers as zod schemas: the routes build their answers with these types, the
@@ -234,6 +236,46 @@ export const eventsPageSchema = z.object({
   next_after: z.int().min(0).describe('Pass as ?after= for the next page'),
 });
 
+/** A webhook as the admin routes list it: never its secret. */
+export const webhookSchema = z.object({
+  id: uuid,
+  url: z.string(),
+  events: z.array(z.enum(EVENT_TYPES)),
+  created_at: time,
+  disabled_at: time.nullable().describe('When its endpoint answered 410 Gone; nothing is sent to it since'),
+});
+
+/** A webhook just made, or its secret just rotated: the only answers that carry the secret. */
+export const webhookWithSecretSchema = webhookSchema.extend({
+  secret: z.string().describe('whsec_ and base64 of 32 random bytes: the signing key, shown only here'),
+});
+
+export const deliverySchema = z.object({
+  id: z.int().min(1),
+  event_id: z.int().min(1),
+  type: z.enum(EVENT_TYPES).nullable().describe("The event's type; null once retention removed the event"),
+  state: z.enum(['pending', 'succeeded', 'failed']),
+  next_attempt_at: time.nullable().describe('When the next attempt may start; null unless pending'),
+  created_at: time,
+  attempts: z.array(
+    z.object({
+      started_at: time,
+      status: z.int().nullable().describe("The answer's HTTP status; null when none came"),
+      duration_ms: z.int().min(0),
+      error: z.string().nullable().describe('What went wrong; null for a 2xx'),
+    }),
+  ),
+});
+
+export const deliveriesPageSchema = z.object({
+  deliveries: z.array(deliverySchema).describe('Newest first'),
+  next_before: z.int().min(1).nullable().describe('Pass as ?before= for the next (older) page; null on the last'),
+});
+
+export type WebhookJson = z.infer<typeof webhookSchema>;
+export type WebhookWithSecretJson = z.infer<typeof webhookWithSecretSchema>;
+export type DeliveryJson = z.infer<typeof deliverySchema>;
+export type DeliveriesPageJson = z.infer<typeof deliveriesPageSchema>;
 export type EventJson = z.infer<typeof eventSchema>;
 export type EventsPageJson = z.infer<typeof eventsPageSchema>;
 export type LeaseJson = z.infer<typeof leaseSchema>;
@@ -335,6 +377,8 @@ const userIdParameter = {
   description: 'User id (a UUID); a malformed one answers 422',
   schema: { type: 'string', format: 'uuid' },
 };
+
+const webhookIdParameter = { ...tokenIdParameter, description: 'Webhook id; an unknown or malformed id answers 404' };
 
 const poolParameter = {
   name: 'pool',
@@ -601,6 +645,78 @@ export function openApiDocument(version: string) {
           responses: {
             '200': answer('The revoked client', revokedClientSchema),
             ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/webhooks': {
+        post: {
+          summary: 'Make a webhook for some event types (admin); the answer is the only one, with a rotation\'s, that carries its secret',
+          security: [{ adminKey: [] }],
+          requestBody: body(webhookBody),
+          responses: {
+            '201': answer('The webhook, with its signing secret', webhookWithSecretSchema),
+            ...failures(...BAD_INPUT, ...AUTH, ...LIMITED),
+          },
+        },
+        get: {
+          summary: 'Every webhook, oldest first, without secrets (admin)',
+          security: [{ adminKey: [] }],
+          responses: {
+            '200': answer('Every webhook', z.array(webhookSchema)),
+            ...failures(...AUTH, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/webhooks/{id}': {
+        delete: {
+          summary: 'Delete a webhook with its delivery log; nothing more is sent to it (admin)',
+          security: [{ adminKey: [] }],
+          parameters: [webhookIdParameter],
+          responses: {
+            '200': answer('The deleted webhook', webhookSchema),
+            ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/webhooks/{id}/rotate': {
+        post: {
+          summary: 'A new signing secret; the old one also signs for WEBHOOK_ROTATION_GRACE_MS (admin)',
+          security: [{ adminKey: [] }],
+          parameters: [webhookIdParameter],
+          responses: {
+            '200': answer('The webhook, with its new secret', webhookWithSecretSchema),
+            ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/webhooks/{id}/deliveries': {
+        get: {
+          summary: "The webhook's deliveries, newest first, each with every attempt (admin)",
+          security: [{ adminKey: [] }],
+          parameters: [webhookIdParameter, ...queryParameters(deliveriesQuery)],
+          responses: {
+            '200': answer('A page of deliveries', deliveriesPageSchema),
+            ...failures(ERRORS.not_found, ERRORS.validation_failed, ...AUTH, ...LIMITED, ERRORS.unavailable),
+          },
+        },
+      },
+      '/api/admin/webhooks/{id}/deliveries/{delivery_id}/replay': {
+        post: {
+          summary: 'Attempt a delivery again now, at the start of the retry schedule, whatever its state (admin)',
+          security: [{ adminKey: [] }],
+          parameters: [
+            webhookIdParameter,
+            {
+              name: 'delivery_id',
+              in: 'path',
+              required: true,
+              description: 'Delivery id; an unknown or malformed id answers 404',
+              schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' },
+            },
+          ],
+          responses: {
+            '202': answer('The delivery, due now', deliverySchema),
+            ...failures(ERRORS.not_found, ERRORS.webhook_disabled, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
       },

@@ -3,6 +3,7 @@ import { CLIENT_SCOPES } from '../domain/clients.js';
 import { MAX_VALUES_PER_CALL } from '../domain/addTokens.js';
 import { IDEMPOTENCY_KEY_FORMAT } from '../domain/idempotency.js';
 import { VALUE_FORMAT } from '../domain/values.js';
+import { EVENT_TYPES } from '../domain/events.js';
 import { ValidationError } from '../errors.js';
 
 // Request shapes. Unknown fields are ignored (clients may send more than we read).
@@ -214,6 +215,36 @@ export const eventsQuery = z.object({
 
 /** ?after= on the stream; without it (and without Last-Event-ID) the stream starts with what happens next. */
 export const streamQuery = z.object({ after: eventId.optional() });
+
+// Webhooks (POST /api/admin/webhooks). Where the URL may point is checked by the domain
+// (src/domain/webhookAddresses.ts), which looks its host up.
+const WEBHOOK_URL_MESSAGE = 'must be an http or https URL of at most 2000 characters';
+export const webhookBody = z.object(
+  {
+    url: z
+      .string({ error: WEBHOOK_URL_MESSAGE })
+      .max(2000, { error: WEBHOOK_URL_MESSAGE })
+      .refine((url) => URL.canParse(url) && /^https?:$/.test(new URL(url).protocol), { error: WEBHOOK_URL_MESSAGE }),
+    events: z
+      .array(z.enum(EVENT_TYPES, { error: `must be event types: ${EVENT_TYPES.join(', ')}` }), {
+        error: 'must be a list of event types',
+      })
+      .min(1, { error: 'must name at least one event type' }),
+  },
+  { error: 'the body must be a JSON object with a url and events' },
+);
+
+/** Webhook ids in paths: anything else is a 404, as for a webhook that does not exist. */
+export const webhookId = lowerCaseUuid;
+
+/** Delivery ids in paths: plain digits; anything else is a 404. */
+export const deliveryId = z.string().regex(/^[1-9][0-9]{0,15}$/).transform(Number).pipe(z.number().max(Number.MAX_SAFE_INTEGER));
+
+const MAX_DELIVERIES_PAGE = 200;
+export const deliveriesQuery = z.object({
+  limit: decimal(/^[0-9]+$/, `must be an integer from 1 to ${MAX_DELIVERIES_PAGE}`, 1, MAX_DELIVERIES_PAGE).default(50),
+  before: decimal(/^[0-9]{1,16}$/, 'must be a delivery id: a whole number', 1, Number.MAX_SAFE_INTEGER).optional(),
+});
 
 // A history cursor is opaque to clients; it carries the fence of the last usage they saw.
 export function encodeCursor(fence: number): string {

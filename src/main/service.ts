@@ -22,6 +22,9 @@ import { createReleaseQueue } from '../jobs/queue.js';
 import { startReleaseWorker } from '../jobs/releaseWorker.js';
 import { startMaintenance } from '../jobs/maintenance.js';
 import { startSweeper } from '../jobs/sweep.js';
+import { createDeliveryQueue, startDeliveryWorker } from '../jobs/deliveries.js';
+import { createWebhooks, type Webhooks } from '../domain/webhooks.js';
+import { createWebhookPoster } from '../domain/webhookPost.js';
 import type { Logger } from '../logger.js';
 import { createMetrics, registerTokenGauge, type Metrics } from '../metrics.js';
 import { listen } from './api.js';
@@ -38,6 +41,8 @@ export interface Service {
   readonly stats: Stats;
   /** The event log and this process's streams of it; absent for ROLE=worker. */
   readonly events: { readonly feed: EventFeed; readonly streams: EventStreams } | undefined;
+  /** The webhooks and how a replay makes its job run now. */
+  readonly webhooks: { readonly webhooks: Webhooks; readonly runNow: (deliveryId: number) => Promise<void> };
   /** The HTTP port: the token API (ROLE all or api) or only health and metrics (worker). */
   readonly port: number;
   stop(reason: string): Promise<boolean>;
@@ -90,6 +95,17 @@ export async function startService(config: Config, log: Logger): Promise<Service
       metrics,
     });
     shutdown.add('release queue', () => releases.close());
+    const deliveryQueue = createDeliveryQueue({ connection: producer, prefix: config.redisPrefix, log });
+    shutdown.add('delivery queue', () => deliveryQueue.close());
+    const webhooks = {
+      webhooks: createWebhooks({
+        pool,
+        retryScheduleMs: config.webhooks.retryScheduleMs,
+        rotationGraceMs: config.webhooks.rotationGraceMs,
+        allowPrivate: config.webhooks.allowPrivate,
+      }),
+      runNow: (deliveryId: number) => deliveryQueue.runNow(deliveryId),
+    };
 
     // API processes hear of freed tokens (for waiting clients) and of each other's changes (for
     // the cached token list) through LISTEN/NOTIFY, on a connection of their own.
@@ -243,6 +259,29 @@ export async function startService(config: Config, log: Logger): Promise<Service
       });
       shutdown.add('maintenance', () => upkeep.stop());
 
+      // Webhook deliveries: this worker follows the event log into deliveries and attempts them
+      // (src/jobs/deliveries.ts), on a Redis connection of its own like the release worker's.
+      const deliveryConnection = createWorkerConnection(config, log);
+      shutdown.add('delivery worker redis connection', () => deliveryConnection.disconnect());
+      const poster = createWebhookPoster({ allowPrivate: config.webhooks.allowPrivate });
+      shutdown.add('webhook connections', () => poster.close());
+      const deliveryFeed = createEventFeed({ pool, log });
+      shutdown.add('delivery event feed', () => deliveryFeed.close());
+      const deliveries = startDeliveryWorker({
+        connection: deliveryConnection,
+        queue: deliveryQueue,
+        prefix: config.redisPrefix,
+        concurrency: config.webhooks.concurrency,
+        lockMs: config.releaseJobLockMs,
+        webhooks: webhooks.webhooks,
+        poster,
+        feed: deliveryFeed,
+        sweepIntervalMs: config.sweepIntervalMs,
+        log,
+        metrics,
+      });
+      shutdown.add('delivery worker', () => deliveries.close());
+
       // Whenever Redis (re)appears, possibly empty after a restart, give every open lease its
       // release job back; jobs that still exist are left alone.
       const resync = () => {
@@ -303,6 +342,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       pools,
       stats,
       events,
+      webhooks,
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());
@@ -318,7 +358,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       shutdown.add('waiting clients', () => room.close());
     }
 
-    return { leases, apiClients, pools, metrics, stats, events, port: http.port, stop: (reason) => shutdown.run(reason) };
+    return { leases, apiClients, pools, metrics, stats, events, webhooks, port: http.port, stop: (reason) => shutdown.run(reason) };
   } catch (error) {
     await shutdown.run('start-up failed');
     throw error;

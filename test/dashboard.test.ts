@@ -157,6 +157,36 @@ describe('the dashboard in a browser', () => {
     await page.context().close();
   });
 
+  it('asks for a credential first when the service wants one, and then shows holders', async () => {
+    const keyed = await startTestService({ POOL_SIZE: '4', ADMIN_API_KEY: ADMIN_KEY, AUTH_MODE: 'api_key' });
+    try {
+      const made = await keyed.http.post('/api/admin/clients').set('Authorization', `Bearer ${ADMIN_KEY}`).send({ name: 'viewer', scopes: ['read'] });
+      const user = newUserId();
+      await keyed.http.post('/api/tokens/activate').set('Authorization', `Bearer ${ADMIN_KEY}`).send({ user_id: user });
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      const sent: string[] = [];
+      page.on('request', (r) => {
+        if (r.url().includes('/api/')) sent.push(`${r.method()} ${new URL(r.url()).pathname} ${r.headers().authorization === undefined ? 'anonymous' : 'bearer'}`);
+      });
+      await page.goto(`${keyed.url}/dashboard`);
+      await expect.poll(() => page.locator('#signin-why').textContent()).toContain('asks for a credential');
+      expect(await page.locator('[data-token-id]').count()).toBe(0);
+      await page.getByLabel('Bearer credential').fill(made.body.data.key);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await expect.poll(() => page.locator('[data-status="active"]').count()).toBe(1);
+      expect(await page.locator('[data-status="active"]').getAttribute('aria-label')).toContain(user);
+      // A read credential: no admin actions.
+      expect(await page.locator('#admin').isVisible()).toBe(false);
+      // Before the credential, only the pool list was asked for.
+      expect(sent[0]).toBe('GET /api/pools anonymous');
+      expect(sent.slice(1).every((line) => line.endsWith(' bearer'))).toBe(true);
+      await context.close();
+    } finally {
+      await keyed.close();
+    }
+  });
+
   it('renders a pool of 10,000 tokens and stays responsive', async () => {
     const { page } = await open();
     await page.getByLabel('Pool', { exact: true }).selectOption('big');

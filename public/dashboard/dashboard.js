@@ -372,7 +372,19 @@ async function adminOnToken(kind) {
   const id = state.selected;
   const token = state.tokens.get(id);
   if (id === null || token === undefined) return;
-  if (kind !== 'retire') return;
+  if (kind === 'revoke') {
+    // The token list names no lease; the token's details do, to an admin.
+    const details = await call(`/api/tokens/${id}`);
+    const leaseId = details.active_usage?.lease_id;
+    if (leaseId === undefined || leaseId === null) {
+      say('This token has no lease to revoke any more.');
+    } else {
+      await call(`/api/admin/leases/${leaseId}/revoke`, { method: 'POST' });
+      say(`Token ${state.order.indexOf(id) + 1}: lease revoked.`);
+    }
+    await loadTokens();
+    return;
+  }
   const { status } = await call(`/api/admin/tokens/${id}/retire`, { method: 'POST' });
   say(`Token ${state.order.indexOf(id) + 1}: ${status === 'retiring' ? 'retires once its lease ends' : 'retired'}.`);
   await loadTokens();
@@ -417,6 +429,7 @@ function wire() {
   });
   $('clear-confirm').addEventListener('click', () => void clearPool().catch(report));
   $('retire').addEventListener('click', () => void adminOnToken('retire').catch(report));
+  $('revoke').addEventListener('click', () => void adminOnToken('revoke').catch(report));
   void Promise.all([serves('post', '/api/admin/leases/{lease_id}/revoke'), serves('post', '/api/admin/tokens/{id}/retire')]).then(
     ([revoke, retire]) => {
       state.canRevoke = revoke;

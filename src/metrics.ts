@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { within } from './timeouts.js';
 
 /** The service's Prometheus metrics, on a registry of their own (one per process, or per test). */
 export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
@@ -74,6 +75,17 @@ export function createMetrics(options: { defaultMetrics?: boolean } = {}) {
       labelNames: ['budget'] as const,
       registers: [registry],
     }),
+    expiryLateness: new Histogram({
+      name: 'token_lease_expiry_lateness_seconds',
+      help: 'How long after its expires_at a lease that ran out was ended (by its release job, the sweep, or a call that found it run out).',
+      buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+      registers: [registry],
+    }),
+    releaseJobFailures: new Counter({
+      name: 'token_lease_release_job_failures_total',
+      help: 'Release job attempts that failed (each is retried with backoff; the sweep covers the lease meanwhile).',
+      registers: [registry],
+    }),
     httpDuration: new Histogram({
       name: 'token_lease_http_request_duration_seconds',
       help: 'HTTP request duration by method, route and status code.',
@@ -113,4 +125,98 @@ export function registerTokenGauge(
       }
     },
   });
+}
+
+/**
+ * A gauge read when the metrics are scraped: `read` gives its value, or its value per value of
+ * its one label. A read that fails or takes over a second leaves the gauge empty for that scrape
+ * rather than failing the scrape.
+ */
+export function registerScrapedGauge(
+  metrics: Metrics,
+  gauge: { name: string; help: string; label?: string },
+  read: () => number | Record<string, number> | Promise<number | Record<string, number>>,
+): void {
+  const { label } = gauge;
+  new Gauge({
+    name: gauge.name,
+    help: gauge.help,
+    labelNames: label === undefined ? [] : [label],
+    registers: [metrics.registry],
+    async collect() {
+      this.reset();
+      const value = await within(Promise.resolve().then(read), 1_000).catch(() => undefined);
+      if (value === undefined) return;
+      if (typeof value === 'number') {
+        this.set(value);
+        return;
+      }
+      for (const [key, n] of Object.entries(value)) this.set(label === undefined ? {} : { [label]: key }, n);
+    },
+  });
+}
+
+/** What a process reports about itself at each scrape; each is absent where the process has none. */
+export interface ProcessGauges {
+  /** PostgreSQL pool: connections open, idle, and requests waiting for one. */
+  readonly dbPool: { readonly totalCount: number; readonly idleCount: number; readonly waitingCount: number };
+  /** Resolves when PostgreSQL answers (as /readyz asks it). */
+  readonly ready: () => Promise<void>;
+  /** Clients waiting for a token on this process (?wait=), and MAX_WAITERS. */
+  readonly waiting?: { readonly size: () => number; readonly max: number } | undefined;
+  /** Whether the LISTEN connection (waiter wake-ups, list changes, revoked keys) is up. */
+  readonly listening?: (() => boolean) | undefined;
+  /** The release queue's jobs by state (delayed, waiting, failed), read from Redis. */
+  readonly releaseJobs?: (() => Promise<Record<string, number>>) | undefined;
+}
+
+export function registerProcessGauges(metrics: Metrics, sources: ProcessGauges): void {
+  const { dbPool } = sources;
+  registerScrapedGauge(
+    metrics,
+    { name: 'token_lease_db_pool_connections', help: "This process's PostgreSQL pool connections, in_use and idle.", label: 'state' },
+    () => ({ in_use: dbPool.totalCount - dbPool.idleCount, idle: dbPool.idleCount }),
+  );
+  registerScrapedGauge(
+    metrics,
+    { name: 'token_lease_db_pool_waiting', help: "Queries waiting for a connection of this process's PostgreSQL pool." },
+    () => dbPool.waitingCount,
+  );
+  registerScrapedGauge(
+    metrics,
+    { name: 'token_lease_ready', help: 'Whether this process is ready (/readyz): 1 while PostgreSQL answers within 1 s, else 0.' },
+    // Within the scrape's second, so that a silent PostgreSQL reads as 0 rather than no value.
+    () => within(sources.ready(), 900).then(() => 1, () => 0),
+  );
+  const { waiting, listening, releaseJobs } = sources;
+  if (waiting !== undefined) {
+    registerScrapedGauge(
+      metrics,
+      { name: 'token_lease_waiting_clients', help: 'Clients waiting for a token (?wait=) on this process.' },
+      () => waiting.size(),
+    );
+    registerScrapedGauge(
+      metrics,
+      { name: 'token_lease_waiting_clients_limit', help: 'MAX_WAITERS: the most clients this process lets wait; more are answered 503.' },
+      () => waiting.max,
+    );
+  }
+  if (listening !== undefined) {
+    registerScrapedGauge(
+      metrics,
+      { name: 'token_lease_listener_connected', help: "Whether this process's LISTEN connection to PostgreSQL is up (1) or reconnecting (0)." },
+      () => (listening() ? 1 : 0),
+    );
+  }
+  if (releaseJobs !== undefined) {
+    registerScrapedGauge(
+      metrics,
+      {
+        name: 'token_lease_release_jobs',
+        help: 'Release jobs in Redis by state: delayed, waiting, failed; the same in every worker process.',
+        label: 'state',
+      },
+      releaseJobs,
+    );
+  }
 }

@@ -78,19 +78,27 @@ export interface LeasesDeps {
   readonly values?: ValueSealer | undefined;
 }
 
-/** What is known of a lease that ended, for its log line. */
+/** What is known of a lease that ended, for its log line and its lateness. */
 export interface Ended {
   readonly token_id?: string | null;
   readonly user_id?: string | null;
+  readonly expires_at?: Date | null;
+  readonly ended_at?: Date | null;
 }
 
 /**
  * Every lease that ends through this process passes here: it is counted and logged (info, with
- * its ids), and a release job not sent yet for it is dropped.
+ * its ids), a lease that ended as expired has its lateness observed when its times are known,
+ * and a release job not sent yet for it is dropped.
  */
 export function leaseEnded(deps: LeasesDeps, leaseId: string, reason: EndReason, by: string, usage?: Ended): void {
   deps.scheduler?.leaseEnded(leaseId);
   deps.metrics.leasesEnded.inc({ reason, by });
+  const endedAt = usage?.ended_at;
+  const expiresAt = usage?.expires_at;
+  if (reason === 'expired' && endedAt instanceof Date && expiresAt instanceof Date) {
+    deps.metrics.expiryLateness.observe(Math.max(0, endedAt.getTime() - expiresAt.getTime()) / 1e3);
+  }
   if (deps.log.isLevelEnabled('info')) {
     deps.log.info({ leaseId, tokenId: usage?.token_id ?? undefined, userId: usage?.user_id ?? undefined, reason, by }, 'lease ended');
   }

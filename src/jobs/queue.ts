@@ -48,6 +48,8 @@ const JOB_OPTIONS = {
 export interface ReleaseQueue extends ReleaseScheduler {
   /** Re-adds the release job of every open lease (existing jobs are left as they are). */
   resync(leases: Leases): Promise<number>;
+  /** How many jobs are delayed (due later), waiting (due, not started) and failed (out of attempts). */
+  jobCounts(): Promise<Record<'delayed' | 'waiting' | 'failed', number>>;
   ping(): Promise<void>;
   close(): Promise<void>;
 }
@@ -168,6 +170,10 @@ export function createReleaseQueue(deps: {
     scheduleRelease,
     leaseEnded,
     resync,
+    async jobCounts() {
+      const counts = await queue.getJobCounts('delayed', 'waiting', 'failed');
+      return { delayed: counts.delayed ?? 0, waiting: counts.waiting ?? 0, failed: counts.failed ?? 0 };
+    },
     // A read of one of the queue's keys rather than PING: on a Redis Cluster PING goes to any
     // master, and is answered while the master of the queue's slot is down; this asks that one.
     async ping() {

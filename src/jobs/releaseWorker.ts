@@ -2,6 +2,7 @@ import { DelayedError, Worker, type Job } from 'bullmq';
 import { z } from 'zod';
 import type { Leases } from '../domain/leases.js';
 import type { Logger } from '../logger.js';
+import type { Metrics } from '../metrics.js';
 import { within } from '../timeouts.js';
 import { RELEASE_QUEUE, type ReleaseJobData } from './queue.js';
 import { logConnectionState, type RedisConnection } from './redis.js';
@@ -30,8 +31,9 @@ export function startReleaseWorker(deps: {
   lockMs: number;
   leases: Leases;
   log: Logger;
+  metrics: Metrics;
 }): ReleaseWorker {
-  const { leases, log } = deps;
+  const { leases, log, metrics } = deps;
 
   async function release(job: Job<ReleaseJobData>, token?: string): Promise<string> {
     const parsed = jobData.safeParse(job.data);
@@ -85,6 +87,7 @@ export function startReleaseWorker(deps: {
   });
   logConnectionState(worker, log, 'worker');
   worker.on('failed', (job, err) => {
+    metrics.releaseJobFailures.inc();
     log.warn({ err, jobId: job?.id, attempts: job?.attemptsMade }, 'release job failed');
   });
 

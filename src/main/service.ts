@@ -26,7 +26,7 @@ import { createDeliveryQueue, startDeliveryWorker } from '../jobs/deliveries.js'
 import { createWebhooks, type Webhooks } from '../domain/webhooks.js';
 import { createWebhookPoster } from '../domain/webhookPost.js';
 import type { Logger } from '../logger.js';
-import { createMetrics, registerTokenGauge, type Metrics } from '../metrics.js';
+import { createMetrics, registerProcessGauges, registerTokenGauge, type Metrics } from '../metrics.js';
 import { listen } from './api.js';
 import { createLimiterConnection, createProducerConnection, createWorkerConnection, jwtVerifierFor, limiterCommands, notificationClientFactory, packageVersion } from './clients.js';
 import { createShutdown } from './shutdown.js';
@@ -112,6 +112,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     // With AUTH_MODE=api_key, of revoked API clients too.
     let waitingRoom: WaitingRoom | undefined;
     let channel: ChangeChannel | undefined;
+    let listening: (() => boolean) | undefined;
     let verifyBearer: BearerVerifier | undefined = verifyJwt;
     const notifications =
       config.role === 'worker'
@@ -134,6 +135,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
     });
     if (notifications !== undefined) {
       shutdown.add('notification connection', () => notifications.close());
+      listening = () => notifications.isListening();
       channel = {
         subscribe: (listener) => notifications.subscribe(CHANGES_CHANNEL, listener),
         publish: (payload) => notifications.notify(CHANGES_CHANNEL, payload),
@@ -236,6 +238,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
         lockMs: config.releaseJobLockMs,
         leases,
         log,
+        metrics,
       });
       shutdown.add('release worker', () => worker.close());
       const sweeper = startSweeper({
@@ -293,6 +296,16 @@ export async function startService(config: Config, log: Logger): Promise<Service
       producer.on('ready', resync);
       if (producer.status === 'ready') resync();
     }
+
+    const room = waitingRoom;
+    registerProcessGauges(metrics, {
+      dbPool: pool,
+      ready: () => leases.ping(),
+      waiting: room === undefined ? undefined : { size: () => room.size(), max: config.maxWaiters },
+      listening,
+      // Like token_lease_tokens: read by the processes that run the worker role, the same in each.
+      releaseJobs: config.role === 'api' ? undefined : () => releases.jobCounts(),
+    });
 
     if (config.role !== 'worker' && config.adminApiKey === undefined) {
       log.warn(

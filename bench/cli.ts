@@ -21,6 +21,8 @@ const HELP = `Usage: npm run bench -- [options]
                       jwt runs the cycle and the list again with AUTH_MODE=jwt)
                       or, run only when asked and alone: soak, history
   --minutes N         soak: minutes of full-speed cycles (default 5)
+  --retention-days D  soak: the service's HISTORY_RETENTION_DAYS (decimals allowed; 0.002 is
+                      under 3 minutes, to see the history level off; default: the service's)
   --history-usages N  history: usages seeded into the history (default 10000000, about 4 GB)
   --rounds N          times each scenario and its baseline run, alternating (default 3)
   --duration S        seconds measured per scenario and round (default 5; wrk takes whole seconds)
@@ -56,6 +58,7 @@ const { values } = parseArgs({
     subscribers: { type: 'string', default: '1000' },
     'event-activations': { type: 'string', default: '100' },
     minutes: { type: 'string', default: '5' },
+    'retention-days': { type: 'string' },
     'history-usages': { type: 'string', default: '10000000' },
     entry: { type: 'string', default: 'dist' },
     load: { type: 'string' },
@@ -137,6 +140,7 @@ if (longRuns.length > 0) {
   mkdirSync(workDir, { recursive: true });
   const options = {
     minutes: positive('minutes', values.minutes),
+    retentionDays: values['retention-days'],
     historyUsages: positive('history-usages', values['history-usages']),
     connections: positive('connections', values.connections),
     load: load === 'wrk' ? ('wrk' as const) : ('autocannon' as const),

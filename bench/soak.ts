@@ -19,6 +19,8 @@ import { runLoad, type LoadGenerator, type LoadResult } from './load.js';
 
 export interface LongRunOptions {
   readonly minutes: number;
+  /** soak: the service's HISTORY_RETENTION_DAYS, as given; undefined for its default. */
+  readonly retentionDays?: string | undefined;
   readonly historyUsages: number;
   readonly connections: number;
   readonly load: LoadGenerator;
@@ -41,6 +43,9 @@ export interface SoakMinute {
   readonly deadTokens: number;
   readonly deadLeases: number;
   readonly deadUsages: number;
+  /** The history: rows of `usages`, and its size with its indexes. */
+  readonly usages: number;
+  readonly usagesBytes: number;
   /** Share of the updates of `tokens` that were HOT, this minute. */
   readonly hotShare: number;
   readonly vacuums: number;
@@ -88,12 +93,13 @@ function cycle(options: LongRunOptions, url: string, seconds: number): Promise<L
 
 async function tableStats(databaseUrl: string) {
   return withDatabaseClient(databaseUrl, async (client) => {
-    const { rows } = await client.query<{ relname: string; dead: number; upd: number; hot: number; vacuums: number }>(
-      `SELECT relname, n_dead_tup::float8 AS dead, n_tup_upd::float8 AS upd, n_tup_hot_upd::float8 AS hot,
-              vacuum_count::float8 AS vacuums
+    const { rows } = await client.query<{ relname: string; dead: number; live: number; upd: number; hot: number; vacuums: number; bytes: number }>(
+      `SELECT relname, n_dead_tup::float8 AS dead, n_live_tup::float8 AS live, n_tup_upd::float8 AS upd,
+              n_tup_hot_upd::float8 AS hot, vacuum_count::float8 AS vacuums,
+              pg_total_relation_size(relid)::float8 AS bytes
        FROM pg_stat_user_tables WHERE relname IN ('tokens', 'leases', 'usages')`,
     );
-    const of = (name: string) => rows.find((r) => r.relname === name) ?? { dead: 0, upd: 0, hot: 0, vacuums: 0 };
+    const of = (name: string) => rows.find((r) => r.relname === name) ?? { dead: 0, live: 0, upd: 0, hot: 0, vacuums: 0, bytes: 0 };
     const { rows: database } = await client.query<{ pages: number }>(
       `SELECT (blks_hit + blks_read)::float8 AS pages FROM pg_stat_database WHERE datname = current_database()`,
     );
@@ -103,7 +109,9 @@ async function tableStats(databaseUrl: string) {
 
 export async function runSoak(options: LongRunOptions): Promise<string> {
   const databaseUrl = await databaseFor(options, 'soak');
-  const { service, url } = await startOn(options, 'soak', databaseUrl);
+  const retention: Record<string, string> =
+    options.retentionDays === undefined ? {} : { HISTORY_RETENTION_DAYS: options.retentionDays };
+  const { service, url } = await startOn(options, 'soak', databaseUrl, retention);
   const minutes: SoakMinute[] = [];
   try {
     let before = await tableStats(databaseUrl);
@@ -120,6 +128,8 @@ export async function runSoak(options: LongRunOptions): Promise<string> {
         deadTokens: after.tokens.dead,
         deadLeases: after.leases.dead,
         deadUsages: after.usages.dead,
+        usages: after.usages.live,
+        usagesBytes: after.usages.bytes,
         hotShare: updates === 0 ? 1 : (after.tokens.hot - before.tokens.hot) / updates,
         vacuums: (['tokens', 'leases', 'usages'] as const).reduce((n, t) => n + after[t].vacuums - before[t].vacuums, 0),
         pagesPerCycle: result.cycles === 0 ? 0 : (after.pages - before.pages) / result.cycles,
@@ -146,11 +156,11 @@ function errorKinds(result: LoadResult): string {
 
 export function formatSoak(minutes: readonly SoakMinute[]): string {
   const lines = [
-    '| Minute | Cycles/s | p99 ms | Errors | Pages per cycle | Dead rows tokens | Dead rows leases | Dead rows usages | HOT updates of tokens | VACUUMs |',
-    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| Minute | Cycles/s | p99 ms | Errors | Pages per cycle | Dead rows tokens | Dead rows leases | Dead rows usages | Usages | Usages MB | HOT updates of tokens | VACUUMs |',
+    '| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
     ...minutes.map(
       (m) =>
-        `| ${m.minute} | ${m.cyclesPerSec.toFixed(0)} | ${m.p99Ms.toFixed(1)} | ${m.errors}${m.errorKinds === '' ? '' : ` (${m.errorKinds})`} | ${m.pagesPerCycle.toFixed(1)} | ${m.deadTokens} | ${m.deadLeases} | ${m.deadUsages} | ${(m.hotShare * 100).toFixed(1)}% | ${m.vacuums} |`,
+        `| ${m.minute} | ${m.cyclesPerSec.toFixed(0)} | ${m.p99Ms.toFixed(1)} | ${m.errors}${m.errorKinds === '' ? '' : ` (${m.errorKinds})`} | ${m.pagesPerCycle.toFixed(1)} | ${m.deadTokens} | ${m.deadLeases} | ${m.deadUsages} | ${m.usages} | ${(m.usagesBytes / 1e6).toFixed(1)} | ${(m.hotShare * 100).toFixed(1)}% | ${m.vacuums} |`,
     ),
   ];
   const first = minutes[0];

@@ -94,7 +94,13 @@ export const envSchema = z
       .transform((n) => (n === 'auto' ? availableParallelism() : n)),
     MAINTENANCE_INTERVAL_MS: milliseconds(60_000, 10),
     VACUUM_DEAD_ROWS: whole(10_000, 1, 1_000_000_000),
-    HISTORY_RETENTION_DAYS: whole(90, 0, 36_500),
+    // Days, with decimals: 0.01 is 14.4 minutes (a soak shows the history levelling off).
+    HISTORY_RETENTION_DAYS: z
+      .string()
+      .regex(/^[0-9]+(\.[0-9]+)?$/, 'must be a number of days, in digits (decimals allowed)')
+      .transform(Number)
+      .pipe(z.number().min(0).max(36_500))
+      .default(90),
     RELEASE_CONCURRENCY: whole(4, 1, 1000),
     RELEASE_JOB_BATCH_MS: milliseconds(50, 0, 1_000),
     RELEASE_JOB_LOCK_MS: milliseconds(30_000, 1_000, 600_000),

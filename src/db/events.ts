@@ -90,7 +90,7 @@ export async function deleteOldEvents(db: Queryable, args: { days: number; limit
        SELECT id, at FROM events ORDER BY id LIMIT $2
      ), old AS (
        SELECT id FROM head
-       WHERE id < coalesce((SELECT min(id) FROM head WHERE at >= now() - $1::int * interval '1 day'), 9223372036854775807)
+       WHERE id < coalesce((SELECT min(id) FROM head WHERE at >= now() - $1::float8 * interval '1 day'), 9223372036854775807)
      ), gone AS (
        DELETE FROM events e USING old WHERE e.id = old.id RETURNING e.id
      ), marked AS (

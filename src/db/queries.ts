@@ -428,8 +428,8 @@ export async function deleteOldUsages(db: Queryable, args: { days: number; limit
     'delete-old-usages',
     `WITH old AS (
        SELECT id FROM usages
-       WHERE id < uuid_v7_floor(now() - $1::int * interval '1 day')
-         AND ended_at < now() - $1::int * interval '1 day'
+       WHERE id < uuid_v7_floor(now() - $1::float8 * interval '1 day')
+         AND ended_at < now() - $1::float8 * interval '1 day'
        ORDER BY id
        LIMIT $2
      ), gone AS (

@@ -295,7 +295,7 @@ export async function deleteOldDeliveries(db: Queryable, args: { days: number; l
     db,
     'delete-old-webhook-deliveries',
     `WITH old AS (
-       SELECT id FROM webhook_deliveries WHERE created_at < now() - $1::int * interval '1 day' ORDER BY id LIMIT $2
+       SELECT id FROM webhook_deliveries WHERE created_at < now() - $1::float8 * interval '1 day' ORDER BY id LIMIT $2
      ), gone AS (
        DELETE FROM webhook_deliveries d USING old WHERE d.id = old.id RETURNING 1
      )

@@ -32,7 +32,8 @@ const HELP = `Usage: npm run bench -- [options]
   --expiry-leases N   leases in the expiry scenario (default 2000)
   --subscribers N     events: stream subscribers, over two API processes (default 1000)
   --event-activations N
-                      events: activations measured per round, 20 a second (default 100)
+                      events, webhooks: activations measured per round, 20 a second
+                      (default 100)
   --entry dist|src    run the compiled build (default; built first) or the sources via tsx
   --load wrk|autocannon
                       what generates the HTTP load (default: wrk if installed, else autocannon;

@@ -25,6 +25,7 @@ import { deleteRedisKeys } from '../test/redis.js';
 import { runLoad, type LoadGenerator, type LoadKind } from './load.js';
 import { EXPIRY_MAX_LATENESS_MS, type Group, type ScenarioKey } from './scenarios.js';
 import { measureEventLatency, summariseLatency } from './events.js';
+import { measureWebhooks } from './webhooks.js';
 import { runSqlCycle } from './sqlCycle.js';
 import { percentile } from './stats.js';
 
@@ -251,6 +252,10 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       MAX_STREAMS: String(options.subscribers),
     }),
   );
+  // Webhooks to a receiver on 127.0.0.1, which only WEBHOOK_ALLOW_PRIVATE=true allows.
+  const webhooks = lazily(() =>
+    startTarget('webhooks', { POOL_SIZE: String(MAIN_POOL), LEASE_TTL_MS: String(LONG_TTL_MS), WEBHOOK_ALLOW_PRIVATE: 'true' }),
+  );
   const expiry = lazily(() =>
     startTarget('expiry', { POOL_SIZE: String(options.expiryLeases), LEASE_TTL_MS: String(options.expiryTtlMs) }),
   );
@@ -444,6 +449,34 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       measurements.push({ key: 'event-latency', round, value: p99, p50Ms: p50, p99Ms: p99, maxMs: max, errors, samples: samples.length });
       await clear(e.url);
     },
+    async webhooks(round) {
+      const w = await webhooks();
+      await clear(w.url);
+      const figures = await measureWebhooks({
+        url: w.url,
+        databaseUrl: w.databaseUrl,
+        activations: options.eventActivations,
+        rate: EVENT_RATE,
+        durationSec: options.durationSec,
+        connections: options.connections,
+        load: options.load,
+      });
+      const { lagMs } = figures;
+      say(`  webhook-lag: ${lagMs.samples} deliveries, p50 ${lagMs.p50.toFixed(0)} ms, p99 ${lagMs.p99.toFixed(0)} ms, max ${lagMs.max.toFixed(0)} ms`);
+      say(`  webhook-deliveries: ${figures.deliveries} in a burst, ${Math.round(figures.perSecond)} deliveries/s, ${figures.errors} errors`);
+      measurements.push({
+        key: 'webhook-lag',
+        round,
+        value: lagMs.p99,
+        p50Ms: lagMs.p50,
+        p99Ms: lagMs.p99,
+        maxMs: lagMs.max,
+        errors: figures.errors,
+        samples: lagMs.samples,
+      });
+      measurements.push({ key: 'webhook-deliveries', round, value: figures.perSecond, errors: 0, samples: figures.deliveries });
+      await clear(w.url);
+    },
     async expiry(round) {
       const e = await expiry();
       await clear(e.url);
@@ -532,7 +565,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
         await groups[group](round);
       }
     }
-    const m = options.groups.some((g) => g !== 'large' && g !== 'expiry' && g !== 'events') ? await main() : undefined;
+    const m = options.groups.some((g) => g !== 'large' && g !== 'expiry' && g !== 'events' && g !== 'webhooks') ? await main() : undefined;
     if (m !== undefined) {
       measurements.push({ key: 'rss', round: options.rounds, value: rssOf(m.service.pid), errors: 0 });
     }

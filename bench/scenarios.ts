@@ -20,10 +20,12 @@ export type ScenarioKey =
   | 'validate'
   | 'expiry'
   | 'event-latency'
+  | 'webhook-lag'
+  | 'webhook-deliveries'
   | 'rss';
 
 /** What `--only` selects: each group measures its scenarios and their baselines. */
-export const GROUPS = ['cycle', 'limits', 'ceilings', 'processes', 'large', 'exhausted', 'list', 'jwt', 'reads', 'expiry', 'events'] as const;
+export const GROUPS = ['cycle', 'limits', 'ceilings', 'processes', 'large', 'exhausted', 'list', 'jwt', 'reads', 'expiry', 'events', 'webhooks'] as const;
 export type Group = (typeof GROUPS)[number];
 /**
  * What a run without `--only` measures: every group but `ceilings` (the cycle behind bare
@@ -44,7 +46,7 @@ export interface Target {
 export interface ScenarioSpec {
   readonly key: ScenarioKey;
   readonly label: (sizes: { largePool: number; expiryLeases: number; expiryTtlMs: number; subscribers: number }) => string;
-  readonly unit: 'cycles/s' | 'req/s' | 'ms' | 'MB';
+  readonly unit: 'cycles/s' | 'req/s' | 'deliveries/s' | 'ms' | 'MB';
   readonly target?: Target;
   /** Shown for context, without a target. */
   readonly compareWith?: ScenarioKey;
@@ -135,6 +137,17 @@ export const SCENARIOS: readonly ScenarioSpec[] = [
     label: (s) => `activation answer to its event at ${count(s.subscribers)} stream subscribers, API_PROCESSES=2`,
     unit: 'ms',
     target: { max: 250, text: 'p99 <= 250 ms' },
+  },
+  {
+    key: 'webhook-lag',
+    label: () => 'webhook: event to its first delivery attempt, 20 activations/s',
+    unit: 'ms',
+    target: { max: 1_000, text: 'p99 <= 1 s' },
+  },
+  {
+    key: 'webhook-deliveries',
+    label: () => 'webhook deliveries to a local receiver, one worker, backlog of a cycle burst',
+    unit: 'deliveries/s',
   },
   {
     key: 'rss',

@@ -101,7 +101,7 @@ function cycleHandler(databaseUrl: string, max: number, ttlMs: number) {
       return;
     }
     const ended = await releaseLease(pool, { tokenId, userId, leaseId });
-    answer(res, ended.outcome === 'released' ? 200 : 409, { token_id: tokenId });
+    answer(res, ended.outcome === 'released' ? 200 : 409, { token_id: tokenId, lease_id: leaseId });
   }
   return (req: IncomingMessage, res: ServerResponse) => {
     handle(req, res).catch(() => {

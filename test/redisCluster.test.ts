@@ -217,9 +217,15 @@ describe('with the master of the service’s slot down', () => {
     // Back, empty: new leases get jobs again, and those end them.
     await cluster().restart(port ?? 0);
     await waitFor(async () => (await readiness(d.url)).redis === 'up', { timeoutMs: 20_000, what: 'Redis to be reported up again' });
-    const after = await activate(d.url);
-    expect((await endedUsage(d.db, after.lease_id)).end_reason).toBe('expired');
-    expect(await endedBy(d.url, 'job')).toBe(byJob + 1);
+    // A lease granted as the cluster comes back may still fall to the sweep: the next ones do not.
+    await waitFor(
+      async () => {
+        const after = await activate(d.url);
+        expect((await endedUsage(d.db, after.lease_id)).end_reason).toBe('expired');
+        return (await endedBy(d.url, 'job')) > byJob;
+      },
+      { timeoutMs: 30_000, what: 'a lease granted after the restart to be ended by its release job' },
+    );
 
     running.splice(running.indexOf(d.proc), 1);
     expect(await d.proc.stop()).toEqual({ code: 0, signal: null });

@@ -214,22 +214,24 @@ function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
 
 /**
  * Refusals that are the service working as intended, at a rate set by the load (a full pool
- * refuses every newcomer, a caller in a retry loop runs over its limit): logged at debug like
- * successes, and counted by the metrics.
+ * refuses every newcomer, a caller in a retry loop runs over its limit), and the probes a
+ * platform sends every few seconds: logged at debug, and counted by the metrics.
  */
 const EXPECTED: ReadonlySet<string | undefined> = new Set([ERRORS.pool_exhausted.code, ERRORS.rate_limited.code]);
+const PROBES: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
 
-function logLevelOf(status: number, code: string | undefined): 'error' | 'info' | 'debug' {
+function logLevelOf(status: number, code: string | undefined, route: string): 'error' | 'info' | 'debug' {
   if (status >= 500) return 'error';
-  if (status >= 400 && !EXPECTED.has(code)) return 'info';
-  return 'debug';
+  if (EXPECTED.has(code) || PROBES.has(route)) return 'debug';
+  return 'info';
 }
 
 /**
- * Request ids, the duration histogram and one log line per request (5xx error, 4xx info with the
- * error code, the rest debug), from the first middleware. A client's X-Request-Id is echoed and
- * logged only if it is short and plain; else the request gets a random one. The duration runs
- * from the request reaching the app to its answer being handed to the socket ('finish').
+ * Request ids, the duration histogram and one log line per request (5xx error; the rest info,
+ * with the error code of a 4xx, except what logLevelOf puts at debug), from the first
+ * middleware. A client's X-Request-Id is echoed and logged only if it is short and plain; else
+ * the request gets a random one. The duration runs from the request reaching the app to its
+ * answer being handed to the socket ('finish').
  */
 function observe(log: Logger, metrics: Metrics): RequestHandler {
   // One histogram child per (method, route, status) saves prom-client's labels() lookup per request.
@@ -261,7 +263,7 @@ function observe(log: Logger, metrics: Metrics): RequestHandler {
       const route = typeof routePath === 'string' ? routePath : 'unmatched';
       durationOf(req.method, route, status).observe(ms / 1e3);
       const code = errorCodeOf(res);
-      const level = logLevelOf(status, code);
+      const level = logLevelOf(status, code, route);
       if (log.isLevelEnabled(level)) {
         log[level]({ reqId, method: req.method, url: req.originalUrl, status, code, ms }, 'request');
       }

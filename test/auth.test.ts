@@ -184,11 +184,8 @@ describe('AUTH_MODE=jwt', () => {
 
   it('sends the security headers on every JSON answer, and CORS only to allowed origins', async () => {
     for (const res of [await t.http.get('/api/tokens').set(as('alice')), await t.http.get('/api/tokens'), await t.http.get('/healthz')]) {
-      expect(res.headers).toMatchObject({
-        'x-content-type-options': 'nosniff',
-        'cache-control': 'no-store',
-        'content-security-policy': "default-src 'none'; frame-ancestors 'none'",
-      });
+      expect(res.headers).toMatchObject({ 'x-content-type-options': 'nosniff', 'cache-control': 'no-store' });
+      expect(res.headers['content-security-policy']?.split(/; */)).toEqual(["default-src 'none'", "frame-ancestors 'none'"]);
     }
     const allowed = await t.http.options('/api/tokens/activate').set('Origin', 'https://app.example').set('Access-Control-Request-Method', 'POST');
     expect(allowed.status).toBe(204);

@@ -2,24 +2,17 @@ import { mkdtempSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { elsewhere, launchChromium, watch, type Watched } from './browser.js';
 import { newUserId, startTestService, type TestService } from './helpers.js';
 
-// The dashboard in Debian's Chromium, headless (.ci/run installs it; no browser is downloaded).
-// One browser for the file; each test opens its own page and watches every request it makes.
+// The dashboard in Chromium (test/browser.ts). One browser for the file; each test opens its own
+// page and watches every request it makes.
 
 const ADMIN_KEY = 'dashboard-admin-key-0123456789';
-const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
 const axePath = createRequire(import.meta.url).resolve('axe-core/axe.min.js');
 const shots = mkdtempSync(join(tmpdir(), 'tl-dashboard-'));
-
-interface Watched {
-  page: Page;
-  errors: string[];
-  failed: string[];
-  requests: Array<{ url: string; method: string; auth: boolean }>;
-}
 
 describe('the dashboard in a browser', () => {
   let t: TestService;
@@ -31,7 +24,7 @@ describe('the dashboard in a browser', () => {
     const big = await t.http.post('/api/admin/pools').set('Authorization', `Bearer ${ADMIN_KEY}`).send({ name: 'big', size: 10_000 });
     expect(big.status).toBe(201);
     streamServed = Boolean((await t.http.get('/openapi.json')).body.paths['/api/events/stream']);
-    browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--headless=new'] });
+    browser = await launchChromium();
     console.log(`dashboard screenshots: ${shots}`);
   });
   afterAll(async () => {
@@ -42,21 +35,8 @@ describe('the dashboard in a browser', () => {
   async function open(width = 1280, options: { bypassCSP?: boolean } = {}): Promise<Watched> {
     const context = await browser.newContext({ viewport: { width, height: 900 }, ...options });
     const page = await context.newPage();
-    const watched: Watched = { page, errors: [], failed: [], requests: [] };
-    page.on('console', (m) => {
-      if (m.type() === 'error') watched.errors.push(m.text());
-    });
-    page.on('pageerror', (e) => watched.errors.push(String(e)));
-    page.on('requestfailed', (r) => {
-      // A page closed while its stream was open aborts that request: not a failure.
-      if (!r.url().endsWith('/api/events/stream')) watched.failed.push(`${r.url()} ${r.failure()?.errorText ?? ''}`);
-    });
-    page.on('response', (r) => {
-      if (r.status() >= 400) watched.failed.push(`${r.url()} ${r.status()}`);
-    });
-    page.on('request', (r) => {
-      watched.requests.push({ url: r.url(), method: r.method(), auth: r.headers().authorization !== undefined });
-    });
+    // A page closed while its stream was open aborts that request: not a failure.
+    const watched = watch(page, (url) => url.endsWith('/api/events/stream'));
     await page.goto(`${t.url}/dashboard`);
     await page.locator('[data-token-id]').first().waitFor();
     return watched;
@@ -84,7 +64,7 @@ describe('the dashboard in a browser', () => {
     for (const w of [desktop, phone]) {
       expect(w.errors).toEqual([]);
       expect(w.failed).toEqual([]);
-      expect(w.requests.filter((r) => !r.url.startsWith(t.url))).toEqual([]);
+      expect(elsewhere(w, t.url)).toEqual([]);
       expect(w.requests.filter((r) => r.url.includes('/api/admin/') || r.method !== 'GET' || r.auth)).toEqual([]);
       await w.page.context().close();
     }

@@ -22,6 +22,8 @@ import { tokenRoutes } from './routes.js';
 import { poolRoutes } from './poolRoutes.js';
 import { statsRoutes } from './statsRoutes.js';
 import { dashboardRoutes } from './dashboard.js';
+import { docsRoutes } from './docs.js';
+import { securityHeaders } from './headers.js';
 import type { Stats } from '../domain/stats.js';
 import type { PoolDirectory, Pools } from '../domain/pools.js';
 import type { EventFeed } from '../domain/eventFeed.js';
@@ -88,6 +90,8 @@ export function createApp(deps: AppDeps): Express {
   if ((deps.trustProxy ?? 0) > 0) app.set('trust proxy', deps.trustProxy);
 
   app.use(observe(log, metrics));
+  // On every answer (src/http/headers.ts); the pages replace its policy with their own.
+  app.use(securityHeaders());
   const origins = deps.corsOrigins ?? [];
   if (origins.length > 0) {
     app.use(
@@ -156,6 +160,7 @@ export function createApp(deps: AppDeps): Express {
     leaseRoutes(app, { leases: deps.leases, mode: authMode, readModel, first });
     if (deps.apiClients !== undefined) clientRoutes(app, { clients: deps.apiClients, first: first.admin });
     dashboardRoutes(app);
+    docsRoutes(app);
     if (deps.events !== undefined) eventRoutes(app, { ...deps.events, mode: authMode });
     if (deps.webhooks !== undefined) webhookRoutes(app, { ...deps.webhooks, first: first.admin });
     // Built and serialised once: it is generated from the schemas the routes use.
@@ -251,11 +256,6 @@ function observe(log: Logger, metrics: Metrics): RequestHandler {
     const given = req.headers['x-request-id'];
     const reqId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
     res.setHeader('X-Request-Id', reqId);
-    // On every answer: JSON is never to be sniffed as something else, cached on the way, or
-    // framed, and loads nothing. Set here, in the one middleware every request passes.
-    res.setHeader('X-Content-Type-Options', 'nosniff');
-    res.setHeader('Cache-Control', 'no-store');
-    res.setHeader('Content-Security-Policy', "default-src 'none'; frame-ancestors 'none'");
     res.once('finish', () => {
       const ms = performance.now() - started;
       const status = res.statusCode;

@@ -1,5 +1,6 @@
 import { fileURLToPath } from 'node:url';
-import express, { type Express, type RequestHandler } from 'express';
+import express, { type Express } from 'express';
+import { pagePolicy } from './headers.js';
 
 // The dashboard (docs/dashboard.md): files from public/dashboard/ and uPlot from node_modules,
 // served from this origin only. Static middleware rather than routes: they are files, not
@@ -10,27 +11,13 @@ const pageDir = fileURLToPath(new URL('../../public/dashboard', import.meta.url)
 /** uPlot's built files: a dependency, so it is installed wherever the service runs. */
 const uPlotDir = fileURLToPath(new URL('../../node_modules/uplot/dist', import.meta.url));
 
-// Every answer gets `default-src 'none'` (app.ts); the page may load its own scripts, styles
-// and icon, and call this origin, and nothing else: no inline script, no other origin.
-const PAGE_POLICY = [
-  "default-src 'none'",
-  "script-src 'self'",
-  "style-src 'self'",
-  "img-src 'self'",
-  "connect-src 'self'",
-  "base-uri 'none'",
-  "form-action 'none'",
-  "frame-ancestors 'none'",
-].join('; ');
-
-const pagePolicy: RequestHandler = (_req, res, next) => {
-  res.setHeader('Content-Security-Policy', PAGE_POLICY);
-  next();
-};
+// The page may load its own scripts, styles and icon, and call this origin, and nothing else: no
+// inline script or style, no other origin (src/http/headers.ts).
+const policy = pagePolicy();
 
 const files = (dir: string) => express.static(dir, { index: 'index.html', dotfiles: 'ignore', etag: false, lastModified: false });
 
 export function dashboardRoutes(app: Express): void {
-  app.use('/dashboard/vendor', pagePolicy, express.static(uPlotDir, { index: false, etag: false, lastModified: false }));
-  app.use('/dashboard', pagePolicy, files(pageDir));
+  app.use('/dashboard/vendor', policy, express.static(uPlotDir, { index: false, etag: false, lastModified: false }));
+  app.use('/dashboard', policy, files(pageDir));
 }

@@ -1,12 +1,12 @@
-import { DelayedError, Queue, Worker, type Job } from 'bullmq';
+import { DelayedError, Queue, type Job } from 'bullmq';
 import type { EventFeed } from '../domain/eventFeed.js';
 import type { DueDelivery, Webhooks } from '../domain/webhooks.js';
 import type { WebhookPoster } from '../domain/webhookPost.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
-import { within } from '../timeouts.js';
 import { startPeriodic } from './periodic.js';
-import { logConnectionState, type RedisConnection } from './redis.js';
+import type { RedisConnection } from './redis.js';
+import { startWorker } from './worker.js';
 
 // Webhook deliveries (docs/events.md, "Webhooks"): one BullMQ job per delivery, id
 // `delivery-<id>`, that attempts it when it is due and, after a failure, moves itself back to
@@ -112,24 +112,13 @@ export function startDeliveryWorker(deps: {
     return result.outcome;
   }
 
-  const running = new Set<Promise<string>>();
-  function tracked(job: Job<DeliveryJobData>, token?: string): Promise<string> {
-    const work = deliver(job, token);
-    running.add(work);
-    const done = () => running.delete(work);
-    work.then(done, done);
-    return work;
-  }
-
-  const worker = new Worker<DeliveryJobData, string>(DELIVERY_QUEUE, tracked, {
-    connection: deps.connection,
-    prefix: deps.prefix,
-    concurrency: deps.concurrency,
-    lockDuration: deps.lockMs,
-    stalledInterval: deps.lockMs,
-    autorun: true,
+  const { worker, close: closeWorker } = startWorker<DeliveryJobData>({
+    ...deps,
+    queue: DELIVERY_QUEUE,
+    name: 'delivery worker',
+    graceMs: RUNNING_JOBS_GRACE_MS,
+    run: deliver,
   });
-  logConnectionState(worker, log, 'delivery worker');
   worker.on('failed', (job, err) => {
     log.warn({ err, jobId: job?.id, attempts: job?.attemptsMade }, 'delivery job failed');
   });
@@ -163,17 +152,10 @@ export function startDeliveryWorker(deps: {
   }, deps.sweepIntervalMs);
 
   return {
-    // As the release worker's close (src/jobs/releaseWorker.ts): stop fetching, wait a bounded
-    // time for the attempts running here, then close by force. An attempt abandoned mid-way is
+    // Stop making work, then the worker (startWorker's close). An attempt abandoned mid-way is
     // attempted again once its claim runs out.
     async close() {
-      const steps = [
-        () => fanOut.stop(),
-        () => sweep.stop(),
-        () => worker.pause(true),
-        () => settleWithin(running, RUNNING_JOBS_GRACE_MS),
-        () => worker.close(true),
-      ];
+      const steps = [() => fanOut.stop(), () => sweep.stop(), closeWorker];
       for (const step of steps) await step().catch((err: unknown) => log.warn({ err }, 'delivery worker close step failed'));
     },
   };
@@ -184,10 +166,3 @@ const FANOUT_INTERVAL_MS = 100;
 const SWEEP_BATCH = 1_000;
 /** An attempt takes at most 10 s. */
 const RUNNING_JOBS_GRACE_MS = 11_000;
-
-async function settleWithin(running: ReadonlySet<Promise<unknown>>, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (running.size > 0 && Date.now() < deadline) {
-    await within(Promise.allSettled([...running]), deadline - Date.now()).catch(() => undefined);
-  }
-}

@@ -1,11 +1,11 @@
-import { DelayedError, Worker, type Job } from 'bullmq';
+import { DelayedError, type Job } from 'bullmq';
 import { z } from 'zod';
 import type { Leases } from '../domain/leases.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
-import { within } from '../timeouts.js';
 import { RELEASE_QUEUE, type ReleaseJobData } from './queue.js';
-import { logConnectionState, type RedisConnection } from './redis.js';
+import type { RedisConnection } from './redis.js';
+import { startWorker } from './worker.js';
 
 const jobData = z.object({ leaseId: z.guid(), expiresAt: z.string() });
 
@@ -19,15 +19,10 @@ export interface ReleaseWorker {
  * the handler only ends a lease that is still open and due, in one conditional statement.
  */
 export function startReleaseWorker(deps: {
-  /** Built in main/ (createWorkerConnection); the caller closes it after the worker. */
+  /** See WorkerOptions (src/jobs/worker.ts). */
   connection: RedisConnection;
   prefix: string;
   concurrency: number;
-  /**
-   * How long a running job stays claimed without its worker renewing the claim, and how often
-   * workers look for claims that lapsed: a job whose worker died runs again within about two
-   * of these.
-   */
   lockMs: number;
   leases: Leases;
   log: Logger;
@@ -67,53 +62,19 @@ export function startReleaseWorker(deps: {
     return result.outcome;
   }
 
-  // The jobs this process is running, so that close() can wait for them itself (see close()).
-  const running = new Set<Promise<string>>();
-  function tracked(job: Job<ReleaseJobData>, token?: string): Promise<string> {
-    const work = release(job, token);
-    running.add(work);
-    const done = () => running.delete(work);
-    work.then(done, done);
-    return work;
-  }
-
-  const worker = new Worker<ReleaseJobData, string>(RELEASE_QUEUE, tracked, {
-    connection: deps.connection,
-    prefix: deps.prefix,
-    concurrency: deps.concurrency,
-    lockDuration: deps.lockMs,
-    stalledInterval: deps.lockMs,
-    autorun: true,
+  const { worker, close } = startWorker<ReleaseJobData>({
+    ...deps,
+    queue: RELEASE_QUEUE,
+    name: 'worker',
+    graceMs: RUNNING_JOBS_GRACE_MS,
+    run: release,
   });
-  logConnectionState(worker, log, 'worker');
   worker.on('failed', (job, err) => {
     metrics.releaseJobFailures.inc();
     log.warn({ err, jobId: job?.id, attempts: job?.attemptsMade }, 'release job failed');
   });
-
-  return {
-    // BullMQ's graceful close() waits for its blocking connection to end, and a connection
-    // waiting between reconnect attempts never does (Redis down: bullmq #4656), so a worker told
-    // to stop during an outage hung until SHUTDOWN_TIMEOUT_MS and exited 1. Instead: stop
-    // fetching (pause without waiting), wait a bounded time for the jobs running here, then close
-    // by force, which only disconnects. A job still running then is abandoned; once its lock
-    // expires it runs again elsewhere, which changes nothing but the lease it is due to end.
-    async close() {
-      await worker.pause(true);
-      await settleWithin(running, RUNNING_JOBS_GRACE_MS);
-      await worker.close(true);
-    },
-  };
+  return { close };
 }
 
 /** How long close() waits for running jobs: each is a statement or two, unless Redis is away. */
 const RUNNING_JOBS_GRACE_MS = 5_000;
-
-/** Waits until `running` is empty (a fetch in flight may still add a job) or `ms` have passed. */
-async function settleWithin(running: ReadonlySet<Promise<unknown>>, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (running.size > 0 && Date.now() < deadline) {
-    // allSettled never rejects: a rejection here is the time running out.
-    await within(Promise.allSettled([...running]), deadline - Date.now()).catch(() => undefined);
-  }
-}

@@ -124,6 +124,7 @@ export const envSchema = z
     WEBHOOK_ROTATION_GRACE_MS: milliseconds(86_400_000, 0),
     WEBHOOK_ALLOW_PRIVATE: z.enum(['true', 'false'], { error: 'must be true or false' }).default('false'),
     WEBHOOK_CONCURRENCY: whole(16, 1, 1000),
+    QUEUE_BOARD_WRITE: z.enum(['true', 'false'], { error: 'must be true or false' }).default('false'),
     ADMIN_API_KEY: z
       .string()
       .min(16, 'must be at least 16 characters')
@@ -213,6 +214,8 @@ export const envSchema = z
       concurrency: e.WEBHOOK_CONCURRENCY,
     },
     adminApiKey: e.ADMIN_API_KEY,
+    /** The queue board (/admin/queues) may retry, clean, pause... jobs; else it only shows them. */
+    queueBoardWrite: e.QUEUE_BOARD_WRITE === 'true',
     authMode: e.AUTH_MODE ?? 'none',
     /** Seals tokens' values at rest (AES-256-GCM); null: they are stored in clear. */
     tokenValueKey: e.TOKEN_VALUE_KEY ?? null,

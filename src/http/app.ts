@@ -11,7 +11,7 @@ import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { within } from '../timeouts.js';
 import { openApiDocument } from './contract.js';
-import { authenticate, requireScope, type AuthMode } from './authenticate.js';
+import { adminPageAuth, authenticate, requireScope, type AuthMode } from './authenticate.js';
 import { clientRoutes } from './clientRoutes.js';
 import { leaseRoutes } from './leaseRoutes.js';
 import { rateLimiter } from './rateLimit.js';
@@ -30,6 +30,7 @@ import type { EventFeed } from '../domain/eventFeed.js';
 import { eventRoutes, type EventStreams } from './eventRoutes.js';
 import type { Webhooks } from '../domain/webhooks.js';
 import { webhookRoutes } from './webhookRoutes.js';
+import { queueBoardRoutes, type QueueBoardOptions } from './queueBoard.js';
 
 export interface AppDeps {
   readonly leases: Leases;
@@ -67,6 +68,8 @@ export interface AppDeps {
   readonly events?: { readonly feed: EventFeed; readonly streams: EventStreams } | undefined;
   /** Webhooks (src/http/webhookRoutes.ts), and how a replay makes its job run now; absent: not served. */
   readonly webhooks?: { readonly webhooks: Webhooks; readonly runNow: (deliveryId: number) => Promise<void> } | undefined;
+  /** The queue board at /admin/queues (src/http/queueBoard.ts) over these queues; absent: not served. */
+  readonly queueBoard?: Omit<QueueBoardOptions, 'admit'> | undefined;
 }
 
 export interface RateLimits {
@@ -110,7 +113,7 @@ export function createApp(deps: AppDeps): Express {
     const auth = authenticate({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey });
     // With AUTH_MODE=none only the admin routes ask who is calling; they authenticate themselves.
     if (authMode !== 'none') app.use('/api', auth);
-    const limit = (budget: 'lease' | 'admin', perMinute: number) =>
+    const limit = (budget: 'lease' | 'admin', perMinute: number, failuresOnly = false) =>
       deps.rateLimits === undefined
         ? []
         : rateLimiter({
@@ -120,6 +123,7 @@ export function createApp(deps: AppDeps): Express {
             keyPrefix: `${deps.rateLimits.redisPrefix}:rate-limit:${budget}:`,
             log,
             metrics,
+            failuresOnly,
           });
     const scopes = { mode: authMode, adminApiKey: deps.adminApiKey };
     // What each kind of route runs before its handler, once the caller is known. Lease routes:
@@ -163,6 +167,13 @@ export function createApp(deps: AppDeps): Express {
     docsRoutes(app);
     if (deps.events !== undefined) eventRoutes(app, { ...deps.events, mode: authMode });
     if (deps.webhooks !== undefined) webhookRoutes(app, { ...deps.webhooks, first: first.admin });
+    if (deps.queueBoard !== undefined) {
+      // As on the admin routes: who is calling, their admin budget, then the check. The budget is
+      // spent by refusals only (the page polls), so that guesses at the key spend it.
+      const page = adminPageAuth({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey });
+      const admit = [page.identify, ...limit('admin', deps.rateLimits?.adminPerMinute ?? 0, true), page.require];
+      queueBoardRoutes(app, { ...deps.queueBoard, admit });
+    }
     // Built and serialised once: it is generated from the schemas the routes use.
     const openApi = JSON.stringify(openApiDocument(deps.version ?? '0.0.0'));
     app

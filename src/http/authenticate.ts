@@ -39,13 +39,18 @@ function unauthorized(res: Response, reason: string, description?: string): AppE
   return new AppError(ERRORS.unauthorized, { reason });
 }
 
+/** Whether a presented key is ADMIN_API_KEY (never, without one). */
+function adminKeyCheck(adminApiKey: string | undefined): (presented: string) => boolean {
+  const adminDigest = adminApiKey === undefined ? undefined : digest(adminApiKey);
+  // Hashed first, so the comparison takes the same time whatever the length or content of a guess.
+  return (presented) => adminDigest !== undefined && timingSafeEqual(digest(presented), adminDigest);
+}
+
 export function authenticate(options: AuthOptions): RequestHandler {
   const { verify } = options;
   // A mode with credentials but nothing to check them would let everyone in as anonymous.
   if (options.mode !== 'none' && verify === undefined) throw new Error(`AUTH_MODE=${options.mode} needs its verifier`);
-  const adminDigest = options.adminApiKey === undefined ? undefined : digest(options.adminApiKey);
-  // Hashed first, so the comparison takes the same time whatever the length or content of a guess.
-  const isAdminKey = (presented: string) => adminDigest !== undefined && timingSafeEqual(digest(presented), adminDigest);
+  const isAdminKey = adminKeyCheck(options.adminApiKey);
 
   return (req, res, next) => {
     const header = req.headers.authorization;
@@ -100,6 +105,53 @@ export function requireScope(scope: Scope, options: Pick<AuthOptions, 'mode' | '
     }
     throw new AppError(ERRORS.forbidden, { reason: 'missing_scope', scope });
   };
+}
+
+const BASIC_REALM = 'Basic realm="token-lease"';
+
+/**
+ * For the admin pages a browser opens (the queue board): the admin routes' credentials (a Bearer
+ * admin key, or in AUTH_MODE=jwt and api_key a Bearer credential with the admin scope), or HTTP
+ * Basic with ADMIN_API_KEY as the password and any user name, which a browser can send: it asks
+ * for it on a 401 with a Basic challenge, or takes it from the URL (http://admin:KEY@host/...).
+ * Like the admin routes, open in AUTH_MODE=none without ADMIN_API_KEY, and in two steps, so that
+ * a rate limit can go between them: `identify` finds the caller, `require` lets admins through.
+ * Every 401 carries the Basic challenge.
+ */
+export function adminPageAuth(options: AuthOptions): { identify: RequestHandler; require: RequestHandler } {
+  const bearer = authenticate(options);
+  const isAdminKey = adminKeyCheck(options.adminApiKey);
+  const challenging =
+    (handler: RequestHandler): RequestHandler =>
+    (req, res, next) => {
+      const done = (error?: unknown) => {
+        if (error instanceof AppError && error.status === 401) res.setHeader('WWW-Authenticate', BASIC_REALM);
+        next(error);
+      };
+      try {
+        handler(req, res, done);
+      } catch (error) {
+        done(error);
+      }
+    };
+  const identify: RequestHandler = (req, res, next) => {
+    const basic = /^Basic +([A-Za-z0-9+/]+=*) *$/i.exec(req.headers.authorization ?? '')?.[1];
+    if (basic === undefined) {
+      bearer(req, res, next);
+      return;
+    }
+    const pair = Buffer.from(basic, 'base64').toString('utf8');
+    const colon = pair.indexOf(':');
+    if (colon !== -1 && isAdminKey(pair.slice(colon + 1))) {
+      res.locals.caller = ADMIN;
+    } else {
+      // As a wrong Bearer admin key: refused by `require`, unless admin routes are open.
+      unverified.add(res);
+      res.locals.caller = ANONYMOUS;
+    }
+    next();
+  };
+  return { identify: challenging(identify), require: challenging(requireScope('admin', options)) };
 }
 
 /**

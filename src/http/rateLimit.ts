@@ -27,6 +27,8 @@ export interface RateLimitOptions {
   readonly keyPrefix: string;
   readonly log: Logger;
   readonly metrics: Metrics;
+  /** Counts refused requests only (4xx, 5xx): for a page whose every asset and poll is a request. */
+  readonly failuresOnly?: boolean;
 }
 
 const WINDOW_MS = 60_000;
@@ -56,6 +58,7 @@ export function rateLimiter(options: RateLimitOptions): readonly RequestHandler[
     standardHeaders: 'draft-8',
     legacyHeaders: false,
     identifier: budget,
+    skipSuccessfulRequests: options.failuresOnly ?? false,
     keyGenerator: (_req, res) => callerKey(res),
     store: failOpen(new RedisStore({ sendCommand: options.sendCommand, prefix: options.keyPrefix }), options),
     passOnStoreError: true,

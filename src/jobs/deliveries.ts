@@ -35,6 +35,8 @@ const JOB_OPTIONS = {
 } as const;
 
 export interface DeliveryQueue {
+  /** The BullMQ queue itself, for the queue board (src/http/queueBoard.ts). */
+  readonly queue: Queue<DeliveryJobData>;
   /** Adds the jobs of these deliveries (a job that exists is left as it is). */
   add(deliveries: readonly DueDelivery[]): Promise<void>;
   /** Makes a delivery's job run now (a replay): an existing delayed job is replaced. */
@@ -60,6 +62,7 @@ export function createDeliveryQueue(deps: { connection: RedisConnection; prefix:
     opts: { jobId: deliveryJobId(d.id), delay: d.delayMs },
   });
   return {
+    queue,
     async add(deliveries) {
       if (deliveries.length === 0) return;
       await queue.addBulk(deliveries.map(jobOf));

@@ -46,6 +46,8 @@ const JOB_OPTIONS = {
 } as const;
 
 export interface ReleaseQueue extends ReleaseScheduler {
+  /** The BullMQ queue itself, for the queue board (src/http/queueBoard.ts). */
+  readonly queue: Queue<ReleaseJobData>;
   /** Re-adds the release job of every open lease (existing jobs are left as they are). */
   resync(leases: Leases): Promise<number>;
   /** How many jobs are delayed (due later), waiting (due, not started) and failed (out of attempts). */
@@ -167,6 +169,7 @@ export function createReleaseQueue(deps: {
   }
 
   return {
+    queue,
     scheduleRelease,
     leaseEnded,
     resync,

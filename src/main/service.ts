@@ -356,6 +356,8 @@ export async function startService(config: Config, log: Logger): Promise<Service
       stats,
       events,
       webhooks,
+      // The queues this process adds jobs to; served by API processes only, like every page.
+      queueBoard: { queues: [releases.queue, deliveryQueue.queue], write: config.queueBoardWrite },
     });
     const http = await listen(app, config, log);
     shutdown.add('http server', () => http.close());

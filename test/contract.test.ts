@@ -22,6 +22,7 @@ import {
   eventsPageSchema,
   historySchema,
   leaseRecordSchema,
+  leaseRefusalSchema,
   leaseSchema,
   readySchema,
   userRevokedSchema,
@@ -125,7 +126,7 @@ describe('real answers match the documented schemas', () => {
 
     const renewed = await t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: user, lease_id: leaseId });
     conforms(renewed, 'post', '/api/tokens/{id}/renew', envelope(leaseSchema));
-    conforms(await t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: newUserId(), lease_id: leaseId }), 'post', '/api/tokens/{id}/renew', errorSchema);
+    conforms(await t.http.post(`/api/tokens/${tokenId}/renew`).send({ user_id: newUserId(), lease_id: leaseId }), 'post', '/api/tokens/{id}/renew', leaseRefusalSchema);
 
     const valid = await t.http.post(`/api/tokens/${tokenId}/validate`).send({ user_id: user, fence });
     conforms(valid, 'post', '/api/tokens/{id}/validate', envelope(validationSchema));
@@ -133,7 +134,7 @@ describe('real answers match the documented schemas', () => {
     conforms(invalid, 'post', '/api/tokens/{id}/validate', envelope(validationSchema));
 
     conforms(await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: user, lease_id: leaseId }), 'post', '/api/tokens/{id}/release', envelope(releasedSchema));
-    conforms(await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: newUserId(), lease_id: leaseId }), 'post', '/api/tokens/{id}/release', errorSchema);
+    conforms(await t.http.post(`/api/tokens/${tokenId}/release`).send({ user_id: newUserId(), lease_id: leaseId }), 'post', '/api/tokens/{id}/release', leaseRefusalSchema);
 
     conforms(await t.http.get(`/api/tokens/${tokenId}/history?limit=1`), 'get', '/api/tokens/{id}/history', envelope(historySchema));
     conforms(await t.http.get(`/api/tokens/${tokenId}/history?limit=0`), 'get', '/api/tokens/{id}/history', errorSchema);
@@ -211,6 +212,20 @@ describe('real answers match the documented schemas', () => {
     const revokePath = `/api/admin/leases/${held.lease_id as string}/revoke`;
     conforms(await t.http.post(revokePath).set(admin), 'post', '/api/admin/leases/{lease_id}/revoke', envelope(leaseRecordSchema));
     conforms(await t.http.post(revokePath), 'post', '/api/admin/leases/{lease_id}/revoke', errorSchema);
+    // A revoked lease says so wherever its end is told: history, validate, release and renew.
+    const heldToken = held.token_id as string;
+    const heldRef = { user_id: held.user_id as string, lease_id: held.lease_id as string };
+    const history = await t.http.get(`/api/tokens/${heldToken}/history?limit=1`);
+    conforms(history, 'get', '/api/tokens/{id}/history', envelope(historySchema));
+    expect(history.body.data.usages[0].end_reason).toBe('revoked');
+    const revokedValidation = await t.http.post(`/api/tokens/${heldToken}/validate`).send({ user_id: heldRef.user_id, fence: held.fence as number });
+    conforms(revokedValidation, 'post', '/api/tokens/{id}/validate', envelope(validationSchema));
+    expect(revokedValidation.body.data).toEqual({ valid: false, reason: 'revoked' });
+    for (const action of ['release', 'renew']) {
+      const refused = await t.http.post(`/api/tokens/${heldToken}/${action}`).send(heldRef);
+      conforms(refused, 'post', `/api/tokens/{id}/${action}`, leaseRefusalSchema);
+      expect(refused.body.error, action).toMatchObject({ code: 'lease_ended', details: { reason: 'revoked' } });
+    }
     const userPath = `/api/admin/users/${held.user_id as string}/revoke`;
     conforms(await t.http.post(userPath).set(admin), 'post', '/api/admin/users/{user_id}/revoke', envelope(userRevokedSchema));
     conforms(await t.http.post('/api/admin/users/nope/revoke').set(admin), 'post', '/api/admin/users/{user_id}/revoke', errorSchema);
@@ -241,6 +256,9 @@ describe('real answers match the documented schemas', () => {
   });
 });
 
+/** Codes any route may answer, which no operation lists: 405 for another method, 500. */
+const UNDOCUMENTED: ReadonlySet<string> = new Set([ERRORS.method_not_allowed.code, ERRORS.internal.code]);
+
 describe('the error registry', () => {
   it('is the table of errors in docs/api.md: every code, its status and its message', () => {
     const markdown = readFileSync(new URL('../docs/api.md', import.meta.url), 'utf8');
@@ -256,11 +274,24 @@ describe('the error registry', () => {
   });
 
   it('gives every error the OpenAPI document names its entry in the registry', async () => {
-    const doc = (await t.http.get('/openapi.json')).body as { paths: Record<string, Record<string, { responses: Record<string, { 'x-error-codes'?: string[] }> }>> };
+    type Answer = { 'x-error-codes'?: string[]; $ref?: string };
+    const doc = (await t.http.get('/openapi.json')).body as {
+      paths: Record<string, Record<string, { responses: Record<string, Answer> }>>;
+      components: { responses: Record<string, Answer> };
+    };
+    // A common error answer is a $ref to components.responses.
+    const resolved = (answer: Answer) => (answer.$ref === undefined ? answer : doc.components.responses[answer.$ref.split('/').at(-1) ?? '']);
     const named = Object.values(doc.paths)
       .flatMap((ops) => Object.values(ops))
-      .flatMap((op) => Object.entries(op.responses).flatMap(([status, r]) => (r['x-error-codes'] ?? []).map((code) => [code, Number(status)] as const)));
+      .flatMap((op) =>
+        Object.entries(op.responses).flatMap(([status, answer]) => {
+          const codes = resolved(answer)?.['x-error-codes'];
+          if (!status.startsWith('2')) expect(codes, `${status} ${JSON.stringify(answer)}`).toBeDefined();
+          return (codes ?? []).map((code) => [code, Number(status)] as const);
+        }),
+      );
     expect(named.length).toBeGreaterThan(0);
+    expect(new Set(named.map(([code]) => code))).toEqual(new Set(Object.keys(ERRORS).filter((code) => !UNDOCUMENTED.has(code))));
     const statusOf = new Map(Object.values(ERRORS).map((e) => [e.code as string, e.status]));
     for (const [code, status] of named) expect(statusOf.get(code), code).toBe(status);
   });

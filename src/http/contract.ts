@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ERRORS, type ErrorDefinition } from '../errors.js';
+import { ERRORS, type ErrorCode, type ErrorDefinition } from '../errors.js';
 import { CLIENT_SCOPES } from '../domain/clients.js';
 import { EVENT_TYPES } from '../domain/events.js';
 import {
@@ -22,6 +22,7 @@ import {
   deliveriesQuery,
   webhookBody,
 } from './schemas.js';
+import { answers, eventStream, ids, metricsText } from './examples.js';
 
 // The API's answers as zod schemas: the routes build their answers with these types, the
 // OpenAPI document served at GET /openapi.json is generated from them and from the request
@@ -172,13 +173,29 @@ export const readySchema = z.object({
   checks: z.object({ postgres: check, redis: check }),
 });
 
+/** Every error answer (src/http/errors.ts); the codes, statuses and messages are src/errors.ts's. */
 export const errorSchema = z.object({
   error: z.object({
-    code: z.string(),
+    code: z.string().describe("The error's code: those an answer may carry are in its x-error-codes"),
     message: z.string(),
-    details: z.record(z.string(), z.unknown()),
+    details: z.record(z.string(), z.unknown()).describe('More about this error, by code (docs/api.md); {} when none'),
   }),
 });
+
+/** The 409 of release, renew and redeem: how the lease named ended, or that it is not the user's. */
+export const leaseRefusalSchema = z.object({
+  error: errorSchema.shape.error.extend({
+    details: z.object({
+      reason: z
+        .enum([...endReason.options, 'not_held'])
+        .optional()
+        .describe("lease_ended, lease_expired: the lease's end_reason; not_holder: not_held"),
+      ended_at: time.nullable().optional().describe('lease_ended, lease_expired, already_redeemed: when it ended'),
+    }),
+  }),
+});
+
+export const healthSchema = z.object({ status: z.literal('ok') });
 
 /** `{"data": ...}`, the envelope of every successful answer. */
 export const envelope = <S extends z.ZodType>(data: S) => z.object({ data });
@@ -297,10 +314,19 @@ export type RetiredJson = z.infer<typeof retiredSchema>;
 export type GeneratedJson = z.infer<typeof generatedSchema>;
 export type ImportJson = z.infer<typeof importSchema>;
 
-const json = (schema: z.ZodType, io: 'input' | 'output' = 'output') => {
-  const document = z.toJSONSchema(schema, { io, unrepresentable: 'any', target: 'draft-2020-12' });
-  return io === 'output' ? open(document) : document;
-};
+type JsonSchema = Record<string, unknown>;
+
+/** Without $schema and $id: the document sets the dialect, and a component is named by its place. */
+function bare(schema: JsonSchema): JsonSchema {
+  const copy = { ...schema };
+  delete copy.$schema;
+  delete copy.$id;
+  return copy;
+}
+
+/** What a request schema accepts, as JSON Schema. */
+const input = (schema: z.ZodType): JsonSchema =>
+  bare(z.toJSONSchema(schema, { io: 'input', unrepresentable: 'any', target: 'draft-2020-12' }));
 
 /**
  * Answers may gain fields (routes.ts: add fields, never rename them), so their schemas must not
@@ -317,33 +343,168 @@ function open<T>(schema: T): T {
   ) as T;
 }
 
-const answer = (description: string, schema: z.ZodType) => ({
-  description,
-  content: { 'application/json': { schema: json(envelope(schema)) } },
-});
+/** The answers' shapes, as components.schemas: each is written once and referenced with $ref. */
+const SCHEMAS = {
+  Error: errorSchema,
+  LeaseRefusal: leaseRefusalSchema,
+  EndReason: endReason,
+  Lease: leaseSchema,
+  Token: tokenSchema,
+  TokenDetails: tokenDetailsSchema,
+  Usage: usageSchema,
+  History: historySchema,
+  Released: releasedSchema,
+  Validation: validationSchema,
+  Cleared: clearedSchema,
+  Check: checkSchema,
+  Retired: retiredSchema,
+  Generated: generatedSchema,
+  Import: importSchema,
+  LeaseRecord: leaseRecordSchema,
+  UserRevoked: userRevokedSchema,
+  Client: clientSchema,
+  NewClient: newClientSchema,
+  RevokedClient: revokedClientSchema,
+  Pool: poolSchema,
+  Stats: statsSchema,
+  Event: eventSchema,
+  EventsPage: eventsPageSchema,
+  Webhook: webhookSchema,
+  WebhookWithSecret: webhookWithSecretSchema,
+  Delivery: deliverySchema,
+  DeliveriesPage: deliveriesPageSchema,
+  Health: healthSchema,
+  Ready: readySchema,
+} as const;
+type SchemaName = keyof typeof SCHEMAS;
+type DataOf<N extends SchemaName> = z.output<(typeof SCHEMAS)[N]>;
+
+const ref = (name: SchemaName) => ({ $ref: `#/components/schemas/${name}` });
+
+/** components.schemas, with the shapes one contains referenced, not repeated. */
+function componentSchemas(): Record<string, JsonSchema> {
+  const registry = z.registry<{ id: string }>();
+  for (const [id, schema] of Object.entries(SCHEMAS)) registry.add(schema, { id });
+  const { schemas } = z.toJSONSchema(registry, {
+    io: 'output',
+    unrepresentable: 'any',
+    target: 'draft-2020-12',
+    uri: (id) => ref(id as SchemaName).$ref,
+  });
+  return Object.fromEntries(Object.entries(schemas).map(([id, schema]) => [id, open(bare(schema))]));
+}
+
+/** `{"data": ...}`: a success answer with its example. */
+function success(description: string, data: JsonSchema, example: unknown) {
+  return {
+    description,
+    content: {
+      'application/json': {
+        schema: { type: 'object', properties: { data }, required: ['data'] },
+        example: { data: example },
+      },
+    },
+  };
+}
+
+const answer = <N extends SchemaName>(description: string, name: N, example: DataOf<N>) =>
+  success(description, ref(name), example);
+
+const answerList = <N extends SchemaName>(description: string, name: N, example: ReadonlyArray<DataOf<N>>) =>
+  success(description, { type: 'array', items: ref(name) }, example);
+
+/** What sendError (src/http/errors.ts) adds to these answers: when to retry. */
+const retryAfterHeader = {
+  description: 'Seconds to wait before retrying',
+  schema: { type: 'integer', minimum: 0 },
+  example: 1,
+};
+const RETRY_AFTER: ReadonlySet<string> = new Set([
+  ERRORS.pool_exhausted.code,
+  ERRORS.rate_limited.code,
+  ...Object.values(ERRORS)
+    .filter((e) => e.status === 503)
+    .map((e) => e.code),
+]);
+
+/** The 409s that name a lease: their details say how it ended (LeaseRefusal). */
+const LEASE_REFUSALS: ReadonlySet<string> = new Set([ERRORS.lease_ended.code, ERRORS.lease_expired.code, ERRORS.not_holder.code]);
+
+/** An error answer that may carry these codes (of one status), with an example of each code it can show. */
+function errorResponse(list: readonly ErrorDefinition[]) {
+  const schema = list.some((d) => LEASE_REFUSALS.has(d.code)) ? ref('LeaseRefusal') : ref('Error');
+  const examples = Object.fromEntries(
+    list.flatMap((d) => {
+      const details = ERROR_DETAILS[d.code as ErrorCode];
+      return details === undefined ? [] : [[d.code, { value: { error: { code: d.code, message: d.message, details } } }]];
+    }),
+  );
+  return {
+    description: list.map((d) => `${d.code}: ${d.message}`).join('; '),
+    'x-error-codes': list.map((d) => d.code),
+    ...(list.some((d) => RETRY_AFTER.has(d.code)) ? { headers: { 'Retry-After': { $ref: '#/components/headers/RetryAfter' } } } : {}),
+    content: { 'application/json': { schema, ...(Object.keys(examples).length > 0 ? { examples } : {}) } },
+  };
+}
+
+/**
+ * details in the error examples, for the codes whose details are the same on every route (those
+ * of not_found, for one, name what was not found).
+ */
+const ERROR_DETAILS: Partial<Record<ErrorCode, Record<string, unknown>>> = {
+  invalid_json: {},
+  payload_too_large: {},
+  idempotency_key_reused: {},
+  unauthorized: { reason: 'missing' },
+  forbidden: { reason: 'missing_scope', scope: 'admin' },
+  validation_failed: { fields: [{ field: 'user_id', message: 'must be a UUID' }] },
+  pool_exhausted: { retry_after_seconds: 12 },
+  not_holder: { reason: 'not_held' },
+  lease_ended: { reason: 'revoked', ended_at: '2026-11-23T10:00:42.120Z' },
+  lease_expired: { reason: 'expired', ended_at: '2026-11-23T10:02:00.000Z' },
+  max_lease_reached: { expires_at: '2026-11-23T11:00:00.000Z' },
+  rate_limited: { budget: 'lease', limit_per_minute: 600 },
+  unavailable: { reason: 'database_unreachable' },
+  too_many_waiters: { max_waiters: 1000 },
+  too_many_streams: { max_streams: 1000 },
+  not_ready: { checks: { postgres: 'down', redis: 'up' } },
+};
+
+/** The error answers many operations share, as components.responses. */
+const COMMON_ERRORS = {
+  BadRequest: [ERRORS.invalid_json, ERRORS.bad_request],
+  Unauthorized: [ERRORS.unauthorized],
+  Forbidden: [ERRORS.forbidden],
+  NotFound: [ERRORS.not_found],
+  PayloadTooLarge: [ERRORS.payload_too_large],
+  UnsupportedMediaType: [ERRORS.unsupported_media_type],
+  ValidationFailed: [ERRORS.validation_failed],
+  RateLimited: [ERRORS.rate_limited],
+  Unavailable: [ERRORS.unavailable],
+} as const satisfies Record<string, readonly ErrorDefinition[]>;
+
+const codesOf = (list: readonly ErrorDefinition[]) => list.map((d) => d.code).sort().join(' ');
+const commonByCodes = new Map(Object.entries(COMMON_ERRORS).map(([name, list]) => [codesOf(list), name]));
 
 /**
  * The error answers of an operation, by status, from the registry (src/errors.ts): each status
- * lists its codes and their messages, and names them in `x-error-codes`.
+ * lists its codes and their messages, and names them in `x-error-codes`; a status whose codes
+ * are those of a common answer refers to it.
  */
 function failures(...definitions: readonly ErrorDefinition[]) {
   const byStatus = new Map<number, ErrorDefinition[]>();
   for (const d of definitions) byStatus.set(d.status, [...(byStatus.get(d.status) ?? []), d]);
   return Object.fromEntries(
-    [...byStatus].map(([status, list]) => [
-      String(status),
-      {
-        description: list.map((d) => `${d.code}: ${d.message}`).join('; '),
-        'x-error-codes': list.map((d) => d.code),
-        content: { 'application/json': { schema: json(errorSchema) } },
-      },
-    ]),
+    [...byStatus].map(([status, list]) => {
+      const common = commonByCodes.get(codesOf(list));
+      return [String(status), common === undefined ? errorResponse(list) : { $ref: `#/components/responses/${common}` }];
+    }),
   );
 }
 
-const body = (schema: z.ZodType, required = true) => ({
+const body = <S extends z.ZodType>(schema: S, example: z.input<S>, required = true) => ({
   required,
-  content: { 'application/json': { schema: json(schema, 'input') } },
+  content: { 'application/json': { schema: input(schema), example } },
 });
 
 const idempotencyKeyParameter = {
@@ -352,33 +513,23 @@ const idempotencyKeyParameter = {
   required: false,
   description: "A retry with the same key and request answers the first request's result (kept 24 hours)",
   schema: { type: 'string', pattern: '^[\\x21-\\x7e]{1,255}$' },
+  example: 'generate-2026-11-23-01',
 };
 
-const tokenIdParameter = {
-  name: 'id',
+const uuidIn = (name: string, description: string, example: string) => ({
+  name,
   in: 'path',
   required: true,
-  description: 'Token id; an unknown or malformed id answers 404',
+  description,
   schema: { type: 'string', format: 'uuid' },
-};
+  example,
+});
 
-const leaseIdParameter = {
-  name: 'lease_id',
-  in: 'path',
-  required: true,
-  description: 'Lease id; an unknown or malformed id answers 404',
-  schema: { type: 'string', format: 'uuid' },
-};
-
-const userIdParameter = {
-  name: 'user_id',
-  in: 'path',
-  required: true,
-  description: 'User id (a UUID); a malformed one answers 422',
-  schema: { type: 'string', format: 'uuid' },
-};
-
-const webhookIdParameter = { ...tokenIdParameter, description: 'Webhook id; an unknown or malformed id answers 404' };
+const tokenIdParameter = uuidIn('id', 'Token id; an unknown or malformed id answers 404', ids.token);
+const leaseIdParameter = uuidIn('lease_id', 'Lease id; an unknown or malformed id answers 404', ids.lease);
+const userIdParameter = uuidIn('user_id', 'User id (a UUID); a malformed one answers 422', ids.user);
+const webhookIdParameter = uuidIn('id', 'Webhook id; an unknown or malformed id answers 404', ids.webhook);
+const clientIdParameter = uuidIn('id', 'Client id; an unknown or malformed id answers 404', ids.client);
 
 const poolParameter = {
   name: 'pool',
@@ -386,20 +537,21 @@ const poolParameter = {
   required: true,
   description: 'Pool name; an unknown name answers 404',
   schema: { type: 'string', pattern: '^[a-z0-9-]{1,63}$' },
+  example: 'gpu-a100',
 };
 
 function queryParameters(schema: z.ZodObject) {
-  const properties = json(schema, 'input').properties ?? {};
+  const properties = (input(schema).properties ?? {}) as Record<string, unknown>;
   return Object.entries(properties).map(([name, property]) => ({ name, in: 'query', required: false, schema: property }));
 }
 
-/** What any route that reads a JSON body may answer besides its own errors. */
 /** Every /api/ route with AUTH_MODE=jwt (docs/security.md): 401 without valid credentials, 403 without the right. */
 const AUTH = [ERRORS.unauthorized, ERRORS.forbidden] as const;
 
 /** The lease routes with RATE_LIMIT_PER_MINUTE, the admin routes with ADMIN_RATE_LIMIT_PER_MINUTE. */
 const LIMITED = [ERRORS.rate_limited] as const;
 
+/** What any route that reads a JSON body may answer besides its own errors. */
 const BAD_INPUT = [
   ERRORS.invalid_json,
   ERRORS.bad_request,
@@ -408,6 +560,8 @@ const BAD_INPUT = [
   ERRORS.validation_failed,
   ERRORS.unavailable,
 ] as const;
+
+const admin = [{ adminKey: [] }];
 
 /** The OpenAPI 3.1 description of the token API. */
 export function openApiDocument(version: string) {
@@ -423,16 +577,19 @@ export function openApiDocument(version: string) {
       securitySchemes: {
         adminKey: { type: 'http', scheme: 'bearer', description: 'ADMIN_API_KEY, or a credential with the admin scope' },
       },
+      schemas: componentSchemas(),
+      responses: Object.fromEntries(Object.entries(COMMON_ERRORS).map(([name, list]) => [name, errorResponse(list)])),
+      headers: { RetryAfter: retryAfterHeader },
     },
     paths: {
       '/api/tokens/activate': {
         post: {
           summary: 'Lease a token (or get the lease the user holds)',
           parameters: queryParameters(activateQuery.in),
-          requestBody: body(userBody),
+          requestBody: body(userBody, { user_id: ids.user }),
           responses: {
-            '200': answer('The unexpired lease the user already holds', leaseSchema),
-            '201': answer('A new lease', leaseSchema),
+            '200': answer('The unexpired lease the user already holds', 'Lease', answers.lease),
+            '201': answer('A new lease', 'Lease', answers.lease),
             ...failures(ERRORS.pool_exhausted, ...BAD_INPUT, ...AUTH, ...LIMITED, ERRORS.too_many_waiters, ERRORS.client_closed_request),
           },
         },
@@ -440,7 +597,7 @@ export function openApiDocument(version: string) {
       '/api/tokens': {
         get: {
           summary: 'The whole pool, in a stable order',
-          responses: { '200': answer('Every token', z.array(tokenSchema)), ...failures(...AUTH, ERRORS.unavailable) },
+          responses: { '200': answerList('Every token', 'Token', answers.tokens), ...failures(...AUTH, ERRORS.unavailable) },
         },
       },
       '/api/tokens/{id}': {
@@ -448,7 +605,7 @@ export function openApiDocument(version: string) {
           summary: 'One token and its active lease',
           parameters: [tokenIdParameter],
           responses: {
-            '200': answer('The token', tokenDetailsSchema),
+            '200': answer('The token', 'TokenDetails', answers.tokenDetails),
             ...failures(ERRORS.not_found, ...AUTH, ERRORS.unavailable),
           },
         },
@@ -458,7 +615,7 @@ export function openApiDocument(version: string) {
           summary: "A page of the token's usages, newest first",
           parameters: [tokenIdParameter, ...queryParameters(historyQuery)],
           responses: {
-            '200': answer('A page of usages', historySchema),
+            '200': answer('A page of usages', 'History', answers.history),
             ...failures(ERRORS.not_found, ERRORS.validation_failed, ...AUTH, ERRORS.unavailable),
           },
         },
@@ -467,9 +624,9 @@ export function openApiDocument(version: string) {
         post: {
           summary: 'End the named lease now',
           parameters: [tokenIdParameter],
-          requestBody: body(leaseBody),
+          requestBody: body(leaseBody, { user_id: ids.user, lease_id: ids.lease }),
           responses: {
-            '200': answer('The ended usage (also for a retried release)', releasedSchema),
+            '200': answer('The ended usage (also for a retried release)', 'Released', answers.released),
             ...failures(ERRORS.not_found, ERRORS.lease_expired, ERRORS.lease_ended, ERRORS.not_holder, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
@@ -478,9 +635,9 @@ export function openApiDocument(version: string) {
         post: {
           summary: 'Extend the named lease to LEASE_TTL_MS from now',
           parameters: [tokenIdParameter],
-          requestBody: body(leaseBody),
+          requestBody: body(leaseBody, { user_id: ids.user, lease_id: ids.lease }),
           responses: {
-            '200': answer('The renewed lease', leaseSchema),
+            '200': answer('The renewed lease', 'Lease', answers.lease),
             ...failures(
               ERRORS.not_found,
               ERRORS.lease_expired,
@@ -498,9 +655,9 @@ export function openApiDocument(version: string) {
         post: {
           summary: 'Whether (user_id, fence) is still the active lease of the token',
           parameters: [tokenIdParameter],
-          requestBody: body(validateBody),
+          requestBody: body(validateBody, { user_id: ids.user, fence: 1 }),
           responses: {
-            '200': answer('Valid with the expiry, or not with the reason', validationSchema),
+            '200': answer('Valid with the expiry, or not with the reason', 'Validation', answers.validation),
             ...failures(ERRORS.not_found, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
@@ -508,9 +665,9 @@ export function openApiDocument(version: string) {
       '/api/tokens/clear': {
         post: {
           summary: 'End every active lease (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           responses: {
-            '200': answer('How many active leases were ended', clearedSchema),
+            '200': answer('How many active leases were ended', 'Cleared', answers.cleared),
             ...failures(ERRORS.unauthorized, ERRORS.forbidden, ...LIMITED, ERRORS.unavailable),
           },
         },
@@ -518,9 +675,9 @@ export function openApiDocument(version: string) {
       '/api/tokens/check': {
         post: {
           summary: 'Whether the token with this value is held now, until when and under which fence',
-          requestBody: body(checkBody),
+          requestBody: body(checkBody, { value: 'LK-2026-0001' }),
           responses: {
-            '200': answer('The token and whether it is held; an unknown value is not held', checkSchema),
+            '200': answer('The token and whether it is held; an unknown value is not held', 'Check', answers.check),
             ...failures(...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
@@ -528,9 +685,9 @@ export function openApiDocument(version: string) {
       '/api/tokens/redeem': {
         post: {
           summary: 'The holder uses the token with this value up: the lease ends as redeemed, the token is retired',
-          requestBody: body(redeemBody),
+          requestBody: body(redeemBody, { user_id: ids.user, value: 'LK-2026-0001' }),
           responses: {
-            '200': answer('The ended usage', releasedSchema),
+            '200': answer('The ended usage', 'Released', answers.redeemed),
             ...failures(
               ERRORS.not_found,
               ERRORS.already_redeemed,
@@ -547,11 +704,11 @@ export function openApiDocument(version: string) {
       '/api/admin/tokens/{id}/retire': {
         post: {
           summary: 'Take a token out of its pool (admin): a free one now, a held one when its lease ends or, with now, at once',
-          security: [{ adminKey: [] }],
+          security: admin,
           parameters: [tokenIdParameter],
-          requestBody: body(retireBody, false),
+          requestBody: body(retireBody, { now: true }, false),
           responses: {
-            '200': answer('The token retired, or retiring once its lease ends; again, the same', retiredSchema),
+            '200': answer('The token retired, or retiring once its lease ends; again, the same', 'Retired', answers.retired),
             ...failures(ERRORS.not_found, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
@@ -559,11 +716,11 @@ export function openApiDocument(version: string) {
       '/api/admin/pools/{pool}/tokens/generate': {
         post: {
           summary: 'Add tokens with random values to the pool (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           parameters: [poolParameter, idempotencyKeyParameter],
-          requestBody: body(generateBody),
+          requestBody: body(generateBody, { count: 2 }),
           responses: {
-            '201': answer('The new tokens', generatedSchema),
+            '201': answer('The new tokens', 'Generated', answers.generated),
             ...failures(ERRORS.not_found, ERRORS.conflict, ERRORS.idempotency_key_reused, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
@@ -571,17 +728,20 @@ export function openApiDocument(version: string) {
       '/api/admin/pools/{pool}/tokens/import': {
         post: {
           summary: 'Add tokens with these values to the pool, each in its own transaction (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           parameters: [poolParameter, idempotencyKeyParameter],
           requestBody: {
             required: true,
             content: {
-              'application/json': { schema: json(importJsonBody, 'input') },
-              'text/plain': { schema: { type: 'string', description: 'One value a line; blank lines are skipped' } },
+              'application/json': { schema: input(importJsonBody), example: { values: ['LK-2026-0001', 'LK 2026 0002', 'LK-2026-0001'] } satisfies z.input<typeof importJsonBody> },
+              'text/plain': {
+                schema: { type: 'string', description: 'One value a line; blank lines are skipped' },
+                example: 'LK-2026-0001\n\nLK 2026 0002\nLK-2026-0001\n',
+              },
             },
           },
           responses: {
-            '200': answer('What became of each value, in input order, and the totals', importSchema),
+            '200': answer('What became of each value, in input order, and the totals', 'Import', answers.imported),
             ...failures(ERRORS.not_found, ERRORS.conflict, ERRORS.idempotency_key_reused, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
@@ -591,7 +751,7 @@ export function openApiDocument(version: string) {
           summary: 'One lease, open or ended (its holder, read or admin callers; open in AUTH_MODE=none)',
           parameters: [leaseIdParameter],
           responses: {
-            '200': answer('The lease', leaseRecordSchema),
+            '200': answer('The lease', 'LeaseRecord', answers.openLeaseRecord),
             ...failures(ERRORS.not_found, ...AUTH, ERRORS.unavailable),
           },
         },
@@ -599,21 +759,21 @@ export function openApiDocument(version: string) {
       '/api/admin/leases/{lease_id}/revoke': {
         post: {
           summary: 'End the lease now as revoked, whoever holds it; again, the same answer (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           parameters: [leaseIdParameter],
           responses: {
-            '200': answer('The lease as it is now (a lease that had ended answers as it ended)', leaseRecordSchema),
+            '200': answer('The lease as it is now (a lease that had ended answers as it ended)', 'LeaseRecord', answers.leaseRecord),
             ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
       },
       '/api/admin/users/{user_id}/revoke': {
         post: {
-          summary: "End every open lease of the user, in every pool, as revoked (admin)",
-          security: [{ adminKey: [] }],
+          summary: 'End every open lease of the user, in every pool, as revoked (admin)',
+          security: admin,
           parameters: [userIdParameter],
           responses: {
-            '200': answer('The leases revoked', userRevokedSchema),
+            '200': answer('The leases revoked', 'UserRevoked', answers.userRevoked),
             ...failures(ERRORS.validation_failed, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
@@ -621,18 +781,18 @@ export function openApiDocument(version: string) {
       '/api/admin/clients': {
         post: {
           summary: 'Make an API client (admin); the answer is the only one that carries its key',
-          security: [{ adminKey: [] }],
-          requestBody: body(clientBody),
+          security: admin,
+          requestBody: body(clientBody, { name: 'billing', scopes: ['lease', 'read'] }),
           responses: {
-            '201': answer('The client, with its key', newClientSchema),
+            '201': answer('The client, with its key', 'NewClient', answers.newClient),
             ...failures(...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
         get: {
           summary: 'The API clients not revoked, oldest first, without keys (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           responses: {
-            '200': answer('Every client', z.array(clientSchema)),
+            '200': answerList('Every client', 'Client', answers.clients),
             ...failures(...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
@@ -640,29 +800,29 @@ export function openApiDocument(version: string) {
       '/api/admin/clients/{id}': {
         delete: {
           summary: "Revoke an API client's key, in every API process at once (admin); again, the same answer",
-          security: [{ adminKey: [] }],
-          parameters: [{ ...tokenIdParameter, description: 'Client id; an unknown or malformed id answers 404' }],
+          security: admin,
+          parameters: [clientIdParameter],
           responses: {
-            '200': answer('The revoked client', revokedClientSchema),
+            '200': answer('The revoked client', 'RevokedClient', answers.revokedClient),
             ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
       },
       '/api/admin/webhooks': {
         post: {
-          summary: 'Make a webhook for some event types (admin); the answer is the only one, with a rotation\'s, that carries its secret',
-          security: [{ adminKey: [] }],
-          requestBody: body(webhookBody),
+          summary: "Make a webhook for some event types (admin); the answer is the only one, with a rotation's, that carries its secret",
+          security: admin,
+          requestBody: body(webhookBody, { url: 'https://hooks.example.com/token-lease', events: ['lease.expired', 'lease.revoked'] }),
           responses: {
-            '201': answer('The webhook, with its signing secret', webhookWithSecretSchema),
+            '201': answer('The webhook, with its signing secret', 'WebhookWithSecret', answers.webhookWithSecret),
             ...failures(...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
         get: {
           summary: 'Every webhook, oldest first, without secrets (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           responses: {
-            '200': answer('Every webhook', z.array(webhookSchema)),
+            '200': answerList('Every webhook', 'Webhook', answers.webhooks),
             ...failures(...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
@@ -670,10 +830,10 @@ export function openApiDocument(version: string) {
       '/api/admin/webhooks/{id}': {
         delete: {
           summary: 'Delete a webhook with its delivery log; nothing more is sent to it (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           parameters: [webhookIdParameter],
           responses: {
-            '200': answer('The deleted webhook', webhookSchema),
+            '200': answer('The deleted webhook', 'Webhook', answers.webhook),
             ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
@@ -681,10 +841,10 @@ export function openApiDocument(version: string) {
       '/api/admin/webhooks/{id}/rotate': {
         post: {
           summary: 'A new signing secret; the old one also signs for WEBHOOK_ROTATION_GRACE_MS (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           parameters: [webhookIdParameter],
           responses: {
-            '200': answer('The webhook, with its new secret', webhookWithSecretSchema),
+            '200': answer('The webhook, with its new secret', 'WebhookWithSecret', answers.webhookWithSecret),
             ...failures(ERRORS.not_found, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
@@ -692,10 +852,10 @@ export function openApiDocument(version: string) {
       '/api/admin/webhooks/{id}/deliveries': {
         get: {
           summary: "The webhook's deliveries, newest first, each with every attempt (admin)",
-          security: [{ adminKey: [] }],
+          security: admin,
           parameters: [webhookIdParameter, ...queryParameters(deliveriesQuery)],
           responses: {
-            '200': answer('A page of deliveries', deliveriesPageSchema),
+            '200': answer('A page of deliveries', 'DeliveriesPage', answers.deliveries),
             ...failures(ERRORS.not_found, ERRORS.validation_failed, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
@@ -703,7 +863,7 @@ export function openApiDocument(version: string) {
       '/api/admin/webhooks/{id}/deliveries/{delivery_id}/replay': {
         post: {
           summary: 'Attempt a delivery again now, at the start of the retry schedule, whatever its state (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           parameters: [
             webhookIdParameter,
             {
@@ -712,10 +872,11 @@ export function openApiDocument(version: string) {
               required: true,
               description: 'Delivery id; an unknown or malformed id answers 404',
               schema: { type: 'string', pattern: '^[1-9][0-9]{0,15}$' },
+              example: '42',
             },
           ],
           responses: {
-            '202': answer('The delivery, due now', deliverySchema),
+            '202': answer('The delivery, due now', 'Delivery', answers.delivery),
             ...failures(ERRORS.not_found, ERRORS.webhook_disabled, ...AUTH, ...LIMITED, ERRORS.unavailable),
           },
         },
@@ -723,27 +884,27 @@ export function openApiDocument(version: string) {
       '/api/admin/pools': {
         post: {
           summary: 'Make a named pool with its size and, where given, settings of its own (admin)',
-          security: [{ adminKey: [] }],
-          requestBody: body(poolBody),
+          security: admin,
+          requestBody: body(poolBody, { name: 'gpu-a100', size: 8, lease_ttl_ms: 600_000 }),
           responses: {
-            '201': answer('The pool', poolSchema),
+            '201': answer('The pool', 'Pool', answers.pool),
             ...failures(ERRORS.pool_exists, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
         get: {
           summary: 'Every pool, by name (admin)',
-          security: [{ adminKey: [] }],
-          responses: { '200': answer('Every pool', z.array(poolSchema)), ...failures(...AUTH, ...LIMITED, ERRORS.unavailable) },
+          security: admin,
+          responses: { '200': answerList('Every pool', 'Pool', answers.pools), ...failures(...AUTH, ...LIMITED, ERRORS.unavailable) },
         },
       },
       '/api/admin/pools/{pool}': {
         patch: {
-          summary: 'Grow a pool, or change its settings for new leases; null puts one back to the service\'s (admin)',
-          security: [{ adminKey: [] }],
+          summary: "Grow a pool, or change its settings for new leases; null puts one back to the service's (admin)",
+          security: admin,
           parameters: [poolParameter],
-          requestBody: body(poolPatch),
+          requestBody: body(poolPatch, { size: 16, max_lease_ms: null }),
           responses: {
-            '200': answer('The pool as changed', poolSchema),
+            '200': answer('The pool as changed', 'Pool', { ...answers.pool, size: 16, free: 16 }),
             ...failures(ERRORS.not_found, ...BAD_INPUT, ...AUTH, ...LIMITED),
           },
         },
@@ -751,14 +912,14 @@ export function openApiDocument(version: string) {
       '/api/pools': {
         get: {
           summary: 'Every pool with its settings and how many tokens are free and held',
-          responses: { '200': answer('Every pool', z.array(poolSchema)), ...failures(...AUTH, ERRORS.unavailable) },
+          responses: { '200': answerList('Every pool', 'Pool', answers.pools), ...failures(...AUTH, ERRORS.unavailable) },
         },
       },
       '/api/pools/{pool}': {
         get: {
           summary: 'One pool',
           parameters: [poolParameter],
-          responses: { '200': answer('The pool', poolSchema), ...failures(ERRORS.not_found, ...AUTH, ERRORS.unavailable) },
+          responses: { '200': answer('The pool', 'Pool', answers.pool), ...failures(ERRORS.not_found, ...AUTH, ERRORS.unavailable) },
         },
       },
       '/api/pools/{pool}/tokens': {
@@ -766,7 +927,7 @@ export function openApiDocument(version: string) {
           summary: "The pool's tokens, in a stable order",
           parameters: [poolParameter],
           responses: {
-            '200': answer('Every token of the pool', z.array(tokenSchema)),
+            '200': answerList('Every token of the pool', 'Token', answers.tokens),
             ...failures(ERRORS.not_found, ...AUTH, ERRORS.unavailable),
           },
         },
@@ -775,10 +936,10 @@ export function openApiDocument(version: string) {
         post: {
           summary: 'Lease a token of the pool (or get the lease the user holds in it)',
           parameters: [poolParameter, ...queryParameters(activateQuery.in)],
-          requestBody: body(userBody),
+          requestBody: body(userBody, { user_id: ids.user }),
           responses: {
-            '200': answer('The unexpired lease the user already holds in this pool', leaseSchema),
-            '201': answer('A new lease', leaseSchema),
+            '200': answer('The unexpired lease the user already holds in this pool', 'Lease', answers.lease),
+            '201': answer('A new lease', 'Lease', answers.lease),
             ...failures(
               ERRORS.not_found,
               ERRORS.pool_exhausted,
@@ -794,10 +955,10 @@ export function openApiDocument(version: string) {
       '/api/pools/{pool}/tokens/clear': {
         post: {
           summary: 'End every active lease of the pool (admin)',
-          security: [{ adminKey: [] }],
+          security: admin,
           parameters: [poolParameter],
           responses: {
-            '200': answer('How many active leases were ended', clearedSchema),
+            '200': answer('How many active leases were ended', 'Cleared', answers.cleared),
             ...failures(ERRORS.not_found, ERRORS.unauthorized, ERRORS.forbidden, ...LIMITED, ERRORS.unavailable),
           },
         },
@@ -807,7 +968,7 @@ export function openApiDocument(version: string) {
           summary: "A pool's activity over a time window, bucket by bucket, computed from its history (docs/api.md)",
           parameters: queryParameters(statsQuery.in),
           responses: {
-            '200': answer('One entry per bucket, oldest first', statsSchema),
+            '200': answer('One entry per bucket, oldest first', 'Stats', answers.stats),
             ...failures(ERRORS.not_found, ERRORS.validation_failed, ...AUTH, ERRORS.unavailable),
           },
         },
@@ -817,7 +978,7 @@ export function openApiDocument(version: string) {
           summary: 'A page of the event log, oldest first, after an event id (docs/events.md)',
           parameters: queryParameters(eventsQuery),
           responses: {
-            '200': answer('Events the caller may read, and where the next page starts', eventsPageSchema),
+            '200': answer('Events the caller may read, and where the next page starts', 'EventsPage', answers.events),
             ...failures(ERRORS.validation_failed, ...AUTH, ERRORS.unavailable),
           },
         },
@@ -834,12 +995,13 @@ export function openApiDocument(version: string) {
               required: false,
               description: 'Resume after this event id (sent by EventSource on reconnection); wins over ?after=',
               schema: { type: 'string', pattern: '^[0-9]{1,16}$' },
+              example: '1',
             },
           ],
           responses: {
             '200': {
               description: 'text/event-stream: events, a reset event when events were missed, a comment every 15 s',
-              content: { 'text/event-stream': { schema: { type: 'string' } } },
+              content: { 'text/event-stream': { schema: { type: 'string' }, example: eventStream } },
             },
             ...failures(ERRORS.validation_failed, ...AUTH, ERRORS.too_many_streams, ERRORS.unavailable),
           },
@@ -848,25 +1010,37 @@ export function openApiDocument(version: string) {
       '/healthz': {
         get: {
           summary: 'The process is alive',
-          responses: { '200': answer('Alive', z.object({ status: z.literal('ok') })) },
+          responses: { '200': answer('Alive', 'Health', answers.health) },
         },
       },
       '/readyz': {
         get: {
           summary: 'PostgreSQL answers (Redis is reported, not required)',
-          responses: { '200': answer('Ready', readySchema), ...failures(ERRORS.not_ready) },
+          responses: { '200': answer('Ready', 'Ready', answers.ready), ...failures(ERRORS.not_ready) },
         },
       },
       '/openapi.json': {
         get: {
           summary: 'This document',
-          responses: { '200': { description: 'OpenAPI 3.1', content: { 'application/json': {} } } },
+          responses: {
+            '200': {
+              description: 'OpenAPI 3.1',
+              content: {
+                'application/json': {
+                  schema: { type: 'object', required: ['openapi', 'info'] },
+                  example: { openapi: '3.1.0', info: { title: 'token-lease', version }, paths: {} },
+                },
+              },
+            },
+          },
         },
       },
       '/metrics': {
         get: {
           summary: 'Prometheus metrics',
-          responses: { '200': { description: 'Text exposition format', content: { 'text/plain': {} } } },
+          responses: {
+            '200': { description: 'Text exposition format', content: { 'text/plain': { schema: { type: 'string' }, example: metricsText } } },
+          },
         },
       },
     },

@@ -35,6 +35,7 @@ import {
 import { createApp } from '../src/http/app.js';
 import { ERRORS } from '../src/errors.js';
 import { newUserId, startTestService, type TestService } from './helpers.js';
+import { documentSchemas, pointerPart } from './openApiSchemas.js';
 
 // The served OpenAPI document against the app's real routes and real answers.
 
@@ -55,13 +56,24 @@ afterAll(async () => {
   await t.close();
 });
 
-/** Checks an answer against the schema and against the statuses documented for the operation. */
+/**
+ * Checks an answer against the statuses documented for the operation, against the document's
+ * schema for that status (its $refs resolved) and against the zod schema it is generated from.
+ */
 function conforms(res: supertest.Response, method: string, path: string, schema: z.ZodType) {
-  const documented = Object.keys(doc.paths[path]?.[method]?.responses ?? {});
-  expect(documented, `${method} ${path} documents ${res.status}`).toContain(String(res.status));
+  const responses = doc.paths[path]?.[method]?.responses ?? {};
+  const status = String(res.status);
+  expect(Object.keys(responses), `${method} ${path} documents ${status}`).toContain(status);
+  const answer = responses[status] as { $ref?: string; content?: Record<string, unknown> } | undefined;
+  // A common error answer is a $ref to components.responses.
+  const where = answer?.$ref ?? `#/paths/${pointerPart(path)}/${method}/responses/${status}`;
+  expect(answer?.$ref ?? answer?.content?.['application/json'], `${method} ${path} ${status} has a JSON body`).toBeDefined();
+  const documented = (schemas ??= documentSchemas(doc)).problems(`${where}/content/application~1json/schema`, res.body);
+  expect(documented, `${method} ${path} ${status} against the document: ${res.text}`).toEqual([]);
   const parsed = schema.safeParse(res.body);
-  expect(parsed.error?.issues ?? [], `${method} ${path} ${res.status}: ${res.text}`).toEqual([]);
+  expect(parsed.error?.issues ?? [], `${method} ${path} ${status}: ${res.text}`).toEqual([]);
 }
+let schemas: ReturnType<typeof documentSchemas> | undefined;
 
 /** Every (method, path) the Express app routes, with :params as {params}. */
 function routesOf(app: Express): string[] {

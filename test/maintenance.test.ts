@@ -42,7 +42,7 @@ describe('database upkeep', () => {
       await other.query('SELECT pg_advisory_lock(5, 0)');
       expect(await maintain(deps())).toBeNull();
       await other.query('SELECT pg_advisory_unlock(5, 0)');
-      expect(await maintain(deps())).toEqual({ vacuumed: [], usagesRemoved: 0, eventsRemoved: 0, deliveriesRemoved: 0 });
+      expect(await maintain(deps())).toEqual({ vacuumed: [], usagesRemoved: 0, eventsRemoved: 0, deliveriesRemoved: 0, activityRemoved: 0 });
     } finally {
       other.release();
     }
@@ -130,5 +130,26 @@ describe('database upkeep', () => {
     const { rows: retention } = await db.pool.query<{ through: string }>('SELECT removed_through AS through FROM events_retention');
     expect(Number(retention[0]?.through)).toBe(ids[3]);
     expect((await maintain(deps({ historyRetentionDays: 30 })))?.eventsRemoved).toBe(0);
+  });
+
+  it('removes per-minute activity counts older than the retention, in batches', async () => {
+    await db.pool.query('DELETE FROM pool_activity');
+    const minutesAgo = [60 * 24 * 40, 60 * 24 * 35, 60 * 24 * 31, 60 * 24 * 29, 5];
+    for (const ago of minutesAgo) {
+      await db.pool.query(
+        `INSERT INTO pool_activity (pool_id, minute, refusals, waits) VALUES (1, date_trunc('minute', now() - $1 * interval '1 minute'), 1, 0)`,
+        [ago],
+      );
+    }
+
+    const report = await maintain(deps({ historyRetentionDays: 30, retentionBatch: 2 }));
+
+    expect(report?.activityRemoved).toBe(3);
+    const { rows } = await db.pool.query<{ days: number }>(
+      'SELECT round(extract(epoch FROM now() - minute) / 86400)::int AS days FROM pool_activity ORDER BY minute',
+    );
+    expect(rows.map((r) => r.days)).toEqual([29, 0]);
+    expect((await maintain(deps({ historyRetentionDays: 30 })))?.activityRemoved).toBe(0);
+    expect((await maintain(deps({ historyRetentionDays: 0 })))?.activityRemoved).toBe(0);
   });
 });

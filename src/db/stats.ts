@@ -31,6 +31,25 @@ export async function addActivity(db: Queryable, counts: readonly ActivityCount[
   );
 }
 
+/** Removes up to `limit` minutes of activity counts older than `days` days; how many went. */
+export async function deleteOldActivity(db: Queryable, args: { days: number; limit: number }): Promise<number> {
+  const rows = await query<{ n: number }>(
+    db,
+    'delete-old-pool-activity',
+    `WITH old AS (
+       SELECT pool_id, minute FROM pool_activity
+       WHERE minute < now() - $1::float8 * interval '1 day'
+       ORDER BY minute
+       LIMIT $2
+     ), gone AS (
+       DELETE FROM pool_activity a USING old WHERE a.pool_id = old.pool_id AND a.minute = old.minute RETURNING 1
+     )
+     SELECT count(*)::int AS n FROM gone`,
+    [args.days, args.limit],
+  );
+  return rows[0]?.n ?? 0;
+}
+
 export interface StatsBucketRow {
   start: Date;
   tokens: number;

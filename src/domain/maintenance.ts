@@ -1,12 +1,13 @@
 // Upkeep the service does for itself, so that cost stays flat as work and history grow, even on
 // a PostgreSQL whose autovacuum is off or slow: the hot tables are vacuumed once their dead rows
-// pass a threshold, usages that ended more than HISTORY_RETENTION_DAYS ago, and events and webhook
-// deliveries as old, are removed in small batches, and so are the answers kept for
+// pass a threshold, usages that ended more than HISTORY_RETENTION_DAYS ago, and events, webhook
+// deliveries and the per-minute activity counts as old, are removed in small batches, and so are the answers kept for
 // Idempotency-Keys after a day. One worker at a time (advisory lock class 5); nothing here takes
 // a lock that a lease statement waits for.
 
 import type { Pool, Queryable } from '../db/pool.js';
 import { deleteOldEvents } from '../db/events.js';
+import { deleteOldActivity } from '../db/stats.js';
 import { deleteOldDeliveries } from '../db/webhooks.js';
 import * as sql from '../db/queries.js';
 import { deleteOldAnswers } from '../db/tokenValues.js';
@@ -30,6 +31,8 @@ export interface MaintenanceReport {
   readonly usagesRemoved: number;
   readonly eventsRemoved: number;
   readonly deliveriesRemoved: number;
+  /** Minutes of a pool's refusal and wait counts (GET /api/stats). */
+  readonly activityRemoved: number;
 }
 
 /** One upkeep run; null when another process holds the upkeep lock. */
@@ -50,6 +53,7 @@ export async function maintain(deps: MaintenanceDeps): Promise<MaintenanceReport
     const usagesRemoved = await removeOld(deps, client, sql.deleteOldUsages);
     const eventsRemoved = await removeOld(deps, client, deleteOldEvents);
     const deliveriesRemoved = await removeOld(deps, client, deleteOldDeliveries);
+    const activityRemoved = await removeOld(deps, client, deleteOldActivity);
     // The answers kept for retries with an Idempotency-Key are needed for a day at most.
     await deleteOldAnswers(client, ANSWER_RETENTION_HOURS);
     const vacuumed: Array<{ table: sql.HotTable; dead: number }> = [];
@@ -58,7 +62,7 @@ export async function maintain(deps: MaintenanceDeps): Promise<MaintenanceReport
       await sql.vacuum(client, table);
       vacuumed.push({ table, dead });
     }
-    return { vacuumed, usagesRemoved, eventsRemoved, deliveriesRemoved };
+    return { vacuumed, usagesRemoved, eventsRemoved, deliveriesRemoved, activityRemoved };
   } finally {
     // A connection that could not give the lock back is closed, which gives it back.
     const kept = !connection.broken && (!locked || (await sql.unlockMaintenance(client).then(() => true, () => false)));

@@ -24,7 +24,8 @@ export function startMaintenance(deps: {
       metrics.usagesRemoved.inc(report.usagesRemoved);
       metrics.eventsRemoved.inc(report.eventsRemoved);
       const fields = { ...report, ms: Date.now() - started };
-      if (report.vacuumed.length > 0 || report.usagesRemoved > 0 || report.eventsRemoved > 0 || report.deliveriesRemoved > 0) log.info(fields, 'maintenance ran');
+      const removed = report.usagesRemoved + report.eventsRemoved + report.deliveriesRemoved + report.activityRemoved;
+      if (report.vacuumed.length > 0 || removed > 0) log.info(fields, 'maintenance ran');
       else log.debug(fields, 'maintenance ran');
     } catch (err) {
       metrics.maintenanceRuns.inc({ result: 'failed' });

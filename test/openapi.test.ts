@@ -59,6 +59,15 @@ describe('the OpenAPI document', () => {
     expect(unused).toEqual([]);
   });
 
+  it('files every operation under one of its tags, and has no tag without operations', () => {
+    const declared = (doc.tags as Array<{ name: string; description: string }>).map((t) => t.name);
+    const untagged = operations.filter(([, op]) => !Array.isArray(op.tags) || op.tags.length !== 1 || !declared.includes(String(op.tags[0])));
+    expect(untagged.map(([name]) => name)).toEqual([]);
+    const used = new Set(operations.map(([, op]) => String((op.tags as string[])[0])));
+    expect(declared.filter((tag) => !used.has(tag))).toEqual([]);
+    expect(operations.find(([name]) => name === 'POST /api/tokens/activate')?.[1].tags).toEqual(['Leases']);
+  });
+
   it('shares the error answers: every error body is the Error or LeaseRefusal component', () => {
     const bodies = [...walk(doc)]
       .filter(([pointer]) => /\/responses\/[45]\d\d\/content\/application~1json$/.test(pointer))

@@ -563,6 +563,41 @@ const BAD_INPUT = [
 
 const admin = [{ adminKey: [] }];
 
+/**
+ * The document's tags, in the order the reference page (/docs) shows them, and which operations
+ * each takes: an operation's path is matched against each in turn, the first match wins.
+ */
+const TAGS: ReadonlyArray<{ name: string; description: string; paths: RegExp }> = [
+  {
+    name: 'Leases',
+    description: 'Take a token, end, renew and check a lease; look one up or revoke it',
+    paths: /^\/api\/(tokens\/(activate|\{id\}\/(release|renew|validate))|pools\/\{pool\}\/tokens\/activate|leases\/|admin\/(leases|users)\/)/,
+  },
+  { name: 'Tokens', description: 'The pool of tokens, a token and its history', paths: /^\/api\/tokens($|\/\{id\}($|\/history)|\/clear)/ },
+  {
+    name: 'Token values',
+    description: 'Tokens that carry a secret value: add, check, redeem, retire',
+    paths: /^\/api\/(tokens\/(check|redeem)|admin\/tokens\/|admin\/pools\/\{pool\}\/tokens\/)/,
+  },
+  { name: 'Pools', description: 'Named pools and their settings', paths: /^\/api\/(admin\/)?pools/ },
+  { name: 'Events', description: 'The event log of every lease change, and its live stream', paths: /^\/api\/events/ },
+  { name: 'Webhooks', description: 'Signed deliveries of the events to your endpoints (admin)', paths: /^\/api\/admin\/webhooks/ },
+  { name: 'API clients', description: 'Keys for the callers of AUTH_MODE=api_key (admin)', paths: /^\/api\/admin\/clients/ },
+  { name: 'Stats', description: "A pool's activity over time", paths: /^\/api\/stats/ },
+  { name: 'Operations', description: 'Health, readiness, metrics and this document', paths: /^\/(healthz|readyz|metrics|openapi\.json)$/ },
+];
+
+/** `paths` with each operation tagged by TAGS; a path no tag takes is a mistake here, found at start. */
+function tagged<P extends Record<string, Record<string, object>>>(paths: P): P {
+  return Object.fromEntries(
+    Object.entries(paths).map(([path, operations]) => {
+      const tag = TAGS.find((t) => t.paths.test(path));
+      if (tag === undefined) throw new Error(`no OpenAPI tag takes ${path}`);
+      return [path, Object.fromEntries(Object.entries(operations).map(([method, op]) => [method, { tags: [tag.name], ...op }]))];
+    }),
+  ) as P;
+}
+
 /** The OpenAPI 3.1 description of the token API. */
 export function openApiDocument(version: string) {
   return {
@@ -581,7 +616,8 @@ export function openApiDocument(version: string) {
       responses: Object.fromEntries(Object.entries(COMMON_ERRORS).map(([name, list]) => [name, errorResponse(list)])),
       headers: { RetryAfter: retryAfterHeader },
     },
-    paths: {
+    tags: TAGS.map(({ name, description }) => ({ name, description })),
+    paths: tagged({
       '/api/tokens/activate': {
         post: {
           summary: 'Lease a token (or get the lease the user holds)',
@@ -1043,6 +1079,6 @@ export function openApiDocument(version: string) {
           },
         },
       },
-    },
+    }),
   };
 }

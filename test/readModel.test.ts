@@ -224,6 +224,58 @@ describe('GET /api/tokens across two API processes', () => {
       what: 'the other process to show the token free',
     });
   });
+
+  it("does the same for a named pool's list", async () => {
+    await a.http.post('/api/admin/pools').send({ name: 'gpus', size: 2 }).expect(201);
+    const listed = async (t: TestService) => (await t.http.get('/api/pools/gpus/tokens').expect(200)).body.data as Array<{ id: string; status: string }>;
+    expect((await listed(b)).map((x) => x.status)).toEqual(['available', 'available']);
+    expect((await listed(a)).map((x) => x.status)).toEqual(['available', 'available']);
+
+    const userId = newUserId();
+    const lease = (await a.http.post('/api/pools/gpus/tokens/activate').send({ user_id: userId }).expect(201)).body.data;
+    // Read your writes in the process that made it; the other within its notification.
+    expect((await listed(a)).find((x) => x.id === lease.token_id)?.status).toBe('active');
+    await waitFor(async () => (await listed(b)).find((x) => x.id === lease.token_id)?.status === 'active', {
+      timeoutMs: 2_000,
+      what: "the other process to show the named pool's lease",
+    });
+
+    await b.http.post(`/api/tokens/${lease.token_id}/release`).send({ user_id: userId, lease_id: lease.lease_id }).expect(200);
+    expect((await listed(b)).find((x) => x.id === lease.token_id)?.status).toBe('available');
+    await waitFor(async () => (await listed(a)).find((x) => x.id === lease.token_id)?.status === 'available', {
+      timeoutMs: 2_000,
+      what: "the first process to show the named pool's token free",
+    });
+  });
+});
+
+describe("a named pool's list", () => {
+  it("is kept per pool, and any change empties every pool's", async () => {
+    const model = createReadModel({
+      listTokens: () => Promise.reject(new Error('not read')),
+      channel: channel(() => Promise.resolve()),
+      processId: 'p',
+      log: testLogger(),
+      maxAgeMs: 60_000,
+    });
+    const reads = { a: 0, b: 0 };
+    const lister = (pool: 'a' | 'b') => () => {
+      reads[pool] += 1;
+      return Promise.resolve({ tokens: [], nextExpiryInMs: null });
+    };
+    const list = (id: number, pool: 'a' | 'b') => model.listOf(id, lister(pool)).get();
+    await list(1, 'a');
+    await list(1, 'a');
+    await list(2, 'b');
+    await list(2, 'b');
+    expect(reads).toEqual({ a: 1, b: 1 });
+
+    await model.write(Promise.resolve('a write'));
+    await list(1, 'a');
+    await list(2, 'b');
+    expect(reads).toEqual({ a: 2, b: 2 });
+    await model.close();
+  });
 });
 
 describe('GET /api/tokens and lazy expiry', () => {

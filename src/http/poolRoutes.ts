@@ -7,7 +7,7 @@ import { importBody, jsonBody } from './body.js';
 import type { GeneratedJson, ImportJson, PoolJson } from './contract.js';
 import { methodNotAllowed } from './errors.js';
 import { sendJson } from './json.js';
-import { renderTokens, type ReadModel } from './readModel.js';
+import type { ReadModel } from './readModel.js';
 import { activateHandler, sendTokenList } from './routes.js';
 import { generateBody, idempotencyKey, importJsonBody, importLines, parse, poolBody, poolName, poolPatch } from './schemas.js';
 
@@ -62,7 +62,7 @@ export function poolRoutes(
     /** The lease operations of a pool. */
     leasesOf: (pool: { readonly id: number; readonly name: string }) => Leases;
     mode: AuthMode;
-    /** Counts each write as a change of the default pool's list (src/http/readModel.ts). */
+    /** Counts each write as a change, and keeps each pool's list (src/http/readModel.ts). */
     readModel: ReadModel;
     first: { lease: readonly RequestHandler[]; admin: readonly RequestHandler[] };
   },
@@ -75,7 +75,7 @@ export function poolRoutes(
   const leasesFor = async (req: Request) => {
     const name = pathPool(req);
     const pool = await directory.find(name);
-    return { leases: leasesOf({ id: pool.id, name }), maxWaiters: pool.maxWaiters };
+    return { leases: leasesOf({ id: pool.id, name }), maxWaiters: pool.maxWaiters, poolId: pool.id };
   };
 
   router
@@ -159,8 +159,8 @@ export function poolRoutes(
   router
     .route('/api/pools/:pool/tokens')
     .get(async (req, res) => {
-      const { leases } = await leasesFor(req);
-      sendTokenList(res, mode, renderTokens(await leases.listTokens(), mode !== 'none'));
+      const { leases, poolId } = await leasesFor(req);
+      sendTokenList(res, mode, await deps.readModel.listOf(poolId, () => leases.listTokens()).getRendered());
     })
     .all(methodNotAllowed(['GET']));
 

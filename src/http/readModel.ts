@@ -253,14 +253,21 @@ export interface ReadModel extends ListCache {
    * the outcome is one that wrote nothing.
    */
   write<T>(operation: Promise<T>, changedNothing?: (outcome: T | AppError) => boolean): Promise<T>;
+  /**
+   * A named pool's list (by the pool's id), kept by the same rules: any change, in any pool,
+   * empties it. `listTokens` reads that pool.
+   */
+  listOf(poolId: number, listTokens: TokenLister): ListCache;
   /** Counts a change made outside the routes (tokens added at start-up). */
   changed(): void;
   /** Announces what is still unannounced, then stops. */
   close(): Promise<void>;
 }
 
+type TokenLister = () => Promise<{ tokens: readonly TokenState[]; nextExpiryInMs: number | null }>;
+
 export function createReadModel(deps: {
-  listTokens: () => Promise<{ tokens: readonly TokenState[]; nextExpiryInMs: number | null }>;
+  listTokens: TokenLister;
   /** How changes reach the other processes; absent: nothing is kept (every request reads). */
   channel?: ChangeChannel | undefined;
   processId: string;
@@ -272,13 +279,25 @@ export function createReadModel(deps: {
 }): ReadModel {
   const counter =
     deps.channel === undefined ? undefined : createChangeCounter({ channel: deps.channel, processId: deps.processId, log: deps.log });
-  const cache = createListCache({
-    changes: deps.maxAgeMs > 0 ? counter : undefined,
-    maxAgeMs: deps.maxAgeMs,
-    load: async () => renderTokens(await deps.listTokens(), deps.privateHolders === true),
-  });
+  const cacheOf = (listTokens: TokenLister) =>
+    createListCache({
+      changes: deps.maxAgeMs > 0 ? counter : undefined,
+      maxAgeMs: deps.maxAgeMs,
+      load: async () => renderTokens(await listTokens(), deps.privateHolders === true),
+    });
+  const cache = cacheOf(deps.listTokens);
+  // One per named pool asked for; pools are never deleted, so this grows only with their number.
+  const pools = new Map<number, ListCache>();
   const changed = () => counter?.changed();
   return {
+    listOf(poolId, listTokens) {
+      let kept = pools.get(poolId);
+      if (kept === undefined) {
+        kept = cacheOf(listTokens);
+        pools.set(poolId, kept);
+      }
+      return kept;
+    },
     current: () => cache.current(),
     get: () => cache.get(),
     currentRendered: () => cache.currentRendered(),

@@ -71,22 +71,28 @@ describe('request log lines', () => {
     expect(new Set(requests.map((line) => line.reqId)).size).toBe(requests.length);
   });
 
-  it('lease events are info lines with the lease, token and user ids', async () => {
+  it('lease events are info lines with the lease, token and user ids, and the id of the request that made them', async () => {
     const { log, lines } = capturingLogger();
     t = await startTestService({ POOL_SIZE: '1' }, { log });
     const userId = newUserId();
-    const { body } = await t.http.post('/api/tokens/activate').send({ user_id: userId }).expect(201);
+    const { body } = await t.http.post('/api/tokens/activate').set('X-Request-Id', 'take-1').send({ user_id: userId }).expect(201);
     const lease = (body as { data: { token_id: string; lease_id: string } }).data;
-    await t.http.post(`/api/tokens/${lease.token_id}/release`).send({ user_id: userId, lease_id: lease.lease_id }).expect(200);
+    await t.http
+      .post(`/api/tokens/${lease.token_id}/release`)
+      .set('X-Request-Id', 'give-back-1')
+      .send({ user_id: userId, lease_id: lease.lease_id })
+      .expect(200);
 
     const events = await waitFor(() => {
       const found = lines.filter((line) => line.msg === 'lease granted' || line.msg === 'lease ended');
       return found.length >= 2 && found;
     });
     const info = pino.levels.values.info;
-    expect(events.map(({ level, msg, leaseId, tokenId, userId: user, reason }) => ({ level, msg, leaseId, tokenId, user, reason }))).toEqual([
-      { level: info, msg: 'lease granted', leaseId: lease.lease_id, tokenId: lease.token_id, user: userId, reason: undefined },
-      { level: info, msg: 'lease ended', leaseId: lease.lease_id, tokenId: lease.token_id, user: userId, reason: 'released' },
+    expect(
+      events.map(({ level, msg, leaseId, tokenId, userId: user, reason, reqId }) => ({ level, msg, leaseId, tokenId, user, reason, reqId })),
+    ).toEqual([
+      { level: info, msg: 'lease granted', leaseId: lease.lease_id, tokenId: lease.token_id, user: userId, reason: undefined, reqId: 'take-1' },
+      { level: info, msg: 'lease ended', leaseId: lease.lease_id, tokenId: lease.token_id, user: userId, reason: 'released', reqId: 'give-back-1' },
     ]);
   });
 });

@@ -16,6 +16,8 @@ export interface ActivateOptions {
   readonly clientId?: string | null;
   /** The pool's own limit on the waiters of this process (a named pool's max_waiters). */
   readonly maxWaiters?: number | undefined;
+  /** The id of the request that asks, for the log lines of what it changes. */
+  readonly reqId?: string | undefined;
 }
 
 /** One call of activate_lease(); the leases it ended as expired on the way are counted here. */
@@ -24,6 +26,7 @@ async function attempt(
   userId: string,
   waiterId: string | null,
   clientId: string | null,
+  reqId: string | undefined,
 ): Promise<sql.ActivateRow> {
   const row = await sql.activateLease(deps.pool, {
     poolId: deps.poolId,
@@ -33,7 +36,7 @@ async function attempt(
     waiterId,
     clientId,
   });
-  for (const leaseId of row.expired_lease_ids) leaseEnded(deps, leaseId, 'expired', 'activation');
+  for (const leaseId of row.expired_lease_ids) leaseEnded(deps, leaseId, 'expired', 'activation', undefined, reqId);
   return row;
 }
 
@@ -51,7 +54,7 @@ export async function activate(
 ): Promise<{ created: boolean; lease: HeldLease }> {
   const { metrics, log } = deps;
   const clientId = options.clientId ?? null;
-  let row = await attempt(deps, userId, null, clientId);
+  let row = await attempt(deps, userId, null, clientId, options.reqId);
   const waitMs = options.waitMs ?? 0;
   if (row.outcome !== 'created' && row.outcome !== 'existing' && waitMs > 0 && deps.waitingRoom) {
     deps.activity?.count(deps.poolId, 'waits');
@@ -62,7 +65,7 @@ export async function activate(
         userId,
         timeoutMs: waitMs,
         signal: options.signal,
-        attempt: (waiterId) => attempt(deps, userId, waiterId, clientId),
+        attempt: (waiterId) => attempt(deps, userId, waiterId, clientId, options.reqId),
       });
     } catch (err) {
       // The wait ran out: refused like any activation on a full pool.
@@ -81,17 +84,25 @@ export async function activate(
   const lease = toLease({ ...row, id: row.lease_id });
   if (row.evicted_lease_id !== null) {
     metrics.evictions.inc({ pool: deps.poolName });
-    leaseEnded(deps, row.evicted_lease_id, 'evicted', 'activation', { token_id: lease.tokenId });
+    leaseEnded(deps, row.evicted_lease_id, 'evicted', 'activation', { token_id: lease.tokenId }, options.reqId);
   }
   if (row.outcome === 'created') {
     log.info(
-      { leaseId: lease.leaseId, tokenId: lease.tokenId, userId, pool: deps.poolName, fence: lease.fence, expiresAt: lease.expiresAt },
+      {
+        leaseId: lease.leaseId,
+        tokenId: lease.tokenId,
+        userId,
+        pool: deps.poolName,
+        fence: lease.fence,
+        expiresAt: lease.expiresAt,
+        reqId: options.reqId,
+      },
       'lease granted',
     );
     deps.scheduler?.scheduleRelease(lease, lease.expiresAt.getTime() - lease.startedAt.getTime());
     if (options.signal?.aborted === true) {
       // The waiting client left as its lease was granted: give that lease straight back.
-      await release(deps, { tokenId: lease.tokenId, userId, leaseId: lease.leaseId, clientId }).catch(() => undefined);
+      await release(deps, { tokenId: lease.tokenId, userId, leaseId: lease.leaseId, clientId, reqId: options.reqId }).catch(() => undefined);
       throw new ClientGoneError();
     }
   }

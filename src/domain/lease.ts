@@ -47,6 +47,8 @@ export interface LeaseRef {
    * other caller (a user, whom userId stands for, or an admin).
    */
   readonly clientId?: string | null;
+  /** The id of the request that asks, for the log lines of what it changes. */
+  readonly reqId?: string | undefined;
 }
 
 /** Where new leases get their release job. The jobs layer implements it; the domain only calls it. */
@@ -91,7 +93,7 @@ export interface Ended {
  * its ids), a lease that ended as expired has its lateness observed when its times are known,
  * and a release job not sent yet for it is dropped.
  */
-export function leaseEnded(deps: LeasesDeps, leaseId: string, reason: EndReason, by: string, usage?: Ended): void {
+export function leaseEnded(deps: LeasesDeps, leaseId: string, reason: EndReason, by: string, usage?: Ended, reqId?: string): void {
   deps.scheduler?.leaseEnded(leaseId);
   deps.metrics.leasesEnded.inc({ reason, by });
   const endedAt = usage?.ended_at;
@@ -100,13 +102,13 @@ export function leaseEnded(deps: LeasesDeps, leaseId: string, reason: EndReason,
     deps.metrics.expiryLateness.observe(Math.max(0, endedAt.getTime() - expiresAt.getTime()) / 1e3);
   }
   if (deps.log.isLevelEnabled('info')) {
-    deps.log.info({ leaseId, tokenId: usage?.token_id ?? undefined, userId: usage?.user_id ?? undefined, reason, by }, 'lease ended');
+    deps.log.info({ leaseId, tokenId: usage?.token_id ?? undefined, userId: usage?.user_id ?? undefined, reason, by, reqId }, 'lease ended');
   }
 }
 
-export function countEnded(deps: LeasesDeps, usages: readonly UsageRow[], by: string): void {
+export function countEnded(deps: LeasesDeps, usages: readonly UsageRow[], by: string, reqId?: string): void {
   for (const usage of usages) {
-    if (usage.end_reason !== null) leaseEnded(deps, usage.id, usage.end_reason, by, usage);
+    if (usage.end_reason !== null) leaseEnded(deps, usage.id, usage.end_reason, by, usage, reqId);
   }
 }
 

@@ -35,7 +35,7 @@ function refuse(deps: LeasesDeps, ref: LeaseRef, row: sql.ReleaseRow | sql.Renew
       throw ended(row);
     case 'expired':
       // It had run out, and this call ended it (under its token's lock) as expired.
-      leaseEnded(deps, ref.leaseId, 'expired', by, row);
+      leaseEnded(deps, ref.leaseId, 'expired', by, row, ref.reqId);
       throw ended(row);
   }
 }
@@ -48,7 +48,7 @@ export async function release(deps: LeasesDeps, ref: LeaseRef): Promise<Usage> {
   const row = await sql.releaseLease(deps.pool, ref);
   refuse(deps, ref, row, 'release');
   // Counted once: by the call that ended it, not by a retry that finds it ended.
-  if (row.outcome === 'released') leaseEnded(deps, ref.leaseId, 'released', 'release', row);
+  if (row.outcome === 'released') leaseEnded(deps, ref.leaseId, 'released', 'release', row, ref.reqId);
   return toUsage(row);
 }
 
@@ -69,6 +69,6 @@ export async function renew(deps: LeasesDeps, ref: LeaseRef): Promise<HeldLease>
   }
   const lease = toLease(row);
   deps.scheduler?.scheduleRelease(lease, row.remaining_ms ?? 0);
-  deps.log.info({ leaseId: lease.leaseId, tokenId: lease.tokenId, expiresAt: lease.expiresAt }, 'lease renewed');
+  deps.log.info({ leaseId: lease.leaseId, tokenId: lease.tokenId, expiresAt: lease.expiresAt, reqId: ref.reqId }, 'lease renewed');
   return held(deps, lease, row.value_sealed);
 }

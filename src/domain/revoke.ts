@@ -31,20 +31,20 @@ export async function getLease(deps: LeasesDeps, leaseId: string): Promise<Lease
  * lease that has ended (revoked before, or any other way) is answered as it ended; one that had
  * run out ends as expired.
  */
-export async function revoke(deps: LeasesDeps, leaseId: string): Promise<LeaseRecord> {
+export async function revoke(deps: LeasesDeps, leaseId: string, reqId?: string): Promise<LeaseRecord> {
   const row = await sql.revokeLease(deps.pool, leaseId);
   if (row.outcome === 'gone') throw noLease(leaseId);
   if (row.outcome === 'revoked' || row.outcome === 'expired') {
-    leaseEnded(deps, leaseId, row.outcome, 'revoke', row);
+    leaseEnded(deps, leaseId, row.outcome, 'revoke', row, reqId);
   }
   return getLease(deps, leaseId);
 }
 
 /** Ends every open lease of `userId`, in every pool; answers those it revoked (not those that had run out). */
-export async function revokeUser(deps: LeasesDeps, userId: string): Promise<LeaseRecord[]> {
+export async function revokeUser(deps: LeasesDeps, userId: string, reqId?: string): Promise<LeaseRecord[]> {
   const ended = await sql.revokeUserLeases(deps.pool, userId);
-  countEnded(deps, ended, 'revoke');
+  countEnded(deps, ended, 'revoke', reqId);
   const revoked = ended.filter((usage) => usage.end_reason === 'revoked');
-  deps.log.info({ userId, revoked: revoked.length, expired: ended.length - revoked.length }, 'user leases revoked');
+  deps.log.info({ userId, revoked: revoked.length, expired: ended.length - revoked.length, reqId }, 'user leases revoked');
   return Promise.all(revoked.map((usage) => getLease(deps, usage.id)));
 }

@@ -1,4 +1,3 @@
-import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import cors from 'cors';
 import express, { type Express, type RequestHandler } from 'express';
@@ -18,6 +17,7 @@ import { rateLimiter } from './rateLimit.js';
 import { createReadModel, type ReadModel } from './readModel.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
 import { sendJson, sendSerializedJson } from './json.js';
+import { assignRequestId } from './requestId.js';
 import { tokenRoutes } from './routes.js';
 import { poolRoutes } from './poolRoutes.js';
 import { statsRoutes } from './statsRoutes.js';
@@ -82,7 +82,6 @@ export interface RateLimits {
 }
 
 const READY_CHECK_TIMEOUT_MS = 1_000;
-const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
 /** Builds the HTTP app; it does not listen (main/ does, tests use supertest). */
 export function createApp(deps: AppDeps): Express {
@@ -264,9 +263,7 @@ function observe(log: Logger, metrics: Metrics): RequestHandler {
 
   return (req, res, next) => {
     const started = performance.now();
-    const given = req.headers['x-request-id'];
-    const reqId = typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID();
-    res.setHeader('X-Request-Id', reqId);
+    const reqId = assignRequestId(req, res);
     res.once('finish', () => {
       const ms = performance.now() - started;
       const status = res.statusCode;

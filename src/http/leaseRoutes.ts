@@ -6,6 +6,7 @@ import { callerOf, maySeeHolder, type AuthMode } from './authenticate.js';
 import type { LeaseRecordJson, UserRevokedJson } from './contract.js';
 import { methodNotAllowed } from './errors.js';
 import { sendJson } from './json.js';
+import { requestIdOf } from './requestId.js';
 import type { ReadModel } from './readModel.js';
 import { iso } from './readModel.js';
 import { leaseId, parse, userPathParameters } from './schemas.js';
@@ -64,7 +65,7 @@ export function leaseRoutes(
     .route('/api/admin/leases/:lease_id/revoke')
     // Takes no body, like the clears.
     .post(...first.admin, async (req, res) => {
-      const lease = await write(leases.revoke(pathLease(req.params.lease_id)));
+      const lease = await write(leases.revoke(pathLease(req.params.lease_id), requestIdOf(res)));
       sendJson(res, 200, { data: leaseRecordJson(lease) });
     })
     .all(methodNotAllowed(['POST']));
@@ -73,7 +74,7 @@ export function leaseRoutes(
     .route('/api/admin/users/:user_id/revoke')
     .post(...first.admin, async (req, res) => {
       const { user_id: userId } = parse(userPathParameters, req.params, 'path');
-      const revoked = await write(leases.revokeUser(userId));
+      const revoked = await write(leases.revokeUser(userId, requestIdOf(res)));
       const data: UserRevokedJson = { user_id: userId, revoked: revoked.length, leases: revoked.map(leaseRecordJson) };
       sendJson(res, 200, { data });
     })

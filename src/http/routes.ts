@@ -3,6 +3,7 @@ import type { HeldLease, Leases, Usage } from '../domain/leases.js';
 import { NotFoundError, PoolExhaustedError } from '../errors.js';
 import { actingUser, callerOf, maySeeHolder, restrictedToClient, type AuthMode } from './authenticate.js';
 import { jsonBody } from './body.js';
+import { requestIdOf } from './requestId.js';
 import type {
   CheckJson,
   HistoryJson,
@@ -107,7 +108,7 @@ export function activateHandler(deps: {
     try {
       // An activation that found the user's lease, or was refused, changed nothing.
       activated = await write(
-        leases.activate(userId, { waitMs, signal: gone?.signal, clientId: caller.clientId, maxWaiters }),
+        leases.activate(userId, { waitMs, signal: gone?.signal, clientId: caller.clientId, maxWaiters, reqId: requestIdOf(res) }),
         (outcome) => isPoolExhausted(outcome) || (!(outcome instanceof Error) && !outcome.created),
       );
     } catch (error) {
@@ -167,7 +168,7 @@ export function tokenRoutes(
       const body = parse(leaseBody, req.body, 'body');
       const caller = callerOf(res);
       const userId = actingUser(caller, body.user_id);
-      const ref = { tokenId: id, userId, leaseId: body.lease_id, clientId: restrictedToClient(caller) };
+      const ref = { tokenId: id, userId, leaseId: body.lease_id, clientId: restrictedToClient(caller), reqId: requestIdOf(res) };
       const usage = await write(leases.release(ref));
       sendJson(res, 200, { data: releasedJson(usage) });
     })
@@ -193,7 +194,7 @@ export function tokenRoutes(
       const body = parse(leaseBody, req.body, 'body');
       const caller = callerOf(res);
       const userId = actingUser(caller, body.user_id);
-      const ref = { tokenId: id, userId, leaseId: body.lease_id, clientId: restrictedToClient(caller) };
+      const ref = { tokenId: id, userId, leaseId: body.lease_id, clientId: restrictedToClient(caller), reqId: requestIdOf(res) };
       const lease = await write(leases.renew(ref));
       sendJson(res, 200, { data: leaseJson(lease) });
     })

@@ -68,6 +68,12 @@ describe('the OpenAPI document', () => {
     expect(operations.find(([name]) => name === 'POST /api/tokens/activate')?.[1].tags).toEqual(['Leases']);
   });
 
+  it('names every operation once (operationId)', () => {
+    const ids = operations.map(([, op]) => op.operationId);
+    expect(ids.every((id) => typeof id === 'string' && /^[a-z][A-Za-z]+$/.test(id))).toBe(true);
+    expect(new Set(ids).size).toBe(ids.length);
+  });
+
   it('shares the error answers: every error body is the Error or LeaseRefusal component', () => {
     const bodies = [...walk(doc)]
       .filter(([pointer]) => /\/responses\/[45]\d\d\/content\/application~1json$/.test(pointer))

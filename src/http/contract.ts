@@ -587,15 +587,72 @@ const TAGS: ReadonlyArray<{ name: string; description: string; paths: RegExp }> 
   { name: 'Operations', description: 'Health, readiness, metrics and this document', paths: /^\/(healthz|readyz|metrics|openapi\.json)$/ },
 ];
 
-/** `paths` with each operation tagged by TAGS; a path no tag takes is a mistake here, found at start. */
-function tagged<P extends Record<string, Record<string, object>>>(paths: P): P {
-  return Object.fromEntries(
+/** Each operation's operationId, the name a generated client gives it, by method and path. */
+const OPERATION_IDS: Readonly<Record<string, string>> = {
+  'POST /api/tokens/activate': 'activate',
+  'GET /api/tokens': 'listTokens',
+  'GET /api/tokens/{id}': 'getToken',
+  'GET /api/tokens/{id}/history': 'getTokenHistory',
+  'POST /api/tokens/{id}/release': 'release',
+  'POST /api/tokens/{id}/renew': 'renew',
+  'POST /api/tokens/{id}/validate': 'validate',
+  'POST /api/tokens/clear': 'clearLeases',
+  'POST /api/tokens/check': 'checkValue',
+  'POST /api/tokens/redeem': 'redeemValue',
+  'POST /api/admin/tokens/{id}/retire': 'retireToken',
+  'POST /api/admin/pools/{pool}/tokens/generate': 'generateTokens',
+  'POST /api/admin/pools/{pool}/tokens/import': 'importTokens',
+  'GET /api/leases/{lease_id}': 'getLease',
+  'POST /api/admin/leases/{lease_id}/revoke': 'revokeLease',
+  'POST /api/admin/users/{user_id}/revoke': 'revokeUserLeases',
+  'POST /api/admin/clients': 'createClient',
+  'GET /api/admin/clients': 'listClients',
+  'DELETE /api/admin/clients/{id}': 'revokeClient',
+  'POST /api/admin/webhooks': 'createWebhook',
+  'GET /api/admin/webhooks': 'listWebhooks',
+  'DELETE /api/admin/webhooks/{id}': 'deleteWebhook',
+  'POST /api/admin/webhooks/{id}/rotate': 'rotateWebhookSecret',
+  'GET /api/admin/webhooks/{id}/deliveries': 'listWebhookDeliveries',
+  'POST /api/admin/webhooks/{id}/deliveries/{delivery_id}/replay': 'replayWebhookDelivery',
+  'POST /api/admin/pools': 'createPool',
+  'GET /api/admin/pools': 'listPoolsAdmin',
+  'PATCH /api/admin/pools/{pool}': 'updatePool',
+  'GET /api/pools': 'listPools',
+  'GET /api/pools/{pool}': 'getPool',
+  'GET /api/pools/{pool}/tokens': 'listPoolTokens',
+  'POST /api/pools/{pool}/tokens/activate': 'activateInPool',
+  'POST /api/pools/{pool}/tokens/clear': 'clearPoolLeases',
+  'GET /api/stats': 'getStats',
+  'GET /api/events': 'listEvents',
+  'GET /api/events/stream': 'streamEvents',
+  'GET /healthz': 'health',
+  'GET /readyz': 'ready',
+  'GET /openapi.json': 'getOpenApiDocument',
+  'GET /metrics': 'metrics',
+};
+
+/**
+ * `paths` with each operation filed: its tag from TAGS and its OPERATION_IDS name. An operation
+ * missing from either is a mistake here, found at start.
+ */
+function filed<P extends Record<string, Record<string, object>>>(paths: P): P {
+  const unnamed = new Set(Object.keys(OPERATION_IDS));
+  const result = Object.fromEntries(
     Object.entries(paths).map(([path, operations]) => {
       const tag = TAGS.find((t) => t.paths.test(path));
       if (tag === undefined) throw new Error(`no OpenAPI tag takes ${path}`);
-      return [path, Object.fromEntries(Object.entries(operations).map(([method, op]) => [method, { tags: [tag.name], ...op }]))];
+      const named = Object.entries(operations).map(([method, op]) => {
+        const key = `${method.toUpperCase()} ${path}`;
+        const operationId = OPERATION_IDS[key];
+        if (operationId === undefined) throw new Error(`no operationId for ${key}`);
+        unnamed.delete(key);
+        return [method, { operationId, tags: [tag.name], ...op }];
+      });
+      return [path, Object.fromEntries(named)];
     }),
   ) as P;
+  if (unnamed.size > 0) throw new Error(`operationIds of no operation: ${[...unnamed].join(', ')}`);
+  return result;
 }
 
 /** The OpenAPI 3.1 description of the token API. */
@@ -617,7 +674,7 @@ export function openApiDocument(version: string) {
       headers: { RetryAfter: retryAfterHeader },
     },
     tags: TAGS.map(({ name, description }) => ({ name, description })),
-    paths: tagged({
+    paths: filed({
       '/api/tokens/activate': {
         post: {
           summary: 'Lease a token (or get the lease the user holds)',

@@ -1,4 +1,5 @@
 import { afterAll, afterEach, beforeAll, describe, expect, inject, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
 import { Webhook } from 'standardwebhooks';
 import { createWebhookPoster } from '../src/domain/webhookPost.js';
 import { isPrivateAddress } from '../src/domain/webhookAddresses.js';
@@ -290,6 +291,46 @@ describe('webhooks', () => {
     const q = await t.http.get('/api/admin/webhooks/00000000-0000-4000-8000-000000000000/deliveries?limit=0').set(admin);
     expect(q.status).toBe(422);
     expect((await t.http.put('/api/admin/webhooks').set(admin)).status).toBe(405);
+  });
+});
+
+describe('secrets with TOKEN_VALUE_KEY', () => {
+  it('are stored sealed, still sign every attempt, and a start with another key or none is refused', async () => {
+    const key = randomBytes(32).toString('base64');
+    const sealed = await startTestService({ ...env, TOKEN_VALUE_KEY: key });
+    try {
+      const r = await receiver();
+      const hook = await makeWebhook(sealed, r.url);
+      const rotated = await sealed.http.post(`/api/admin/webhooks/${hook.id}/rotate`).set(admin).expect(200);
+      const secret = rotated.body.data.secret as string;
+
+      const { rows } = await sealed.db.pool.query<{ secret: string; previous_secret: string }>(
+        'SELECT secret, previous_secret FROM webhooks WHERE id = $1',
+        [hook.id],
+      );
+      const stored = [rows[0]?.secret ?? '', rows[0]?.previous_secret ?? ''];
+      for (const column of stored) expect(column).toMatch(/^sealed:[A-Za-z0-9+/]+=*$/);
+      const bare = (s: string) => s.slice('whsec_'.length);
+      for (const column of stored) {
+        for (const given of [hook.secret, secret]) {
+          expect(column).not.toContain(bare(given));
+          expect(Buffer.from(column.slice('sealed:'.length), 'base64').includes(Buffer.from(bare(given), 'base64'))).toBe(false);
+        }
+      }
+
+      await activate(sealed);
+      const [got] = await waitFor(() => r.received.length >= 1 && r.received, { what: 'the webhook' });
+      if (got === undefined) throw new Error('nothing received');
+      verify(secret, got.body, got.headers);
+      verify(hook.secret, got.body, got.headers);
+
+      await expect(startTestService({ ...env, TOKEN_VALUE_KEY: randomBytes(32).toString('base64') }, { db: sealed.db })).rejects.toThrow(
+        /webhook secrets are sealed with another TOKEN_VALUE_KEY/,
+      );
+      await expect(startTestService(env, { db: sealed.db })).rejects.toThrow(/webhook secrets are sealed with a TOKEN_VALUE_KEY, which is not set/);
+    } finally {
+      await sealed.close();
+    }
   });
 });
 

@@ -304,3 +304,20 @@ export async function deleteOldDeliveries(db: Queryable, args: { days: number; l
   );
   return rows[0]?.n ?? 0;
 }
+
+/**
+ * Whether a webhook secret is sealed under another key than `keyId` (null: TOKEN_VALUE_KEY not
+ * set): such a secret could not sign its deliveries. See storedSecret (src/domain/webhooks.ts).
+ */
+export async function webhookSecretSealedElsewhere(db: Queryable, keyId: Buffer | null): Promise<boolean> {
+  const rows = await query(
+    db,
+    'webhook-secret-sealed-elsewhere',
+    `SELECT 1 FROM webhooks w, unnest(ARRAY[w.secret, w.previous_secret]) AS s(stored)
+     WHERE s.stored LIKE 'sealed:%'
+       AND ($1::bytea IS NULL OR substring(decode(substr(s.stored, 8), 'base64') FROM 2 FOR 4) <> $1::bytea)
+     LIMIT 1`,
+    [keyId],
+  );
+  return rows.length > 0;
+}

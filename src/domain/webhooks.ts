@@ -8,6 +8,7 @@ import type { Pool } from '../db/pool.js';
 import * as sql from '../db/webhooks.js';
 import { AppError, ERRORS, NotFoundError, ValidationError } from '../errors.js';
 import { EVENT_TYPES, type EventType } from './events.js';
+import { CLEAR_VALUES, type ValueSealer } from './values.js';
 import { refusedUrl } from './webhookAddresses.js';
 import { ATTEMPT_TIMEOUT_MS, type WebhookPoster } from './webhookPost.js';
 import { newWebhookSecret, signatureHeader } from './webhookSignature.js';
@@ -103,6 +104,22 @@ export function deliveryBody(row: sql.ClaimedDeliveryRow): string | null {
   });
 }
 
+/**
+ * How a secret is stored. It signs every attempt, so it cannot be hashed; with TOKEN_VALUE_KEY
+ * set it is sealed as token values are (src/domain/values.ts) and stored as `sealed:` and the
+ * sealed bytes in base64, so that a dump of the database alone does not reveal it. Without the
+ * key, and for secrets stored before it was set, it is the secret itself (`whsec_...`).
+ */
+const SEALED = 'sealed:';
+
+export function storedSecret(sealer: ValueSealer, secret: string): string {
+  return sealer.keyId === null ? secret : SEALED + sealer.seal(secret).toString('base64');
+}
+
+export function openedSecret(sealer: ValueSealer, stored: string): string {
+  return stored.startsWith(SEALED) ? sealer.open(Buffer.from(stored.slice(SEALED.length), 'base64')) : stored;
+}
+
 /** The webhook-id of a delivery: the same on every attempt, replays included. */
 export const messageId = (deliveryId: string | number) => `msg_${deliveryId}`;
 
@@ -112,8 +129,11 @@ export function createWebhooks(deps: {
   retryScheduleMs: readonly number[];
   rotationGraceMs: number;
   allowPrivate: boolean;
+  /** Seals the secrets with TOKEN_VALUE_KEY; absent: stored in clear. */
+  sealer?: ValueSealer;
 }) {
   const { pool, retryScheduleMs } = deps;
+  const sealer = deps.sealer ?? CLEAR_VALUES;
 
   async function existing(id: string): Promise<sql.WebhookRow> {
     const row = await sql.findWebhook(pool, id);
@@ -127,7 +147,7 @@ export function createWebhooks(deps: {
       const refused = await refusedUrl(new URL(args.url), deps.allowPrivate);
       if (refused !== null) throw new ValidationError([{ field: 'url', message: refused }]);
       const secret = newWebhookSecret();
-      const row = await sql.insertWebhook(pool, { url: args.url, events: [...new Set(args.events)], secret });
+      const row = await sql.insertWebhook(pool, { url: args.url, events: [...new Set(args.events)], secret: storedSecret(sealer, secret) });
       return { webhook: toWebhook(row), secret };
     },
 
@@ -145,7 +165,7 @@ export function createWebhooks(deps: {
     /** A new secret; the previous one keeps signing for WEBHOOK_ROTATION_GRACE_MS. */
     async rotate(id: string): Promise<{ webhook: Webhook; secret: string }> {
       const secret = newWebhookSecret();
-      const row = await sql.rotateWebhookSecret(pool, { id, secret, graceMs: deps.rotationGraceMs });
+      const row = await sql.rotateWebhookSecret(pool, { id, secret: storedSecret(sealer, secret), graceMs: deps.rotationGraceMs });
       if (row === null) throw new NotFoundError({ webhook_id: id });
       return { webhook: toWebhook(row), secret };
     },
@@ -205,7 +225,12 @@ export function createWebhooks(deps: {
         {
           'webhook-id': webhookId,
           'webhook-timestamp': String(timestamp),
-          'webhook-signature': signatureHeader(claimed.secrets, webhookId, timestamp, body),
+          'webhook-signature': signatureHeader(
+            claimed.secrets.map((stored) => openedSecret(sealer, stored)),
+            webhookId,
+            timestamp,
+            body,
+          ),
           'user-agent': 'token-lease-webhooks',
         },
         body,

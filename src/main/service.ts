@@ -14,6 +14,7 @@ import { createStats, type Stats } from '../domain/stats.js';
 import { createValueSealer } from '../domain/values.js';
 import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { valueSealedElsewhere } from '../db/tokenValues.js';
+import { webhookSecretSealedElsewhere } from '../db/webhooks.js';
 import { createEventFeed, type EventFeed } from '../domain/eventFeed.js';
 import { createApp, type RateLimits } from '../http/app.js';
 import { createEventStreams, type EventStreams } from '../http/eventRoutes.js';
@@ -81,6 +82,13 @@ export async function startService(config: Config, log: Logger): Promise<Service
           : "tokens' values are sealed with another TOKEN_VALUE_KEY than the one set",
       );
     }
+    if (await webhookSecretSealedElsewhere(pool, values.keyId)) {
+      throw new Error(
+        config.tokenValueKey === null
+          ? 'webhook secrets are sealed with a TOKEN_VALUE_KEY, which is not set'
+          : 'webhook secrets are sealed with another TOKEN_VALUE_KEY than the one set',
+      );
+    }
 
     const metrics = createMetrics({ defaultMetrics: true });
     const producer = createProducerConnection(config, log);
@@ -103,6 +111,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
         retryScheduleMs: config.webhooks.retryScheduleMs,
         rotationGraceMs: config.webhooks.rotationGraceMs,
         allowPrivate: config.webhooks.allowPrivate,
+        sealer: values,
       }),
       runNow: (deliveryId: number) => deliveryQueue.runNow(deliveryId),
     };

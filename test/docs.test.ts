@@ -77,6 +77,13 @@ describe('the documentation', () => {
     expect(readdirSync(docsDir)).toEqual(expect.arrayContaining(TOPICS));
   });
 
+  it('names every test file in the table of docs/testing.md', () => {
+    const table = readFileSync(join(docsDir, 'testing.md'), 'utf8');
+    const files = readdirSync(join(root, 'test')).filter((name) => name.endsWith('.test.ts'));
+    expect(files.length).toBeGreaterThan(20);
+    expect(files.map((name) => name.replace(/\.test\.ts$/, '')).filter((name) => !table.includes(`\`${name}\``))).toEqual([]);
+  });
+
   it('links from README.md into every topic in docs/', () => {
     const linked = new Set(linkTargets(readFileSync(join(root, 'README.md'), 'utf8')).map((t) => t.split('#')[0]));
     expect(TOPICS.filter((topic) => !linked.has(`docs/${topic}`))).toEqual([]);

@@ -149,6 +149,7 @@ export const envSchema = z
     TRUST_PROXY: whole(0, 0, 10),
     RATE_LIMIT_PER_MINUTE: whole(0, 0, 1_000_000_000),
     ADMIN_RATE_LIMIT_PER_MINUTE: whole(0, 0, 1_000_000_000),
+    ADMIN_KEY_GUESSES_PER_MINUTE: whole(20, 0, 1_000_000),
     LOG_LEVEL: z
       .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
       .default('info'),
@@ -230,6 +231,7 @@ export const envSchema = z
     trustProxy: e.TRUST_PROXY,
     rateLimitPerMinute: e.RATE_LIMIT_PER_MINUTE,
     adminRateLimitPerMinute: e.ADMIN_RATE_LIMIT_PER_MINUTE,
+    adminKeyGuessesPerMinute: e.ADMIN_KEY_GUESSES_PER_MINUTE,
     logLevel: e.LOG_LEVEL,
     shutdownTimeoutMs: e.SHUTDOWN_TIMEOUT_MS,
   }));

@@ -208,3 +208,66 @@ describe('AUTH_MODE=jwt', () => {
     expect(log).not.toMatch(/eyJ[\w-]+\.[\w-]+\.[\w-]+/);
   });
 });
+
+describe('guesses at the admin key', () => {
+  // TRUST_PROXY=1: each request names the address it comes from in X-Forwarded-For.
+  const from = (address: string) => ({ 'X-Forwarded-For': address });
+  const env = { ADMIN_API_KEY: ADMIN_KEY, ADMIN_KEY_GUESSES_PER_MINUTE: '3', TRUST_PROXY: '1', POOL_SIZE: '1' };
+
+  it('stop being compared once an address has sent too many wrong keys, whatever route or form they take', async () => {
+    const t = await startTestService({ ...env, ROLE: 'all' });
+    try {
+      const clear = (address: string, key: string) => t.http.post('/api/tokens/clear').set(from(address)).set('Authorization', `Bearer ${key}`);
+      for (let i = 0; i < 3; i += 1) expect((await clear('198.51.100.7', `a-wrong-guess-at-the-key-000${i}`)).status).toBe(401);
+      // The right key, from that address, is refused like a wrong one; from another, it works.
+      expect((await clear('198.51.100.7', ADMIN_KEY)).status).toBe(401);
+      expect((await clear('198.51.100.8', ADMIN_KEY)).status).toBe(200);
+      // The queue board's Basic password is the same key, refused from that address too.
+      const basic = `Basic ${Buffer.from(`admin:${ADMIN_KEY}`).toString('base64')}`;
+      expect((await t.http.get('/admin/queues/api/queues').set(from('198.51.100.7')).set('Authorization', basic)).status).toBe(401);
+      expect((await t.http.get('/admin/queues/api/queues').set(from('198.51.100.8')).set('Authorization', basic)).status).toBe(200);
+      // Wrong Basic passwords count as well.
+      for (let i = 0; i < 3; i += 1) {
+        const wrong = `Basic ${Buffer.from(`admin:a-wrong-guess-${i}`).toString('base64')}`;
+        expect((await t.http.get('/admin/queues/api/queues').set(from('198.51.100.9')).set('Authorization', wrong)).status).toBe(401);
+      }
+      expect((await clear('198.51.100.9', ADMIN_KEY)).status).toBe(401);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('under AUTH_MODE=jwt, count invalid JWTs on any route, and leave the address its valid ones', async () => {
+    const t = await startTestService({ ...env, AUTH_MODE: 'jwt', JWT_SECRET: SECRET });
+    try {
+      const address = '203.0.113.50';
+      for (let i = 0; i < 3; i += 1) {
+        expect((await t.http.get('/api/tokens').set(from(address)).set('Authorization', `Bearer not-a-jwt-${i}`)).status).toBe(401);
+      }
+      const admin = (at: string) => t.http.post('/api/tokens/clear').set(from(at)).set('Authorization', `Bearer ${ADMIN_KEY}`);
+      expect((await admin(address)).status).toBe(401);
+      expect((await admin('203.0.113.51')).status).toBe(200);
+      const user = await token(randomUUID());
+      expect((await t.http.get('/api/tokens').set(from(address)).set('Authorization', `Bearer ${user}`)).status).toBe(200);
+    } finally {
+      await t.close();
+    }
+  });
+
+  it('are counted per address and minute, and compared again once the minute is over', async () => {
+    const { createGuessGuard } = await import('../src/http/guesses.js');
+    let now = 1_000_000;
+    const guard = createGuessGuard({ perMinute: 2, log: pino({ level: 'silent' }), now: () => now });
+    if (guard === undefined) throw new Error('no guard');
+    const req = (ip: string) => ({ ip });
+    expect(guard.mayCompare(req('192.0.2.1'))).toBe(true);
+    guard.refused(req('192.0.2.1'));
+    expect(guard.mayCompare(req('192.0.2.1'))).toBe(true);
+    guard.refused(req('192.0.2.1'));
+    expect(guard.mayCompare(req('192.0.2.1'))).toBe(false);
+    expect(guard.mayCompare(req('192.0.2.2'))).toBe(true);
+    now += 60_000;
+    expect(guard.mayCompare(req('192.0.2.1'))).toBe(true);
+    expect(createGuessGuard({ perMinute: 0, log: pino({ level: 'silent' }) })).toBeUndefined();
+  });
+});

@@ -17,6 +17,7 @@ import { rateLimiter } from './rateLimit.js';
 import { createReadModel, type ReadModel } from './readModel.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
 import { sendJson, sendSerializedJson } from './json.js';
+import { createGuessGuard } from './guesses.js';
 import { assignRequestId } from './requestId.js';
 import { tokenRoutes } from './routes.js';
 import { poolRoutes } from './poolRoutes.js';
@@ -54,6 +55,8 @@ export interface AppDeps {
   readonly redisPing?: (() => Promise<void>) | undefined;
   /** The read model of GET /api/tokens (src/http/readModel.ts); absent: every request reads the pool. */
   readonly readModel?: ReadModel | undefined;
+  /** ADMIN_KEY_GUESSES_PER_MINUTE (src/http/guesses.ts); 0 or absent: off. */
+  readonly adminKeyGuessesPerMinute?: number;
   /** Requests per caller and minute on the lease and the admin routes (0: off), counted in Redis. */
   readonly rateLimits?: RateLimits | undefined;
   /** Named pools (src/http/poolRoutes.ts); absent: only the default pool's routes are served. */
@@ -109,7 +112,8 @@ export function createApp(deps: AppDeps): Express {
 
   // The token API first: the router tries routes in order, and these carry the traffic.
   if (deps.serveApi ?? true) {
-    const auth = authenticate({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey });
+    const guesses = createGuessGuard({ perMinute: deps.adminKeyGuessesPerMinute ?? 0, log });
+    const auth = authenticate({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey, guesses });
     // With AUTH_MODE=none only the admin routes ask who is calling; they authenticate themselves.
     if (authMode !== 'none') app.use('/api', auth);
     const limit = (budget: 'lease' | 'admin', perMinute: number, failuresOnly = false) =>
@@ -169,7 +173,7 @@ export function createApp(deps: AppDeps): Express {
     if (deps.queueBoard !== undefined) {
       // As on the admin routes: who is calling, their admin budget, then the check. The budget is
       // spent by refusals only (the page polls), so that guesses at the key spend it.
-      const page = adminPageAuth({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey });
+      const page = adminPageAuth({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey, guesses });
       const admit = [page.identify, ...limit('admin', deps.rateLimits?.adminPerMinute ?? 0, true), page.require];
       queueBoardRoutes(app, { ...deps.queueBoard, admit });
     }

@@ -2,6 +2,7 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { RequestHandler, Response } from 'express';
 import { ADMIN, ANONYMOUS, hasScope, InvalidCredentialError, type BearerVerifier, type Caller, type Scope } from '../auth/caller.js';
 import { AppError, ERRORS, ValidationError } from '../errors.js';
+import type { GuessGuard } from './guesses.js';
 
 // Who is calling: every request under /api/ passes authenticate() once, which leaves the caller
 // on res.locals; routes ask requireScope() and actingUser(). The credential itself goes no
@@ -18,6 +19,8 @@ export interface AuthOptions {
   readonly verify?: BearerVerifier | undefined;
   /** An admin credential in every mode. */
   readonly adminApiKey?: string | undefined;
+  /** Counts refused credentials per address, and stops comparing theirs with the admin key (src/http/guesses.ts). */
+  readonly guesses?: GuessGuard | undefined;
 }
 
 const REALM = 'Bearer realm="token-lease"';
@@ -47,7 +50,7 @@ function adminKeyCheck(adminApiKey: string | undefined): (presented: string) => 
 }
 
 export function authenticate(options: AuthOptions): RequestHandler {
-  const { verify } = options;
+  const { verify, guesses } = options;
   // A mode with credentials but nothing to check them would let everyone in as anonymous.
   if (options.mode !== 'none' && verify === undefined) throw new Error(`AUTH_MODE=${options.mode} needs its verifier`);
   const isAdminKey = adminKeyCheck(options.adminApiKey);
@@ -61,13 +64,15 @@ export function authenticate(options: AuthOptions): RequestHandler {
       return;
     }
     const presented = /^Bearer +([\x21-\x7e]+) *$/i.exec(header)?.[1];
-    if (presented !== undefined && isAdminKey(presented)) {
+    if (presented !== undefined && (guesses?.mayCompare(req) ?? true) && isAdminKey(presented)) {
       res.locals.caller = ADMIN;
       next();
       return;
     }
     if (verify === undefined) {
       // Not checked in this mode: the request goes on as anonymous, and an admin route refuses it.
+      // Counted here, before the admin budget (which answers 429 without a look at the key).
+      guesses?.refused(req);
       unverified.add(res);
       res.locals.caller = ANONYMOUS;
       next();
@@ -80,8 +85,10 @@ export function authenticate(options: AuthOptions): RequestHandler {
         next();
       },
       (error: unknown) => {
-        if (error instanceof InvalidCredentialError) next(unauthorized(res, 'invalid_token', error.reason));
-        else next(error);
+        if (error instanceof InvalidCredentialError) {
+          guesses?.refused(req);
+          next(unauthorized(res, 'invalid_token', error.reason));
+        } else next(error);
       },
     );
   };
@@ -142,10 +149,11 @@ export function adminPageAuth(options: AuthOptions): { identify: RequestHandler;
     }
     const pair = Buffer.from(basic, 'base64').toString('utf8');
     const colon = pair.indexOf(':');
-    if (colon !== -1 && isAdminKey(pair.slice(colon + 1))) {
+    if (colon !== -1 && (options.guesses?.mayCompare(req) ?? true) && isAdminKey(pair.slice(colon + 1))) {
       res.locals.caller = ADMIN;
     } else {
       // As a wrong Bearer admin key: refused by `require`, unless admin routes are open.
+      options.guesses?.refused(req);
       unverified.add(res);
       res.locals.caller = ANONYMOUS;
     }

@@ -351,6 +351,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       log,
       metrics,
       adminApiKey: config.adminApiKey,
+      adminKeyGuessesPerMinute: config.adminKeyGuessesPerMinute,
       authMode: config.authMode,
       verifyBearer,
       apiClients,

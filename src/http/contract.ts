@@ -481,6 +481,7 @@ const COMMON_ERRORS = {
   ValidationFailed: [ERRORS.validation_failed],
   RateLimited: [ERRORS.rate_limited],
   Unavailable: [ERRORS.unavailable],
+  Internal: [ERRORS.internal],
 } as const satisfies Record<string, readonly ErrorDefinition[]>;
 
 const codesOf = (list: readonly ErrorDefinition[]) => list.map((d) => d.code).sort().join(' ');
@@ -632,8 +633,9 @@ const OPERATION_IDS: Readonly<Record<string, string>> = {
 };
 
 /**
- * `paths` with each operation filed: its tag from TAGS and its OPERATION_IDS name. An operation
- * missing from either is a mistake here, found at start.
+ * `paths` with each operation filed: its tag from TAGS, its OPERATION_IDS name, and the 500 any
+ * operation may answer. An operation missing from TAGS or OPERATION_IDS is a mistake here, found
+ * at start.
  */
 function filed<P extends Record<string, Record<string, object>>>(paths: P): P {
   const unnamed = new Set(Object.keys(OPERATION_IDS));
@@ -646,7 +648,9 @@ function filed<P extends Record<string, Record<string, object>>>(paths: P): P {
         const operationId = OPERATION_IDS[key];
         if (operationId === undefined) throw new Error(`no operationId for ${key}`);
         unnamed.delete(key);
-        return [method, { operationId, tags: [tag.name], ...op }];
+        // Any operation may fail unexpectedly: 500 internal, with the same error body and no details.
+        const { responses } = op as { responses?: Record<string, unknown> };
+        return [method, { operationId, tags: [tag.name], ...op, responses: { ...responses, '500': { $ref: '#/components/responses/Internal' } } }];
       });
       return [path, Object.fromEntries(named)];
     }),

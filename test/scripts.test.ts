@@ -30,6 +30,8 @@ function run(script: string, args: string[], env: Record<string, string> = {}, i
         resolve({ code, stdout, stderr });
       },
     );
+    // A script that reads no input may have exited before it is written: its EPIPE is no failure.
+    child.stdin?.on('error', () => undefined);
     child.stdin?.end(input ?? '');
   });
 }

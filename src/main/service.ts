@@ -73,21 +73,21 @@ export async function startService(config: Config, log: Logger): Promise<Service
       log,
     );
     shutdown.add('database pool', () => pool.end());
-    // A value this key cannot open would fail its holder's activation: refuse to start instead.
+    // A value this key cannot open would fail its holder's activation, and a webhook secret its
+    // deliveries: refuse to start instead.
     const values = createValueSealer(config.tokenValueKey);
-    if (await valueSealedElsewhere(pool, values.keyId)) {
-      throw new Error(
-        config.tokenValueKey === null
-          ? "tokens' values are sealed with a TOKEN_VALUE_KEY, which is not set"
-          : "tokens' values are sealed with another TOKEN_VALUE_KEY than the one set",
-      );
-    }
-    if (await webhookSecretSealedElsewhere(pool, values.keyId)) {
-      throw new Error(
-        config.tokenValueKey === null
-          ? 'webhook secrets are sealed with a TOKEN_VALUE_KEY, which is not set'
-          : 'webhook secrets are sealed with another TOKEN_VALUE_KEY than the one set',
-      );
+    const sealed = [
+      ["tokens' values", valueSealedElsewhere],
+      ['webhook secrets', webhookSecretSealedElsewhere],
+    ] as const;
+    for (const [what, sealedElsewhere] of sealed) {
+      if (await sealedElsewhere(pool, values.keyId)) {
+        throw new Error(
+          config.tokenValueKey === null
+            ? `${what} are sealed with a TOKEN_VALUE_KEY, which is not set`
+            : `${what} are sealed with another TOKEN_VALUE_KEY than the one set`,
+        );
+      }
     }
 
     const metrics = createMetrics({ defaultMetrics: true });

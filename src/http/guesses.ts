@@ -32,14 +32,18 @@ export function createGuessGuard(options: { perMinute: number; log: Logger; now?
   const counts = new Map<string, { refused: number; until: number }>();
   const addressOf = (req: From) => ipKeyGenerator(req.ip ?? '');
   let purgeAt = 0;
+  /** Forgets the addresses whose minute is over. */
+  const forgetPast = (at: number) => {
+    for (const [key, value] of counts) if (at >= value.until) counts.delete(key);
+  };
 
   return {
     mayCompare(req) {
       if (counts.size === 0) return true;
       const at = now();
-      // Forget the addresses whose minute is over, so that the map empties again.
+      // Once a minute, so that the map empties again.
       if (at >= purgeAt) {
-        for (const [key, value] of counts) if (at >= value.until) counts.delete(key);
+        forgetPast(at);
         purgeAt = at + WINDOW_MS;
       }
       const count = counts.get(addressOf(req));
@@ -50,10 +54,8 @@ export function createGuessGuard(options: { perMinute: number; log: Logger; now?
       const at = now();
       let count = counts.get(address);
       if (count === undefined || at >= count.until) {
-        if (counts.size >= MAX_ADDRESSES) {
-          for (const [key, value] of counts) if (at >= value.until) counts.delete(key);
-          if (counts.size >= MAX_ADDRESSES) return;
-        }
+        if (counts.size >= MAX_ADDRESSES) forgetPast(at);
+        if (counts.size >= MAX_ADDRESSES) return;
         count = { refused: 0, until: at + WINDOW_MS };
         counts.set(address, count);
       }

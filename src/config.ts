@@ -125,6 +125,7 @@ export const envSchema = z
     WEBHOOK_ALLOW_PRIVATE: z.enum(['true', 'false'], { error: 'must be true or false' }).default('false'),
     WEBHOOK_CONCURRENCY: whole(16, 1, 1000),
     QUEUE_BOARD_WRITE: z.enum(['true', 'false'], { error: 'must be true or false' }).default('false'),
+    HTTP_FAST_LANE: z.enum(['true', 'false'], { error: 'must be true or false' }).default('true'),
     ADMIN_API_KEY: z
       .string()
       .min(16, 'must be at least 16 characters')
@@ -217,6 +218,7 @@ export const envSchema = z
     adminApiKey: e.ADMIN_API_KEY,
     /** The queue board (/admin/queues) may retry, clean, pause... jobs; else it only shows them. */
     queueBoardWrite: e.QUEUE_BOARD_WRITE === 'true',
+    fastLane: e.HTTP_FAST_LANE === 'true',
     authMode: e.AUTH_MODE ?? 'none',
     /** Seals tokens' values at rest (AES-256-GCM); null: they are stored in clear. */
     tokenValueKey: e.TOKEN_VALUE_KEY ?? null,

@@ -1,3 +1,4 @@
+import type { RequestListener } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import cors from 'cors';
 import express, { type Express, type RequestHandler } from 'express';
@@ -10,12 +11,14 @@ import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { within } from '../timeouts.js';
 import { openApiDocument } from './contract.js';
-import { adminPageAuth, authenticate, requireScope, type AuthMode } from './authenticate.js';
+import { adminPageAuth, authenticate, callerCheck, requireScope, type AuthMode } from './authenticate.js';
 import { clientRoutes } from './clientRoutes.js';
 import { leaseRoutes } from './leaseRoutes.js';
-import { rateLimiter } from './rateLimit.js';
+import { rateLimiter, type Limit } from './rateLimit.js';
 import { createReadModel, type ReadModel } from './readModel.js';
 import { errorCodeOf, errorHandler, methodNotAllowed, notFound } from './errors.js';
+import { createFastLane, type FastLane } from './fastLane.js';
+import { requestRecorder, type RequestRecorder } from './requestLog.js';
 import { sendJson, sendSerializedJson } from './json.js';
 import { createGuessGuard } from './guesses.js';
 import { assignRequestId } from './requestId.js';
@@ -73,6 +76,8 @@ export interface AppDeps {
   readonly webhooks?: { readonly webhooks: Webhooks; readonly runNow: (deliveryId: number) => Promise<void> } | undefined;
   /** The queue board at /admin/queues (src/http/queueBoard.ts) over these queues; absent: not served. */
   readonly queueBoard?: Omit<QueueBoardOptions, 'admit'> | undefined;
+  /** HTTP_FAST_LANE: createHttp's listener serves the busiest requests without Express (src/http/fastLane.ts). */
+  readonly fastLane?: boolean;
 }
 
 export interface RateLimits {
@@ -86,39 +91,56 @@ export interface RateLimits {
 
 const READY_CHECK_TIMEOUT_MS = 1_000;
 
-/** Builds the HTTP app; it does not listen (main/ does, tests use supertest). */
+/** Builds the HTTP app, served by Express alone; it does not listen (tests use supertest). */
 export function createApp(deps: AppDeps): Express {
+  return createHttp(deps).app;
+}
+
+export interface Http {
+  readonly app: Express;
+  /** What main/ serves: the fast lane first, when it is on, then the app. */
+  readonly listener: RequestListener;
+}
+
+export function createHttp(deps: AppDeps): Http {
   const { log, metrics } = deps;
   const app = express();
   app.disable('x-powered-by');
   app.set('etag', false);
   if ((deps.trustProxy ?? 0) > 0) app.set('trust proxy', deps.trustProxy);
 
-  app.use(observe(log, metrics));
-  // On every answer (src/http/headers.ts); the pages replace its policy with their own.
-  app.use(securityHeaders());
+  const record = requestRecorder(log, metrics);
+  app.use(observe(record));
+  // On every answer: the security headers (src/http/headers.ts; the pages replace its policy
+  // with their own), then CORS's when origins are allowed.
   const origins = deps.corsOrigins ?? [];
-  if (origins.length > 0) {
-    app.use(
-      cors({
-        origin: [...origins],
-        allowedHeaders: ['Authorization', 'Content-Type', 'X-Request-Id'],
-        exposedHeaders: ['X-Request-Id', 'Retry-After', 'Location', 'WWW-Authenticate'],
-        maxAge: 600,
-      }),
-    );
-  }
+  const headers = [
+    securityHeaders(),
+    ...(origins.length > 0
+      ? [
+          cors({
+            origin: [...origins],
+            allowedHeaders: ['Authorization', 'Content-Type', 'X-Request-Id'],
+            exposedHeaders: ['X-Request-Id', 'Retry-After', 'Location', 'WWW-Authenticate'],
+            maxAge: 600,
+          }),
+        ]
+      : []),
+  ];
+  for (const header of headers) app.use(header);
   const authMode = deps.authMode ?? 'none';
+  let lane: FastLane | undefined;
 
   // The token API first: the router tries routes in order, and these carry the traffic.
   if (deps.serveApi ?? true) {
     const guesses = createGuessGuard({ perMinute: deps.adminKeyGuessesPerMinute ?? 0, log });
-    const auth = authenticate({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey, guesses });
+    const authOptions = { mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey, guesses };
+    const auth = authenticate(authOptions);
     // With AUTH_MODE=none only the admin routes ask who is calling; they authenticate themselves.
     if (authMode !== 'none') app.use('/api', auth);
-    const limit = (budget: 'lease' | 'admin', perMinute: number, failuresOnly = false) =>
+    const limit = (budget: 'lease' | 'admin', perMinute: number, failuresOnly = false): Limit =>
       deps.rateLimits === undefined
-        ? []
+        ? { handlers: [], count: undefined }
         : rateLimiter({
             budget,
             perMinute,
@@ -134,11 +156,12 @@ export function createApp(deps: AppDeps): Express {
     // routes: who is calling (when that is not run for all of /api/), their budget (before the
     // check, so that guesses at the admin key spend it), then the admin scope. Nothing is added
     // for a limit that is off or a check the mode does not need.
+    const leaseLimit = limit('lease', deps.rateLimits?.leasePerMinute ?? 0);
     const first = {
-      lease: [...limit('lease', deps.rateLimits?.leasePerMinute ?? 0), ...(authMode === 'api_key' ? [requireScope('lease', scopes)] : [])],
+      lease: [...leaseLimit.handlers, ...(authMode === 'api_key' ? [requireScope('lease', scopes)] : [])],
       admin: [
         ...(authMode === 'none' ? [auth] : []),
-        ...limit('admin', deps.rateLimits?.adminPerMinute ?? 0),
+        ...limit('admin', deps.rateLimits?.adminPerMinute ?? 0).handlers,
         requireScope('admin', scopes),
       ],
     };
@@ -152,16 +175,27 @@ export function createApp(deps: AppDeps): Express {
         privateHolders: authMode !== 'none',
       });
     const { pools } = deps;
-    tokenRoutes(app, {
-      leases: deps.leases,
-      mode: authMode,
-      first,
-      readModel,
-      defaultPool:
-        pools === undefined
-          ? undefined
-          : async () => ({ leases: deps.leases, maxWaiters: (await pools.directory.find('default')).maxWaiters }),
-    });
+    const defaultPool =
+      pools === undefined
+        ? undefined
+        : async () => ({ leases: deps.leases, maxWaiters: (await pools.directory.find('default')).maxWaiters });
+    tokenRoutes(app, { leases: deps.leases, mode: authMode, first, readModel, defaultPool });
+    if (deps.fastLane === true) {
+      lane = createFastLane({
+        leases: deps.leases,
+        write: readModel.write.bind(readModel),
+        readModel,
+        target: defaultPool ?? (() => ({ leases: deps.leases })),
+        mode: authMode,
+        check: callerCheck(authOptions),
+        leaseScope: authMode === 'api_key',
+        count: leaseLimit.count,
+        headers,
+        trustProxy: deps.trustProxy ?? 0,
+        record,
+        log,
+      });
+    }
     if (pools !== undefined) poolRoutes(app, { ...pools, mode: authMode, readModel, first });
     if (pools !== undefined && deps.stats !== undefined) statsRoutes(app, { stats: deps.stats, directory: pools.directory });
     leaseRoutes(app, { leases: deps.leases, mode: authMode, readModel, first });
@@ -174,7 +208,7 @@ export function createApp(deps: AppDeps): Express {
       // As on the admin routes: who is calling, their admin budget, then the check. The budget is
       // spent by refusals only (the page polls), so that guesses at the key spend it.
       const page = adminPageAuth({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey, guesses });
-      const admit = [page.identify, ...limit('admin', deps.rateLimits?.adminPerMinute ?? 0, true), page.require];
+      const admit = [page.identify, ...limit('admin', deps.rateLimits?.adminPerMinute ?? 0, true).handlers, page.require];
       queueBoardRoutes(app, { ...deps.queueBoard, admit });
     }
     // Built and serialised once: it is generated from the schemas the routes use.
@@ -220,7 +254,16 @@ export function createApp(deps: AppDeps): Express {
 
   app.use(notFound);
   app.use(errorHandler(log));
-  return app;
+  const fast = lane;
+  return {
+    app,
+    listener:
+      fast === undefined
+        ? app
+        : (req, res) => {
+            if (!fast(req, res)) app(req, res);
+          },
+  };
 }
 
 /** 'up' when `probe` succeeds within READY_CHECK_TIMEOUT_MS; 'down' when it fails or is late. */
@@ -232,58 +275,20 @@ function check(probe: () => Promise<void>): Promise<'up' | 'down'> {
 }
 
 /**
- * Refusals that are the service working as intended, at a rate set by the load (a full pool
- * refuses every newcomer, a caller in a retry loop runs over its limit), and the probes a
- * platform sends every few seconds: logged at debug, and counted by the metrics.
+ * Request ids, the duration histogram and one log line per request (src/http/requestLog.ts),
+ * from the first middleware. A client's X-Request-Id is echoed and logged only if it is short
+ * and plain; else the request gets a random one. The duration runs from the request reaching the
+ * app to its answer being handed to the socket ('finish').
  */
-const EXPECTED: ReadonlySet<string | undefined> = new Set([ERRORS.pool_exhausted.code, ERRORS.rate_limited.code]);
-const PROBES: ReadonlySet<string> = new Set(['/healthz', '/readyz', '/metrics']);
-
-function logLevelOf(status: number, code: string | undefined, route: string): 'error' | 'info' | 'debug' {
-  if (status >= 500) return 'error';
-  if (EXPECTED.has(code) || PROBES.has(route)) return 'debug';
-  return 'info';
-}
-
-/**
- * Request ids, the duration histogram and one log line per request (5xx error; the rest info,
- * with the error code of a 4xx, except what logLevelOf puts at debug), from the first
- * middleware. A client's X-Request-Id is echoed and logged only if it is short and plain; else
- * the request gets a random one. The duration runs from the request reaching the app to its
- * answer being handed to the socket ('finish').
- */
-function observe(log: Logger, metrics: Metrics): RequestHandler {
-  // One histogram child per (method, route, status) saves prom-client's labels() lookup per request.
-  const durations = new Map<string, Observer>();
-  const durationOf = (method: string, route: string, status: number): Observer => {
-    const key = `${method} ${status} ${route}`;
-    let child = durations.get(key);
-    if (child === undefined) {
-      child = metrics.httpDuration.labels({ method, route, status });
-      durations.set(key, child);
-    }
-    return child;
-  };
-
+function observe(record: RequestRecorder): RequestHandler {
   return (req, res, next) => {
     const started = performance.now();
     const reqId = assignRequestId(req, res);
     res.once('finish', () => {
-      const ms = performance.now() - started;
-      const status = res.statusCode;
       const routePath = (req.route as { path?: unknown } | undefined)?.path;
       const route = typeof routePath === 'string' ? routePath : 'unmatched';
-      durationOf(req.method, route, status).observe(ms / 1e3);
-      const code = errorCodeOf(res);
-      const level = logLevelOf(status, code, route);
-      if (log.isLevelEnabled(level)) {
-        log[level]({ reqId, method: req.method, url: req.originalUrl, status, code, ms }, 'request');
-      }
+      record({ reqId, method: req.method, url: req.originalUrl, route, status: res.statusCode, code: errorCodeOf(res), ms: performance.now() - started });
     });
     next();
   };
-}
-
-interface Observer {
-  observe(value: number): void;
 }

@@ -2,7 +2,8 @@ import { createHash, timingSafeEqual } from 'node:crypto';
 import type { RequestHandler, Response } from 'express';
 import { ADMIN, ANONYMOUS, hasScope, InvalidCredentialError, type BearerVerifier, type Caller, type Scope } from '../auth/caller.js';
 import { AppError, ERRORS, ValidationError } from '../errors.js';
-import type { GuessGuard } from './guesses.js';
+import { UnauthorizedError } from './errors.js';
+import type { From, GuessGuard } from './guesses.js';
 
 // Who is calling: every request under /api/ passes authenticate() once, which leaves the caller
 // on res.locals; routes ask requireScope() and actingUser(). The credential itself goes no
@@ -31,15 +32,17 @@ export function callerOf(res: Response): Caller {
   return (res.locals.caller as Caller | undefined) ?? ANONYMOUS;
 }
 
-/** A credential was sent but is not one this service accepts (AUTH_MODE=none, not the admin key). */
-const unverified = new WeakSet<Response>();
+/**
+ * A credential was sent but is not one this service accepts (AUTH_MODE=none, not the admin key):
+ * anonymous, and refused by an admin route as invalid rather than missing.
+ */
+const UNVERIFIED: Caller = { ...ANONYMOUS, scopes: new Set() };
 
-function unauthorized(res: Response, reason: string, description?: string): AppError {
-  res.setHeader(
-    'WWW-Authenticate',
+function unauthorized(reason: string, description?: string): UnauthorizedError {
+  return new UnauthorizedError(
+    reason,
     description === undefined ? REALM : `${REALM}, error="invalid_token", error_description="${description.replaceAll('"', "'")}"`,
   );
-  return new AppError(ERRORS.unauthorized, { reason });
 }
 
 /** Whether a presented key is ADMIN_API_KEY (never, without one). */
@@ -49,48 +52,56 @@ function adminKeyCheck(adminApiKey: string | undefined): (presented: string) => 
   return (presented) => adminDigest !== undefined && timingSafeEqual(digest(presented), adminDigest);
 }
 
-export function authenticate(options: AuthOptions): RequestHandler {
+/**
+ * Who a request's Authorization header says is calling, from the address `from` (for the guess
+ * count): the caller, at once or once the mode's verifier has checked the credential, or an
+ * UnauthorizedError. Express's routes run it through authenticate(), the fast lane
+ * (src/http/fastLane.ts) directly.
+ */
+export type CallerCheck = (header: string | undefined, from: From) => Caller | Promise<Caller>;
+
+export function callerCheck(options: AuthOptions): CallerCheck {
   const { verify, guesses } = options;
   // A mode with credentials but nothing to check them would let everyone in as anonymous.
   if (options.mode !== 'none' && verify === undefined) throw new Error(`AUTH_MODE=${options.mode} needs its verifier`);
   const isAdminKey = adminKeyCheck(options.adminApiKey);
 
-  return (req, res, next) => {
-    const header = req.headers.authorization;
+  return (header, from) => {
     if (header === undefined) {
-      if (options.mode !== 'none') throw unauthorized(res, 'missing');
-      res.locals.caller = ANONYMOUS;
-      next();
-      return;
+      if (options.mode !== 'none') throw unauthorized('missing');
+      return ANONYMOUS;
     }
     const presented = /^Bearer +([\x21-\x7e]+) *$/i.exec(header)?.[1];
-    if (presented !== undefined && (guesses?.mayCompare(req) ?? true) && isAdminKey(presented)) {
-      res.locals.caller = ADMIN;
-      next();
-      return;
-    }
+    if (presented !== undefined && (guesses?.mayCompare(from) ?? true) && isAdminKey(presented)) return ADMIN;
     if (verify === undefined) {
       // Not checked in this mode: the request goes on as anonymous, and an admin route refuses it.
       // Counted here, before the admin budget (which answers 429 without a look at the key).
-      guesses?.refused(req);
-      unverified.add(res);
-      res.locals.caller = ANONYMOUS;
-      next();
+      guesses?.refused(from);
+      return UNVERIFIED;
+    }
+    if (presented === undefined) throw unauthorized('malformed', 'the Authorization header must be Bearer <token>');
+    return verify(presented).catch((error: unknown) => {
+      if (!(error instanceof InvalidCredentialError)) throw error;
+      guesses?.refused(from);
+      throw unauthorized('invalid_token', error.reason);
+    });
+  };
+}
+
+/** Finds the caller (callerCheck) and leaves it on res.locals for callerOf(). */
+export function authenticate(options: AuthOptions): RequestHandler {
+  const check = callerCheck(options);
+  return (req, res, next) => {
+    const caller = check(req.headers.authorization, req);
+    if (caller instanceof Promise) {
+      caller.then((verified) => {
+        res.locals.caller = verified;
+        next();
+      }, next);
       return;
     }
-    if (presented === undefined) throw unauthorized(res, 'malformed', 'the Authorization header must be Bearer <token>');
-    verify(presented).then(
-      (caller) => {
-        res.locals.caller = caller;
-        next();
-      },
-      (error: unknown) => {
-        if (error instanceof InvalidCredentialError) {
-          guesses?.refused(req);
-          next(unauthorized(res, 'invalid_token', error.reason));
-        } else next(error);
-      },
-    );
+    res.locals.caller = caller;
+    next();
   };
 }
 
@@ -107,9 +118,8 @@ export function requireScope(scope: Scope, options: Pick<AuthOptions, 'mode' | '
       next();
       return;
     }
-    if (caller.kind === 'anonymous') {
-      throw unauthorized(res, unverified.has(res) ? 'invalid_credentials' : 'missing', unverified.has(res) ? 'the credentials are not valid' : undefined);
-    }
+    if (caller === UNVERIFIED) throw unauthorized('invalid_credentials', 'the credentials are not valid');
+    if (caller.kind === 'anonymous') throw unauthorized('missing');
     throw new AppError(ERRORS.forbidden, { reason: 'missing_scope', scope });
   };
 }
@@ -132,8 +142,7 @@ export function adminPageAuth(options: AuthOptions): { identify: RequestHandler;
     (handler: RequestHandler): RequestHandler =>
     (req, res, next) => {
       const done = (error?: unknown) => {
-        if (error instanceof AppError && error.status === 401) res.setHeader('WWW-Authenticate', BASIC_REALM);
-        next(error);
+        next(error instanceof UnauthorizedError ? new UnauthorizedError(String(error.details.reason), BASIC_REALM) : error);
       };
       try {
         handler(req, res, done);
@@ -154,8 +163,7 @@ export function adminPageAuth(options: AuthOptions): { identify: RequestHandler;
     } else {
       // As a wrong Bearer admin key: refused by `require`, unless admin routes are open.
       options.guesses?.refused(req);
-      unverified.add(res);
-      res.locals.caller = ANONYMOUS;
+      res.locals.caller = UNVERIFIED;
     }
     next();
   };

@@ -1,7 +1,7 @@
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { AppError, ERRORS, NotFoundError, PoolExhaustedError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import { sendJson } from './json.js';
+import { sendSerializedJson } from './json.js';
 
 // The one place that writes error answers: {"error":{"code","message","details"}}.
 
@@ -42,13 +42,51 @@ export function errorCodeOf(res: Response): string | undefined {
   return typeof code === 'string' ? code : undefined;
 }
 
+/** A 401: who is calling is not known; `challenge` is the answer's WWW-Authenticate. */
+export class UnauthorizedError extends AppError {
+  constructor(
+    reason: string,
+    readonly challenge: string,
+  ) {
+    super(ERRORS.unauthorized, { reason });
+  }
+}
+
+/** The one header an error's answer carries besides the body, if any. */
+export function errorHeader(error: AppError): [name: string, value: string] | undefined {
+  if (error instanceof PoolExhaustedError) return ['Retry-After', String(error.retryAfterSeconds)];
+  if (error instanceof UnauthorizedError) return ['WWW-Authenticate', error.challenge];
+  if (error.status === ERRORS.unavailable.status) return ['Retry-After', '1'];
+  return undefined;
+}
+
+/** An error's answer body. */
+export function errorJson(error: AppError): string {
+  return JSON.stringify({ error: { code: error.code, message: error.message, details: error.details } });
+}
+
 export function sendError(res: Response, error: AppError): void {
   res.locals.errorCode = error.code;
-  if (error instanceof PoolExhaustedError) res.set('Retry-After', String(error.retryAfterSeconds));
-  if (error.status === ERRORS.unavailable.status) res.set('Retry-After', '1');
-  sendJson(res, error.status, {
-    error: { code: error.code, message: error.message, details: error.details },
-  });
+  const header = errorHeader(error);
+  if (header !== undefined) res.setHeader(header[0], header[1]);
+  sendSerializedJson(res, error.status, errorJson(error));
+}
+
+/**
+ * The AppError to answer a request's `error` with: the error itself, or what body-parser's and
+ * the router's errors mean, or a 500 for anything else. What is the service's fault (a 5xx) is
+ * logged here, with the request it failed.
+ */
+export function answerableError(error: unknown, log: Logger, request: { method: string; url: string }): AppError {
+  const known = toAppError(error);
+  if (known === null) {
+    log.error({ err: error, method: request.method, url: request.url }, 'request failed');
+    return new AppError(ERRORS.internal);
+  }
+  if (known.status >= 500) {
+    log.error({ err: known.cause ?? known, method: request.method, url: request.url }, 'request failed');
+  }
+  return known;
 }
 
 export function errorHandler(log: Logger): ErrorRequestHandler {
@@ -57,16 +95,7 @@ export function errorHandler(log: Logger): ErrorRequestHandler {
       next(error);
       return;
     }
-    const known = toAppError(error);
-    if (known === null) {
-      log.error({ err: error, method: req.method, url: req.originalUrl }, 'request failed');
-      sendError(res, new AppError(ERRORS.internal));
-      return;
-    }
-    if (known.status >= 500) {
-      log.error({ err: known.cause ?? known, method: req.method, url: req.originalUrl }, 'request failed');
-    }
-    sendError(res, known);
+    sendError(res, answerableError(error, log, { method: req.method, url: req.originalUrl }));
   };
 }
 

@@ -17,7 +17,7 @@ const WINDOW_MS = 60_000;
 const MAX_ADDRESSES = 100_000;
 
 /** What the guard reads of a request: its address, as Express gives it (TRUST_PROXY). */
-type From = { readonly ip?: string | undefined };
+export type From = { readonly ip?: string | undefined };
 
 export interface GuessGuard {
   /** Whether a credential from this request's address may be compared with the admin key now. */

@@ -1,4 +1,6 @@
+import { createHash } from 'node:crypto';
 import type { RequestHandler, Response } from 'express';
+import type { Caller } from '../auth/caller.js';
 import { ipKeyGenerator, rateLimit, type Options, type Store } from 'express-rate-limit';
 import { RedisStore, type SendCommandFn } from 'rate-limit-redis';
 import { AppError, ERRORS } from '../errors.js';
@@ -39,20 +41,47 @@ const WINDOW_MS = 60_000;
  * has whole). authenticate() has run before on every limited route.
  */
 export function callerKey(res: Response): string {
-  const caller = callerOf(res);
+  return keyOf(callerOf(res), res.req.ip);
+}
+
+/** callerKey's rule, for a caller calling from `address`. */
+export function keyOf(caller: Caller, address: string | undefined): string {
   if (caller.userId !== null) return `user:${caller.userId}`;
   if (caller.clientId !== null) return `client:${caller.clientId}`;
   if (caller.kind === 'admin') return 'admin';
-  return `address:${ipKeyGenerator(res.req.ip ?? '')}`;
+  return `address:${ipKeyGenerator(address ?? '')}`;
 }
 
-/** The handlers a limited route puts first: none when the limit is off. */
-export function rateLimiter(options: RateLimitOptions): readonly RequestHandler[] {
-  if (options.perMinute === 0) return [];
-  const { budget, log } = options;
+/** A request counted against its budget: the headers its answer carries, and the refusal if it is over. */
+export interface Counted {
+  readonly headers: readonly (readonly [name: string, value: string])[];
+  readonly refused: AppError | undefined;
+}
+
+export interface Limit {
+  /** What a limited Express route puts first: nothing when the limit is off. */
+  readonly handlers: readonly RequestHandler[];
+  /**
+   * The same count for the fast lane (src/http/fastLane.ts), from the same store, with the
+   * headers express-rate-limit sets for this configuration; undefined when the limit is off.
+   */
+  readonly count: ((key: string) => Promise<Counted>) | undefined;
+}
+
+const UNCOUNTED: Counted = { headers: [], refused: undefined };
+
+export function rateLimiter(options: RateLimitOptions): Limit {
+  if (options.perMinute === 0) return { handlers: [], count: undefined };
+  const { budget, log, perMinute } = options;
+  const refusal = new AppError(ERRORS.rate_limited, { budget, limit_per_minute: perMinute });
+  const logError = (err: unknown, msg?: string) => {
+    // A store failure was logged once already, by the store (failOpen).
+    if (!(err instanceof StoreUnavailableError)) log.error({ err, budget }, msg ?? 'rate limiter error');
+  };
+  const store = failOpen(new RedisStore({ sendCommand: options.sendCommand, prefix: options.keyPrefix }), options);
   const limiter = rateLimit({
     windowMs: WINDOW_MS,
-    limit: options.perMinute,
+    limit: perMinute,
     // RateLimit-Policy and RateLimit (draft 8 of the IETF's RateLimit header fields, named by
     // budget), and Retry-After once the budget is spent; no X-RateLimit-* headers.
     standardHeaders: 'draft-8',
@@ -60,22 +89,40 @@ export function rateLimiter(options: RateLimitOptions): readonly RequestHandler[
     identifier: budget,
     skipSuccessfulRequests: options.failuresOnly ?? false,
     keyGenerator: (_req, res) => callerKey(res),
-    store: failOpen(new RedisStore({ sendCommand: options.sendCommand, prefix: options.keyPrefix }), options),
+    store,
     passOnStoreError: true,
     // Sent from here, not passed to next(): a caller over its limit costs no walk through the
     // later routes on its way to the error handler.
     handler: (_req, res) => {
-      sendError(res, new AppError(ERRORS.rate_limited, { budget, limit_per_minute: options.perMinute }));
+      sendError(res, refusal);
     },
-    logger: {
-      // A store failure was logged once already, by the store (failOpen).
-      error: (err, msg) => {
-        if (!(err instanceof StoreUnavailableError)) log.error({ err, budget }, msg ?? 'rate limiter error');
-      },
-      warn: (err, msg) => log.warn({ err, budget }, msg ?? 'rate limiter warning'),
-    },
+    logger: { error: logError, warn: (err, msg) => log.warn({ err, budget }, msg ?? 'rate limiter warning') },
   });
-  return [limiter];
+  // express-rate-limit's draft-8 headers for one budget and its Retry-After, over the same store;
+  // test/fastLane.test.ts compares the two.
+  const count = async (key: string): Promise<Counted> => {
+    let counted: Awaited<ReturnType<Store['increment']>>;
+    try {
+      counted = await store.increment(key);
+    } catch (err) {
+      logError(err);
+      return UNCOUNTED;
+    }
+    const reset = counted.resetTime === undefined ? WINDOW_MS / 1e3 : Math.max(0, Math.ceil((counted.resetTime.getTime() - Date.now()) / 1e3));
+    const headers: (readonly [string, string])[] = [
+      ['RateLimit', `"${budget}"; r=${Math.max(perMinute - counted.totalHits, 0)}; t=${reset}`],
+      ['RateLimit-Policy', `"${budget}"; q=${perMinute}; w=${WINDOW_MS / 1e3}; pk=:${partitionKey(key)}:`],
+    ];
+    if (counted.totalHits <= perMinute) return { headers, refused: undefined };
+    headers.push(['Retry-After', String(reset)]);
+    return { headers, refused: refusal };
+  };
+  return { handlers: [limiter], count: options.failuresOnly === true ? undefined : count };
+}
+
+/** The key's partition key in RateLimit-Policy, as express-rate-limit writes it. */
+function partitionKey(key: string): string {
+  return Buffer.from(createHash('sha256').update(key).digest('hex').slice(0, 12)).toString('base64');
 }
 
 /** Redis could not count a request; it went through uncounted. */

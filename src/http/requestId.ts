@@ -7,10 +7,14 @@ import type { Request, Response } from 'express';
 
 const PLAIN = /^[\w.:-]{1,128}$/;
 
+/** The id of a request that sent `given` as its X-Request-Id (or nothing). */
+export function requestIdFrom(given: string | string[] | undefined): string {
+  return typeof given === 'string' && PLAIN.test(given) ? given : randomUUID();
+}
+
 /** Gives the request its id (app.ts, first middleware) and answers it in X-Request-Id. */
 export function assignRequestId(req: Request, res: Response): string {
-  const given = req.headers['x-request-id'];
-  const id = typeof given === 'string' && PLAIN.test(given) ? given : randomUUID();
+  const id = requestIdFrom(req.headers['x-request-id']);
   res.setHeader('X-Request-Id', id);
   res.locals.reqId = id;
   return id;

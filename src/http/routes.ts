@@ -1,4 +1,5 @@
 import type { Express, Request, RequestHandler, Response } from 'express';
+import type { Caller } from '../auth/caller.js';
 import type { HeldLease, Leases, Usage } from '../domain/leases.js';
 import { NotFoundError, PoolExhaustedError } from '../errors.js';
 import { actingUser, callerOf, maySeeHolder, restrictedToClient, type AuthMode } from './authenticate.js';
@@ -80,6 +81,56 @@ export interface ActivationTarget {
   readonly maxWaiters?: number | undefined;
 }
 
+/** A success answer of the lease operations the fast lane also serves (src/http/fastLane.ts). */
+export interface JsonAnswer {
+  readonly status: number;
+  readonly json: string;
+  /** The Location header of a 201. */
+  readonly location?: string | undefined;
+}
+
+/** The user an activation's request `body` acts for, as `caller`. */
+export function activatingUser(caller: Caller, body: unknown): string {
+  return actingUser(caller, parse(userBody, body, 'body').user_id);
+}
+
+/**
+ * An activation of `target`'s pool for `userId` (activatingUser), asked by `caller`: a new lease
+ * (201, with its Location), or the one the user holds (200). Throws PoolExhaustedError when the
+ * pool is full, and with `waitMs` waits for a place in the queue first.
+ */
+export async function activation(
+  write: ReadModel['write'],
+  target: ActivationTarget,
+  userId: string,
+  caller: Caller,
+  options: { waitMs: number; signal?: AbortSignal | undefined; reqId: string | undefined },
+): Promise<JsonAnswer> {
+  const { created, lease } = await write(
+    target.leases.activate(userId, { ...options, clientId: caller.clientId, maxWaiters: target.maxWaiters }),
+    // An activation that found the user's lease, or was refused, changed nothing.
+    (outcome) => isPoolExhausted(outcome) || (!(outcome instanceof Error) && !outcome.created),
+  );
+  const json = JSON.stringify({ data: leaseJson(lease) });
+  return created ? { status: 201, json, location: `/api/tokens/${lease.tokenId}` } : { status: 200, json };
+}
+
+/** The release of the lease a request `body` names on token `rawId`, for `caller`: the ended usage's JSON. */
+export async function release(
+  write: ReadModel['write'],
+  leases: Leases,
+  caller: Caller,
+  rawId: unknown,
+  body: unknown,
+  reqId: string | undefined,
+): Promise<string> {
+  const tokenId = parseTokenId(rawId);
+  const { user_id: bodyUserId, lease_id: leaseId } = parse(leaseBody, body, 'body');
+  const userId = actingUser(caller, bodyUserId);
+  const usage = await write(leases.release({ tokenId, userId, leaseId, clientId: restrictedToClient(caller), reqId }));
+  return JSON.stringify({ data: releasedJson(usage) });
+}
+
 /**
  * POST .../activate: a lease for the caller's user of the pool `target` picks (the default
  * pool's route, or a named pool's), or the lease they hold; with ?wait=, a place in the queue
@@ -89,13 +140,11 @@ export function activateHandler(deps: {
   write: ReadModel['write'];
   target: (req: Request) => ActivationTarget | Promise<ActivationTarget>;
 }): RequestHandler {
-  const { write } = deps;
   return async (req, res) => {
-    const body = parse(userBody, req.body, 'body');
     const caller = callerOf(res);
-    const userId = actingUser(caller, body.user_id);
+    const userId = activatingUser(caller, req.body);
     const { waitMs } = parse(activateQuery, req.query, 'query');
-    const { leases, maxWaiters } = await deps.target(req);
+    const target = await deps.target(req);
     // A waiting client that disconnects gives up its place in the queue. Only a request that
     // may wait needs to hear of it.
     const gone = waitMs > 0 ? new AbortController() : undefined;
@@ -104,13 +153,9 @@ export function activateHandler(deps: {
         if (!res.writableEnded) gone.abort();
       });
     }
-    let activated: Awaited<ReturnType<Leases['activate']>>;
+    let answer: JsonAnswer;
     try {
-      // An activation that found the user's lease, or was refused, changed nothing.
-      activated = await write(
-        leases.activate(userId, { waitMs, signal: gone?.signal, clientId: caller.clientId, maxWaiters, reqId: requestIdOf(res) }),
-        (outcome) => isPoolExhausted(outcome) || (!(outcome instanceof Error) && !outcome.created),
-      );
+      answer = await activation(deps.write, target, userId, caller, { waitMs, signal: gone?.signal, reqId: requestIdOf(res) });
     } catch (error) {
       // A full pool's refusal, the answer this route gives most under load, is sent from
       // here: passed to next(), Express would match every later route's path on its way to
@@ -119,9 +164,8 @@ export function activateHandler(deps: {
       sendError(res, error);
       return;
     }
-    const { created, lease } = activated;
-    if (created) res.setHeader('Location', `/api/tokens/${lease.tokenId}`);
-    sendJson(res, created ? 201 : 200, { data: leaseJson(lease) });
+    if (answer.location !== undefined) res.setHeader('Location', answer.location);
+    sendSerializedJson(res, answer.status, answer.json);
   };
 }
 
@@ -164,13 +208,7 @@ export function tokenRoutes(
   router
     .route('/api/tokens/:id/release')
     .post(...first.lease, ...jsonBody, async (req, res) => {
-      const id = parseTokenId(req.params.id);
-      const body = parse(leaseBody, req.body, 'body');
-      const caller = callerOf(res);
-      const userId = actingUser(caller, body.user_id);
-      const ref = { tokenId: id, userId, leaseId: body.lease_id, clientId: restrictedToClient(caller), reqId: requestIdOf(res) };
-      const usage = await write(leases.release(ref));
-      sendJson(res, 200, { data: releasedJson(usage) });
+      sendSerializedJson(res, 200, await release(write, leases, callerOf(res), req.params.id, req.body, requestIdOf(res)));
     })
     .all(methodNotAllowed(['POST']));
 

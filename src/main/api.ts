@@ -1,6 +1,5 @@
 import { once } from 'node:events';
-import { createServer, type Server } from 'node:http';
-import type { Express } from 'express';
+import { createServer, type RequestListener, type Server } from 'node:http';
 import type { Logger } from '../logger.js';
 
 export interface Listening {
@@ -10,10 +9,10 @@ export interface Listening {
   close(): Promise<void>;
 }
 
-export async function listen(app: Express, options: { host: string; port: number }, log: Logger): Promise<Listening> {
+export async function listen(listener: RequestListener, options: { host: string; port: number }, log: Logger): Promise<Listening> {
   // Requests Node's parser refuses (bad HTTP, headers over 16 KiB, no Host, an unmet Expect) get
   // Node's own bare 4xx and never reach the app.
-  const server = createServer(app).listen(options.port, options.host);
+  const server = createServer(listener).listen(options.port, options.host);
   await once(server, 'listening');
   const address = server.address();
   const port = typeof address === 'object' && address !== null ? address.port : options.port;

@@ -16,7 +16,7 @@ import { createWaitingRoom, type WaitingRoom } from '../domain/waiting.js';
 import { valueSealedElsewhere } from '../db/tokenValues.js';
 import { webhookSecretSealedElsewhere } from '../db/webhooks.js';
 import { createEventFeed, type EventFeed } from '../domain/eventFeed.js';
-import { createApp, type RateLimits } from '../http/app.js';
+import { createHttp, type RateLimits } from '../http/app.js';
 import { createEventStreams, type EventStreams } from '../http/eventRoutes.js';
 import { createReadModel, type ChangeChannel, type ReadModel } from '../http/readModel.js';
 import { createReleaseQueue } from '../jobs/queue.js';
@@ -346,7 +346,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
       shutdown.add('event feed', () => feed.close());
       events = { feed, streams: createEventStreams({ feed, maxStreams: config.maxStreams, log, metrics }) };
     }
-    const app = createApp({
+    const { listener } = createHttp({
       leases,
       log,
       metrics,
@@ -368,8 +368,9 @@ export async function startService(config: Config, log: Logger): Promise<Service
       webhooks,
       // The queues this process adds jobs to; served by API processes only, like every page.
       queueBoard: { queues: [releases.queue, deliveryQueue.queue], write: config.queueBoardWrite },
+      fastLane: config.fastLane,
     });
-    const http = await listen(app, config, log);
+    const http = await listen(listener, config, log);
     shutdown.add('http server', () => http.close());
     // Runs before the server's close: open streams would hold it until they end by themselves.
     if (events !== undefined) {

@@ -151,6 +151,12 @@ function parseStat(stat: string): { command: string; cpuSeconds: number } {
   };
 }
 
+/** BENCH_SERVICE_ENV's NAME=value pairs, separated by spaces. */
+function serviceEnv(): Record<string, string> {
+  const pairs = process.env.BENCH_SERVICE_ENV?.split(/\s+/).filter((pair) => pair.includes('=')) ?? [];
+  return Object.fromEntries(pairs.map((pair) => [pair.slice(0, pair.indexOf('=')), pair.slice(pair.indexOf('=') + 1)]));
+}
+
 /**
  * Starts the service (test/harness/processes.ts): `dist` runs the compiled build exactly as
  * `npm start` does (the bench builds it first); `src` runs the TypeScript sources through tsx
@@ -168,7 +174,8 @@ export async function startBenchService(options: {
     logFile: options.logFile,
     // Node flags for a profile of the service (--cpu-prof and the like); none by default.
     nodeArgs: process.env.BENCH_SERVICE_NODE_ARGS?.split(/\s+/).filter(Boolean) ?? [],
-    env: { NODE_ENV: 'production', AUTH_MODE: 'none', ADMIN_API_KEY: BENCH_ADMIN_KEY, ...options.env },
+    // BENCH_SERVICE_ENV (NAME=value pairs) last: a setting to compare against, such as LOG_LEVEL=warn.
+    env: { NODE_ENV: 'production', AUTH_MODE: 'none', ADMIN_API_KEY: BENCH_ADMIN_KEY, ...options.env, ...serviceEnv() },
   });
   try {
     await service.ready();

@@ -6,7 +6,7 @@ import { AppError, ERRORS } from '../errors.js';
 // pay for it. An import takes up to 10,000 values, as JSON or as text/plain, one a line
 // (`importBody`, 4 MiB). body-parser's errors become answers in src/http/errors.ts.
 
-const BODY_LIMIT_BYTES = 16 * 1024;
+export const BODY_LIMIT_BYTES = 16 * 1024;
 /** 10,000 values of 256 characters, quoted and separated, with room to spare. */
 const IMPORT_LIMIT_BYTES = 4 * 1024 * 1024;
 const JSON_TYPES = ['application/json', 'application/*+json'];

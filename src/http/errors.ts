@@ -22,6 +22,13 @@ const BODY_ERRORS: Readonly<Record<string, AppError>> = {
   'request.size.invalid': new AppError(ERRORS.bad_request, { reason: 'the body does not match its Content-Length' }),
 };
 
+/** The answer to a body-parser error of `type` ('entity.parse.failed' and the others above). */
+export function bodyError(type: keyof typeof BODY_ERRORS): AppError {
+  const error = BODY_ERRORS[type];
+  if (error === undefined) throw new Error(`no answer for body error ${type}`);
+  return error;
+}
+
 function toAppError(error: unknown): AppError | null {
   if (error instanceof AppError) return error;
   const e = error as HttpLikeError | null;

@@ -6,7 +6,8 @@ import type { Leases } from '../domain/leases.js';
 import { AppError, ERRORS } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { maySeeHolder, type AuthMode, type CallerCheck } from './authenticate.js';
-import { answerableError, errorHeader, errorJson } from './errors.js';
+import { BODY_LIMIT_BYTES } from './body.js';
+import { answerableError, bodyError, errorHeader, errorJson } from './errors.js';
 import { JSON_TYPE } from './json.js';
 import { keyOf, type Counted } from './rateLimit.js';
 import { listFor, type ReadModel, type Rendered } from './readModel.js';
@@ -56,13 +57,12 @@ export interface FastLaneDeps {
   readonly log: Logger;
 }
 
-const BODY_LIMIT_BYTES = 16 * 1024;
 const JSON_TYPES: ReadonlySet<string> = new Set(['application/json', 'application/json; charset=utf-8', 'application/json;charset=utf-8']);
 const RELEASE_PREFIX = '/api/tokens/';
 const RELEASE_SUFFIX = '/release';
 const PLAIN_ID = /^[0-9A-Za-z-]{1,64}$/;
-const INVALID_JSON = new AppError(ERRORS.invalid_json);
-const ABORTED = new AppError(ERRORS.bad_request, { reason: 'the request was aborted' });
+const INVALID_JSON = bodyError('entity.parse.failed');
+const ABORTED = bodyError('request.aborted');
 
 type Route = '/api/tokens' | '/api/tokens/activate' | '/api/tokens/:id/release';
 

@@ -345,6 +345,7 @@ function open<T>(schema: T): T {
 
 /** The answers' shapes, as components.schemas: each is written once and referenced with $ref. */
 const SCHEMAS = {
+  Timestamp: time,
   Error: errorSchema,
   LeaseRefusal: leaseRefusalSchema,
   EndReason: endReason,

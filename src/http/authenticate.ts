@@ -5,9 +5,10 @@ import { AppError, ERRORS, ValidationError } from '../errors.js';
 import { UnauthorizedError } from './errors.js';
 import type { From, GuessGuard } from './guesses.js';
 
-// Who is calling: every request under /api/ passes authenticate() once, which leaves the caller
-// on res.locals; routes ask requireScope() and actingUser(). The credential itself goes no
-// further than this file: it is never logged, and never part of an answer.
+// Who is calling: every request under /api/ that asks passes callerCheck() once, through
+// authenticate(), which leaves the caller on res.locals, or on the fast lane directly; routes ask
+// requireScope() and actingUser(). The credential itself goes no further than this file: it is
+// never logged, and never part of an answer.
 
 export type AuthMode = 'none' | 'jwt' | 'api_key';
 

@@ -1,7 +1,8 @@
+import type { ServerResponse } from 'node:http';
 import type { ErrorRequestHandler, RequestHandler, Response } from 'express';
 import { AppError, ERRORS, NotFoundError, PoolExhaustedError } from '../errors.js';
 import type { Logger } from '../logger.js';
-import { sendSerializedJson } from './json.js';
+import { writeJson } from './json.js';
 
 // The one place that writes error answers: {"error":{"code","message","details"}}.
 
@@ -60,23 +61,26 @@ export class UnauthorizedError extends AppError {
 }
 
 /** The one header an error's answer carries besides the body, if any. */
-export function errorHeader(error: AppError): [name: string, value: string] | undefined {
+function errorHeader(error: AppError): [name: string, value: string] | undefined {
   if (error instanceof PoolExhaustedError) return ['Retry-After', String(error.retryAfterSeconds)];
   if (error instanceof UnauthorizedError) return ['WWW-Authenticate', error.challenge];
   if (error.status === ERRORS.unavailable.status) return ['Retry-After', '1'];
   return undefined;
 }
 
-/** An error's answer body. */
-export function errorJson(error: AppError): string {
-  return JSON.stringify({ error: { code: error.code, message: error.message, details: error.details } });
+/**
+ * Writes an error's answer to Node's response, for Express's routes (sendError) and the fast
+ * lane alike. An error's status is never fresh, so even a conditional request needs no res.send.
+ */
+export function writeError(res: ServerResponse, error: AppError): void {
+  const header = errorHeader(error);
+  if (header !== undefined) res.setHeader(header[0], header[1]);
+  writeJson(res, error.status, JSON.stringify({ error: { code: error.code, message: error.message, details: error.details } }));
 }
 
 export function sendError(res: Response, error: AppError): void {
   res.locals.errorCode = error.code;
-  const header = errorHeader(error);
-  if (header !== undefined) res.setHeader(header[0], header[1]);
-  sendSerializedJson(res, error.status, errorJson(error));
+  writeError(res, error);
 }
 
 /**

@@ -7,8 +7,8 @@ import { AppError, ERRORS } from '../errors.js';
 import type { Logger } from '../logger.js';
 import { maySeeHolder, type AuthMode, type CallerCheck } from './authenticate.js';
 import { BODY_LIMIT_BYTES } from './body.js';
-import { answerableError, bodyError, errorHeader, errorJson } from './errors.js';
-import { JSON_TYPE } from './json.js';
+import { answerableError, bodyError, writeError } from './errors.js';
+import { writeJson } from './json.js';
 import { keyOf, type Counted } from './rateLimit.js';
 import { listFor, type ReadModel, type Rendered } from './readModel.js';
 import { requestIdFrom } from './requestId.js';
@@ -108,7 +108,7 @@ export function createFastLane(deps: FastLaneDeps): FastLane {
       if (route === '/api/tokens') {
         const caller = await admit(req, res, false);
         const rendered: Rendered = deps.readModel.currentRendered() ?? (await deps.readModel.getRendered());
-        send(res, 200, listFor(rendered, { full: maySeeHolder(deps.mode, caller, ''), userId: caller.userId }));
+        writeJson(res, 200, listFor(rendered, { full: maySeeHolder(deps.mode, caller, ''), userId: caller.userId }));
         return;
       }
       const caller = await admit(req, res, true);
@@ -122,7 +122,7 @@ export function createFastLane(deps: FastLaneDeps): FastLane {
         answer = { status: 200, json: await release(deps.write, deps.leases, caller, id, body, reqId) };
       }
       if (answer.location !== undefined) res.setHeader('Location', answer.location);
-      send(res, answer.status, answer.json);
+      writeJson(res, answer.status, answer.json);
     } catch (error) {
       fail(req, res, exchange, error);
     }
@@ -133,9 +133,7 @@ export function createFastLane(deps: FastLaneDeps): FastLane {
     const known = answerableError(error, log, { method: req.method ?? '', url: req.url ?? '' });
     if (res.headersSent) return;
     exchange.code = known.code;
-    const header = errorHeader(known);
-    if (header !== undefined) res.setHeader(header[0], header[1]);
-    send(res, known.status, errorJson(known));
+    writeError(res, known);
   }
 
   return (req, res) => {
@@ -192,11 +190,6 @@ export function laneRouteOf(req: Pick<IncomingMessage, 'method' | 'url' | 'heade
     return PLAIN_ID.test(id) ? '/api/tokens/:id/release' : undefined;
   }
   return undefined;
-}
-
-function send(res: ServerResponse, status: number, json: string | Buffer): void {
-  const length = typeof json === 'string' ? Buffer.byteLength(json) : json.length;
-  res.writeHead(status, { 'Content-Type': JSON_TYPE, 'Content-Length': length }).end(json);
 }
 
 /** The request's body parsed as JSON, as express.json with `strict: false` gives it. */

@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http';
 import type { Response } from 'express';
 
 export const JSON_TYPE = 'application/json; charset=utf-8';
@@ -21,6 +22,11 @@ export function sendSerializedJson(res: Response, status: number, json: string |
     res.status(status).set('Content-Type', JSON_TYPE).send(json);
     return;
   }
+  writeJson(res, status, json);
+}
+
+/** Writes `status` and serialised JSON to Node's response, with its type and length; Express or not. */
+export function writeJson(res: ServerResponse, status: number, json: string | Buffer): void {
   const length = typeof json === 'string' ? Buffer.byteLength(json) : json.length;
   res.writeHead(status, { 'Content-Type': JSON_TYPE, 'Content-Length': length }).end(json);
 }

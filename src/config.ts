@@ -131,6 +131,12 @@ export const envSchema = z
       .min(16, 'must be at least 16 characters')
       // What a client can send in a Bearer credential: no spaces, nothing outside ASCII.
       .regex(/^[\x21-\x7e]+$/, 'must be visible ASCII characters, without spaces')
+      // Nor the form of the credentials the modes check, so that a credential their verifier has
+      // accepted is never the admin key (src/http/authenticate.ts looks those up first).
+      .refine(
+        (key) => key.split('.').length !== 3 && !key.startsWith('tlk_'),
+        "must not have the form of a JWT (three parts separated by dots) or of an API client's key (tlk_...)",
+      )
       .optional(),
     AUTH_MODE: z.enum(['none', 'jwt', 'api_key']).optional(),
     TOKEN_VALUE_KEY: key32.optional(),

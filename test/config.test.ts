@@ -49,6 +49,13 @@ describe('configuration', () => {
     }
   });
 
+  it("refuses an ADMIN_API_KEY with the form of a JWT or of an API client's key", () => {
+    for (const key of ['header.payload.signature', 'tlk_' + 'k'.repeat(43)]) {
+      expect(() => loadConfig({ ADMIN_API_KEY: key })).toThrow(/ADMIN_API_KEY: must not have the form of a JWT/);
+    }
+    for (const key of ['one.dot-only-here-16', 'many.dots.in.this.key']) expect(loadConfig({ ADMIN_API_KEY: key }).adminApiKey).toBe(key);
+  });
+
   it('treats any empty value as unset, never as 0', () => {
     const empty = Object.fromEntries(envVariableNames.map((name) => [name, '']));
     expect(loadConfig(empty)).toEqual(loadConfig({}));

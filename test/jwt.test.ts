@@ -37,12 +37,17 @@ describe('JWT verification with a shared secret (HS256)', () => {
     let clockMs = Date.now();
     const clocked = createJwtVerifier({ key: { kind: 'secret', secret: SECRET }, now: () => clockMs });
     const token = await hs256({ sub: randomUUID(), exp: Math.floor(clockMs / 1000) + 60 });
+    expect(clocked.known(token)).toBeUndefined();
     await expect(clocked(token)).resolves.toMatchObject({ kind: 'user' });
+    // Verified once, known at once from then on.
+    expect(clocked.known(token)).toMatchObject({ kind: 'user' });
     await expect(clocked(token)).resolves.toMatchObject({ kind: 'user' });
 
     clockMs += 89_000; // within exp and the 30 s tolerance
+    expect(clocked.known(token)).toMatchObject({ kind: 'user' });
     await expect(clocked(token)).resolves.toMatchObject({ kind: 'user' });
     clockMs += 2_000; // past both
+    expect(clocked.known(token)).toBeUndefined();
     expect(await refused(clocked, token)).toBe('the token has expired');
   });
 

@@ -65,16 +65,25 @@ export function createApiKeyVerifier(deps: ApiKeyDeps): BearerVerifier & { close
     });
   }
 
+  /** The key's caller if it is kept, unrevoked and not too old. */
+  function known(key: string): Caller | undefined {
+    if (!API_KEY_FORMAT.test(key) || !deps.revocations.isListening()) return undefined;
+    const hash = apiKeyHash(key);
+    const entry = kept.get(hash.toString('base64'));
+    if (entry === undefined || now() - entry.keptAt >= KEY_CACHE_MAX_AGE_MS || !timingSafeEqual(entry.keyHash, hash)) {
+      return undefined;
+    }
+    used(entry.clientId);
+    return entry.caller;
+  }
+
   async function verify(key: string): Promise<Caller> {
+    const keptCaller = known(key);
+    if (keptCaller !== undefined) return keptCaller;
     if (!API_KEY_FORMAT.test(key)) throw new InvalidCredentialError('the credential is not an API key');
     const hash = apiKeyHash(key);
     const index = hash.toString('base64');
     const listening = deps.revocations.isListening();
-    const entry = listening ? kept.get(index) : undefined;
-    if (entry !== undefined && now() - entry.keptAt < KEY_CACHE_MAX_AGE_MS && timingSafeEqual(entry.keyHash, hash)) {
-      used(entry.clientId);
-      return entry.caller;
-    }
     const since = version;
     const found = await deps.findByKeyHash(hash);
     if (found === null || found.keyHash.length !== hash.length || !timingSafeEqual(found.keyHash, hash)) {
@@ -91,6 +100,7 @@ export function createApiKeyVerifier(deps: ApiKeyDeps): BearerVerifier & { close
   }
 
   return Object.assign(verify, {
+    known,
     close() {
       unsubscribe();
       kept.clear();

@@ -31,4 +31,12 @@ export class InvalidCredentialError extends Error {
 }
 
 /** Checks a bearer credential of AUTH_MODE's kind: the caller, or InvalidCredentialError. */
-export type BearerVerifier = (credential: string) => Promise<Caller>;
+export interface BearerVerifier {
+  (credential: string): Promise<Caller>;
+  /**
+   * The caller of a credential accepted before and still good, at once (no promise, no hashing
+   * of it as an admin key), or undefined. A client sends the same credential with every request;
+   * on a cheap request (the token list) the full check with its promise cost more than the rest.
+   */
+  known(credential: string): Caller | undefined;
+}

@@ -5,7 +5,7 @@
 
 import { createPublicKey, createSecretKey, type KeyObject } from 'node:crypto';
 import { createLocalJWKSet, errors, jwtVerify, type JSONWebKeySet, type JWTPayload } from 'jose';
-import { InvalidCredentialError, type Caller } from './caller.js';
+import { InvalidCredentialError, type BearerVerifier, type Caller } from './caller.js';
 
 export type JwtKey =
   | { readonly kind: 'secret'; readonly secret: string }
@@ -60,7 +60,7 @@ function algorithmOf(key: KeyObject): string {
 }
 
 /** Builds the verifier once, at start; it throws there if the key is unusable. */
-export function createJwtVerifier(options: JwtOptions): (token: string) => Promise<Caller> {
+export function createJwtVerifier(options: JwtOptions): BearerVerifier {
   const now = options.now ?? Date.now;
   const checks = () => ({
     issuer: options.issuer,
@@ -91,9 +91,9 @@ export function createJwtVerifier(options: JwtOptions): (token: string) => Promi
     }
   }
 
-  const verified = new Map<string, Verified>();
+  const cache = new Map<string, Verified>();
   function fromCache(token: string): Caller | undefined {
-    const entry = verified.get(token);
+    const entry = cache.get(token);
     if (entry === undefined) return undefined;
     const at = now();
     const seconds = at / 1000;
@@ -102,13 +102,11 @@ export function createJwtVerifier(options: JwtOptions): (token: string) => Promi
       seconds < entry.exp + CLOCK_TOLERANCE_SEC &&
       (entry.nbf === undefined || entry.nbf <= seconds + CLOCK_TOLERANCE_SEC);
     if (current) return entry.caller;
-    verified.delete(token);
+    cache.delete(token);
     return undefined;
   }
 
-  return async (token) => {
-    const known = fromCache(token);
-    if (known !== undefined) return known;
+  async function checkAnew(token: string): Promise<Caller> {
     let payload: JWTPayload;
     try {
       payload = await verify(token);
@@ -121,14 +119,16 @@ export function createJwtVerifier(options: JwtOptions): (token: string) => Promi
     const scope = typeof payload.scope === 'string' ? payload.scope.split(' ').filter(Boolean) : [];
     const caller: Caller = { kind: 'user', userId: payload.sub.toLowerCase(), scopes: new Set(scope), clientId: null };
     if (typeof payload.exp === 'number') {
-      if (verified.size >= CACHE_MAX_ENTRIES) {
-        const oldest = verified.keys().next();
-        if (oldest.done !== true) verified.delete(oldest.value);
+      if (cache.size >= CACHE_MAX_ENTRIES) {
+        const oldest = cache.keys().next();
+        if (oldest.done !== true) cache.delete(oldest.value);
       }
-      verified.set(token, { caller, exp: payload.exp, nbf: payload.nbf, cachedAt: now() });
+      cache.set(token, { caller, exp: payload.exp, nbf: payload.nbf, cachedAt: now() });
     }
     return caller;
-  };
+  }
+
+  return Object.assign(async (token: string) => fromCache(token) ?? checkAnew(token), { known: fromCache });
 }
 
 function describe(error: unknown): string {

@@ -73,6 +73,10 @@ export function callerCheck(options: AuthOptions): CallerCheck {
       return ANONYMOUS;
     }
     const presented = /^Bearer +([\x21-\x7e]+) *$/i.exec(header)?.[1];
+    // Found before the admin key is compared: ADMIN_API_KEY never has the form of the mode's
+    // credentials (src/config.ts), so a credential the verifier accepted is not the admin key.
+    const known = presented === undefined ? undefined : verify?.known(presented);
+    if (known !== undefined) return known;
     if (presented !== undefined && (guesses?.mayCompare(from) ?? true) && isAdminKey(presented)) return ADMIN;
     if (verify === undefined) {
       // Not checked in this mode: the request goes on as anonymous, and an admin route refuses it.

@@ -4,7 +4,7 @@ import pg from 'pg';
 import type { RedisReply, SendCommandFn } from 'rate-limit-redis';
 import { logConnectionState, reconnectBackoff, type RedisConnection } from '../jobs/redis.js';
 import type { JSONWebKeySet } from 'jose';
-import type { Caller } from '../auth/caller.js';
+import type { BearerVerifier } from '../auth/caller.js';
 import { createJwtVerifier, type JwtKey } from '../auth/jwt.js';
 import type { Config } from '../config.js';
 import type { Logger } from '../logger.js';
@@ -144,7 +144,7 @@ export function packageVersion(): string {
  * The verifier of callers' JWTs (AUTH_MODE=jwt), with its one key: a JWKS file is read here, at
  * start, never fetched. Undefined in AUTH_MODE=none.
  */
-export function jwtVerifierFor(config: Pick<Config, 'authMode' | 'jwt'>): ((token: string) => Promise<Caller>) | undefined {
+export function jwtVerifierFor(config: Pick<Config, 'authMode' | 'jwt'>): BearerVerifier | undefined {
   if (config.authMode !== 'jwt') return undefined;
   const { secret, publicKey, jwksFile, issuer, audience } = config.jwt;
   const key: JwtKey =

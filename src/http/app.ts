@@ -2,7 +2,7 @@ import type { RequestListener } from 'node:http';
 import { performance } from 'node:perf_hooks';
 import cors from 'cors';
 import express, { type Express, type RequestHandler } from 'express';
-import type { SendCommandFn } from 'rate-limit-redis';
+import type { SendCommandFn } from './rateLimitStore.js';
 import type { BearerVerifier } from '../auth/caller.js';
 import type { ApiClients } from '../domain/clients.js';
 import type { Leases } from '../domain/leases.js';

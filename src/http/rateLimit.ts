@@ -1,17 +1,17 @@
 import { createHash } from 'node:crypto';
 import type { RequestHandler, Response } from 'express';
 import type { Caller } from '../auth/caller.js';
-import { ipKeyGenerator, rateLimit, type Options, type Store } from 'express-rate-limit';
-import { RedisStore, type SendCommandFn } from 'rate-limit-redis';
+import { ipKeyGenerator, rateLimit, type Store } from 'express-rate-limit';
 import { AppError, ERRORS } from '../errors.js';
 import type { Logger } from '../logger.js';
 import type { Metrics } from '../metrics.js';
 import { callerOf } from './authenticate.js';
 import { sendError } from './errors.js';
+import { BatchedRedisStore, type SendCommandFn } from './rateLimitStore.js';
 
 // Rate limits (RATE_LIMIT_PER_MINUTE, ADMIN_RATE_LIMIT_PER_MINUTE): requests per caller and
-// minute, counted in Redis by express-rate-limit and rate-limit-redis, so that every API process
-// spends from one budget. Each budget (lease routes, admin routes) counts on its own.
+// minute, counted in Redis by express-rate-limit over src/http/rateLimitStore.ts, so that every
+// API process spends from one budget. Each budget (lease routes, admin routes) counts on its own.
 //
 // A limit of 0 gives no middleware at all: the routes run exactly as without limits. When Redis
 // cannot be reached the limiter lets requests through uncounted (granting leases matters more
@@ -78,7 +78,7 @@ export function rateLimiter(options: RateLimitOptions): Limit {
     // A store failure was logged once already, by the store (failOpen).
     if (!(err instanceof StoreUnavailableError)) log.error({ err, budget }, msg ?? 'rate limiter error');
   };
-  const store = failOpen(new RedisStore({ sendCommand: options.sendCommand, prefix: options.keyPrefix }), options);
+  const store = failOpen(new BatchedRedisStore({ sendCommand: options.sendCommand, prefix: options.keyPrefix }), options);
   const limiter = rateLimit({
     windowMs: WINDOW_MS,
     limit: perMinute,
@@ -134,34 +134,21 @@ class StoreUnavailableError extends Error {
 }
 
 /**
- * rate-limit-redis made to fail open and to recover. Its scripts are loaded by init(); a load
- * that failed (Redis down at start, or gone as it reloaded them) would fail every later count,
- * so after any failure the next count loads them again. Failures are logged once per outage.
+ * The store made to fail open: a count that fails (Redis down, or no answer within the limiter
+ * connection's timeout) is logged once per outage, counted in a metric, and let through.
  */
-function failOpen(inner: RedisStore, options: RateLimitOptions): Store {
+function failOpen(inner: BatchedRedisStore, options: RateLimitOptions): Store {
   const { budget, log, metrics } = options;
-  let limiterOptions: Options | undefined;
-  let loaded: Promise<void> | undefined;
   let down = false;
-
-  const load = () => {
-    if (limiterOptions === undefined) throw new Error('the rate limit store was not initialised');
-    loaded ??= inner.init(limiterOptions);
-    return loaded;
-  };
 
   return {
     prefix: inner.prefix,
     init(given) {
-      limiterOptions = given;
-      // Redis may not be there yet: the first count loads the scripts if this fails.
-      load().catch(() => {
-        loaded = undefined;
-      });
+      // Redis may not be there yet: the first count loads the script if this fails.
+      inner.init(given).catch(() => undefined);
     },
     async increment(key) {
       try {
-        await load();
         const counted = await inner.increment(key);
         if (down) {
           down = false;
@@ -169,7 +156,6 @@ function failOpen(inner: RedisStore, options: RateLimitOptions): Store {
         }
         return counted;
       } catch (err) {
-        loaded = undefined;
         metrics.rateLimitStoreFailures.inc({ budget });
         if (!down) {
           down = true;

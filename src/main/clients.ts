@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import pg from 'pg';
-import type { RedisReply, SendCommandFn } from 'rate-limit-redis';
+import type { RedisReply, SendCommandFn } from '../http/rateLimitStore.js';
 import { logConnectionState, reconnectBackoff, type RedisConnection } from '../jobs/redis.js';
 import type { JSONWebKeySet } from 'jose';
 import type { BearerVerifier } from '../auth/caller.js';
@@ -66,9 +66,10 @@ export function createProducerConnection(target: RedisTarget, log: Logger): Redi
  * request through uncounted, so a Redis that is down or slow costs a request that long at most.
  * Not less: the timeout also fires when the reply has come but the process is too busy to read
  * it in time, and at 250 ms a flood on two saturated cores let 9 of its 60 requests through
- * uncounted. Every limited request sends one command, written at once: ioredis's auto-pipelining,
- * which holds commands back to write them together, made the activate + release cycle slower
- * (0.80 x limits off where writing at once did 1.03, measured back to back on one machine).
+ * uncounted. The store batches by itself, one command per turn of the event loop
+ * (src/http/rateLimitStore.ts), written at once: ioredis's auto-pipelining, which holds commands
+ * back to write those of one tick together, made the activate + release cycle slower when each
+ * request sent its own (0.80 x limits off where writing at once did 1.03, measured back to back).
  */
 export function createLimiterConnection(target: RedisTarget, log: Logger): RedisConnection {
   const connection = connect(target, {
@@ -81,7 +82,7 @@ export function createLimiterConnection(target: RedisTarget, log: Logger): Redis
 }
 
 /**
- * How the rate limiter sends its commands. On a Cluster, rate-limit-redis's SCRIPT LOAD names no
+ * How the rate limiter sends its commands. On a Cluster, the store's SCRIPT LOAD names no
  * key, so the Cluster would send it to any one master, while the EVALSHA that runs the script
  * goes to the master of the counter's slot, which may not have it (NOSCRIPT, retried once after
  * another SCRIPT LOAD to any master, then counted as Redis being down). Loaded on every master,

@@ -120,9 +120,23 @@ export function rateLimiter(options: RateLimitOptions): Limit {
   return { handlers: [limiter], count: options.failuresOnly === true ? undefined : count };
 }
 
-/** The key's partition key in RateLimit-Policy, as express-rate-limit writes it. */
+/** Callers whose partition key is kept at most: past this, the oldest is computed again. */
+const PARTITION_KEYS_KEPT = 10_000;
+const partitionKeys = new Map<string, string>();
+
+/**
+ * The key's partition key in RateLimit-Policy, as express-rate-limit writes it. Kept by key: a
+ * caller sends request after request, and a hash per request (a native object each time) cost
+ * more than the rest of the count's headers.
+ */
 function partitionKey(key: string): string {
-  return Buffer.from(createHash('sha256').update(key).digest('hex').slice(0, 12)).toString('base64');
+  let pk = partitionKeys.get(key);
+  if (pk === undefined) {
+    pk = Buffer.from(createHash('sha256').update(key).digest('hex').slice(0, 12)).toString('base64');
+    if (partitionKeys.size >= PARTITION_KEYS_KEPT) partitionKeys.delete(partitionKeys.keys().next().value ?? '');
+    partitionKeys.set(key, pk);
+  }
+  return pk;
 }
 
 /** Redis could not count a request; it went through uncounted. */

@@ -32,6 +32,15 @@ async function endedUsage(db: TestDatabase, leaseId: string, timeoutMs = 5_000) 
   );
 }
 
+/**
+ * Waits for the count of leases ended as expired `by` to be `count`: it is counted once the
+ * ending has committed, a moment after the row.
+ */
+function endedBy(t: TestService, by: string, count: number): Promise<true> {
+  const line = new RegExp(`^token_lease_leases_ended_total\\{reason="expired",by="${by}"\\}`);
+  return waitFor(async () => (await metric(t, line)) === count, { what: `${count} leases counted as ended by ${by}` });
+}
+
 async function metric(t: TestService, line: RegExp): Promise<number> {
   const text = (await t.http.get('/metrics')).text;
   const match = text.split('\n').find((l) => line.test(l));
@@ -84,7 +93,7 @@ describe('release jobs', () => {
       end_reason: 'expired',
       ended_at: row.ended_at?.toISOString(),
     });
-    expect(await metric(t, /^token_lease_leases_ended_total\{reason="expired",by="job"\}/)).toBe(1);
+    await endedBy(t, 'job', 1);
   });
 
   it('have an id per lease and expiry, and are removed once done', async () => {
@@ -232,7 +241,7 @@ describe('the sweep', () => {
     for (const lease of leases) {
       expect((await endedUsage(t.db, lease.lease_id)).end_reason).toBe('expired');
     }
-    expect(await metric(t, /^token_lease_leases_ended_total\{reason="expired",by="sweep"\}/)).toBe(2);
+    await endedBy(t, 'sweep', 2);
   });
 
   it('runs in one process at a time', async () => {
@@ -292,7 +301,7 @@ describe('when Redis fails', () => {
 
     const row = await endedUsage(t.db, lease.lease_id);
     expect(row.end_reason).toBe('expired');
-    expect(await metric(t, /^token_lease_leases_ended_total\{reason="expired",by="sweep"\}/)).toBe(1);
+    await endedBy(t, 'sweep', 1);
     const history = await t.http.get(`/api/tokens/${lease.token_id}/history`);
     expect(history.body.data.usages[0]).toMatchObject({ end_reason: 'expired' });
   });
@@ -365,7 +374,7 @@ describe('when Redis fails', () => {
       expect(row.end_reason).toBe('expired');
       expect((row.ended_at?.getTime() ?? 0) - row.expires_at.getTime()).toBeLessThan(1_000);
     }
-    expect(await metric(t, /^token_lease_leases_ended_total\{reason="expired",by="job"\}/)).toBe(2);
+    await endedBy(t, 'job', 2);
   });
 
   it('a service whose Redis is down still shuts down cleanly and in time', async () => {

@@ -148,7 +148,8 @@ describe('on a Redis Cluster', { timeout: 60_000 }, () => {
     const lateMs = (row.ended_at?.getTime() ?? 0) - row.expires_at.getTime();
     expect(lateMs).toBeGreaterThanOrEqual(0);
     expect(lateMs).toBeLessThan(1_000);
-    expect(await endedBy(d.url, 'job')).toBe(1);
+    // Counted once the ending has committed: a moment after the row.
+    await waitFor(async () => (await endedBy(d.url, 'job')) === 1, { what: 'the job to count the lease' });
     expect(await endedBy(d.url, 'sweep')).toBe(0);
     expect(await metric(d.url, /^token_lease_release_enqueue_failures_total /)).toBe(0);
     expect(d.proc.logs.filter((l) => typeof l.level === 'number' && l.level >= 50)).toEqual([]);
@@ -163,7 +164,8 @@ describe('on a Redis Cluster', { timeout: 60_000 }, () => {
 
     const row = await endedUsage(d.db, lease.lease_id);
     expect(row.end_reason).toBe('expired');
-    expect(await endedBy(d.url, 'sweep')).toBe(1);
+    // The sweep counts what it ended once its transaction has committed: a moment after the row.
+    await waitFor(async () => (await endedBy(d.url, 'sweep')) === 1, { what: 'the sweep to count the lease' });
     expect(await endedBy(d.url, 'job')).toBe(0);
   });
 
@@ -211,7 +213,7 @@ describe('with the master of the service’s slot down', () => {
     for (const lease of [before, during]) expect((await endedUsage(d.db, lease.lease_id)).end_reason).toBe('expired');
     // The later lease's job never reached Redis (the earlier one's was lost with the master,
     // unless a worker ran it before the master went down).
-    expect(await endedBy(d.url, 'sweep')).toBeGreaterThanOrEqual(1);
+    await waitFor(async () => (await endedBy(d.url, 'sweep')) >= 1, { what: 'the sweep to count a lease' });
     const byJob = await endedBy(d.url, 'job');
 
     // Back, empty: new leases get jobs again, and those end them.

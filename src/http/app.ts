@@ -135,7 +135,9 @@ export function createHttp(deps: AppDeps): Http {
   if (deps.serveApi ?? true) {
     const guesses = createGuessGuard({ perMinute: deps.adminKeyGuessesPerMinute ?? 0, log });
     const authOptions = { mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey, guesses };
-    const auth = authenticate(authOptions);
+    // One check for Express's routes, the fast lane and the queue board.
+    const check = callerCheck(authOptions);
+    const auth = authenticate(check);
     // With AUTH_MODE=none only the admin routes ask who is calling; they authenticate themselves.
     if (authMode !== 'none') app.use('/api', auth);
     const limit = (budget: 'lease' | 'admin', perMinute: number, failuresOnly = false): Limit =>
@@ -187,7 +189,7 @@ export function createHttp(deps: AppDeps): Http {
         readModel,
         target: defaultPool ?? (() => ({ leases: deps.leases })),
         mode: authMode,
-        check: callerCheck(authOptions),
+        check,
         leaseScope: authMode === 'api_key',
         count: leaseLimit.count,
         headers,
@@ -207,7 +209,7 @@ export function createHttp(deps: AppDeps): Http {
     if (deps.queueBoard !== undefined) {
       // As on the admin routes: who is calling, their admin budget, then the check. The budget is
       // spent by refusals only (the page polls), so that guesses at the key spend it.
-      const page = adminPageAuth({ mode: authMode, verify: deps.verifyBearer, adminApiKey: deps.adminApiKey, guesses });
+      const page = adminPageAuth(authOptions, check);
       const admit = [page.identify, ...limit('admin', deps.rateLimits?.adminPerMinute ?? 0, true).handlers, page.require];
       queueBoardRoutes(app, { ...deps.queueBoard, admit });
     }

@@ -93,9 +93,8 @@ export function callerCheck(options: AuthOptions): CallerCheck {
   };
 }
 
-/** Finds the caller (callerCheck) and leaves it on res.locals for callerOf(). */
-export function authenticate(options: AuthOptions): RequestHandler {
-  const check = callerCheck(options);
+/** Finds the caller with `check` (callerCheck) and leaves it on res.locals for callerOf(). */
+export function authenticate(check: CallerCheck): RequestHandler {
   return (req, res, next) => {
     const caller = check(req.headers.authorization, req);
     if (caller instanceof Promise) {
@@ -140,8 +139,11 @@ const BASIC_REALM = 'Basic realm="token-lease"';
  * a rate limit can go between them: `identify` finds the caller, `require` lets admins through.
  * Every 401 carries the Basic challenge.
  */
-export function adminPageAuth(options: AuthOptions): { identify: RequestHandler; require: RequestHandler } {
-  const bearer = authenticate(options);
+export function adminPageAuth(
+  options: AuthOptions,
+  check: CallerCheck,
+): { identify: RequestHandler; require: RequestHandler } {
+  const bearer = authenticate(check);
   const isAdminKey = adminKeyCheck(options.adminApiKey);
   const challenging =
     (handler: RequestHandler): RequestHandler =>

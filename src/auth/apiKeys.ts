@@ -65,11 +65,9 @@ export function createApiKeyVerifier(deps: ApiKeyDeps): BearerVerifier & { close
     });
   }
 
-  /** The key's caller if it is kept, unrevoked and not too old. */
-  function known(key: string): Caller | undefined {
-    if (!API_KEY_FORMAT.test(key) || !deps.revocations.isListening()) return undefined;
-    const hash = apiKeyHash(key);
-    const entry = kept.get(hash.toString('base64'));
+  /** The caller of the key with this hash if it is kept and not too old (only while listening). */
+  function keptCaller(hash: Buffer, index: string): Caller | undefined {
+    const entry = kept.get(index);
     if (entry === undefined || now() - entry.keptAt >= KEY_CACHE_MAX_AGE_MS || !timingSafeEqual(entry.keyHash, hash)) {
       return undefined;
     }
@@ -77,13 +75,19 @@ export function createApiKeyVerifier(deps: ApiKeyDeps): BearerVerifier & { close
     return entry.caller;
   }
 
+  function known(key: string): Caller | undefined {
+    if (!API_KEY_FORMAT.test(key) || !deps.revocations.isListening()) return undefined;
+    const hash = apiKeyHash(key);
+    return keptCaller(hash, hash.toString('base64'));
+  }
+
   async function verify(key: string): Promise<Caller> {
-    const keptCaller = known(key);
-    if (keptCaller !== undefined) return keptCaller;
     if (!API_KEY_FORMAT.test(key)) throw new InvalidCredentialError('the credential is not an API key');
     const hash = apiKeyHash(key);
     const index = hash.toString('base64');
     const listening = deps.revocations.isListening();
+    const cached = listening ? keptCaller(hash, index) : undefined;
+    if (cached !== undefined) return cached;
     const since = version;
     const found = await deps.findByKeyHash(hash);
     if (found === null || found.keyHash.length !== hash.length || !timingSafeEqual(found.keyHash, hash)) {

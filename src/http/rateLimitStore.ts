@@ -101,29 +101,28 @@ export class BatchedRedisStore implements Store {
   }
 
   private flush(): void {
-    const batch = this.pending;
+    const batch = [...this.pending.values()];
+    const keys = [...this.pending.keys()].map((key) => this.prefix + key);
     this.pending = new Map();
-    const keys = [...batch.keys()];
-    const args = [String(this.windowMs), ...keys.map((key) => String(batch.get(key)?.length ?? 0))];
-    const run = async (reload: boolean) =>
-      this.send('EVALSHA', await this.script(reload), String(keys.length), ...keys.map((key) => this.prefix + key), ...args);
+    const args = [String(this.windowMs), ...batch.map((waiters) => String(waiters.length))];
+    const run = async (reload: boolean) => this.send('EVALSHA', await this.script(reload), String(keys.length), ...keys, ...args);
     run(false)
       .catch((error: unknown) => {
         if (!isNoScript(error)) throw error;
         return run(true);
       })
       .then(
-        (replies) => this.answer(batch, keys, replies),
+        (replies) => this.answer(batch, replies),
         (error: unknown) => {
-          for (const waiters of batch.values()) for (const waiter of waiters) waiter.reject(error);
+          for (const waiters of batch) for (const waiter of waiters) waiter.reject(error);
         },
       );
   }
 
-  private answer(batch: Map<string, Waiter[]>, keys: readonly string[], replies: RedisReply): void {
+  /** Each key's waiters, in the script's order, get their counts from its replies. */
+  private answer(batch: readonly Waiter[][], replies: RedisReply): void {
     const at = Date.now();
-    keys.forEach((key, i) => {
-      const waiters = batch.get(key) ?? [];
+    batch.forEach((waiters, i) => {
       const total = Array.isArray(replies) ? Number(replies[2 * i]) : NaN;
       const ttl = Array.isArray(replies) ? Number(replies[2 * i + 1]) : NaN;
       if (!Number.isFinite(total) || !Number.isFinite(ttl)) {

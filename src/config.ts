@@ -1,5 +1,6 @@
 import { availableParallelism } from 'node:os';
 import { z } from 'zod';
+import { API_KEY_PREFIX } from './domain/clients.js';
 
 // Every setting the service reads, with its default. `.env.example` and the README's
 // configuration table list the same variables; a test keeps docker-compose.yml in step.
@@ -134,7 +135,7 @@ export const envSchema = z
       // Nor the form of the credentials the modes check, so that a credential their verifier has
       // accepted is never the admin key (src/http/authenticate.ts looks those up first).
       .refine(
-        (key) => key.split('.').length !== 3 && !key.startsWith('tlk_'),
+        (key) => key.split('.').length !== 3 && !key.startsWith(API_KEY_PREFIX),
         "must not have the form of a JWT (three parts separated by dots) or of an API client's key (tlk_...)",
       )
       .optional(),

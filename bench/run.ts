@@ -573,7 +573,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
         }
       }
     }
-    const m = options.groups.some((g) => g !== 'large' && g !== 'expiry' && g !== 'events' && g !== 'webhooks') ? await main() : undefined;
+    const m = options.groups.some((g) => g !== 'large' && !timed(g)) ? await main() : undefined;
     if (m !== undefined) {
       measurements.push({ key: 'rss', round: options.rounds, value: rssOf(m.service.pid), errors: 0 });
     }

@@ -24,7 +24,7 @@ const HELP = `Usage: npm run bench -- [options]
   --retention-days D  soak: the service's HISTORY_RETENTION_DAYS (decimals allowed; 0.002 is
                       under 3 minutes, to see the history level off; default: the service's)
   --history-usages N  history: usages seeded into the history (default 10000000, about 4 GB)
-  --rounds N          times each scenario and its baseline run, alternating (default 3)
+  --rounds N          rounds; in each, a compared run sits between two of its baseline (default 3)
   --duration S        seconds measured per scenario and round (default 5; wrk takes whole seconds)
   --warmup S          seconds of unmeasured load before each measurement (default 1)
   --connections N     HTTP connections, and raw SQL concurrency (default 50)

@@ -102,10 +102,14 @@ export function summarise(measurements: readonly Measurement[], sizes: Sizes): R
 }
 
 /**
- * The median of the per-round ratios: a noisy moment that hits one round (both sides of it, or
- * only one) moves one ratio, not the result. Without common rounds, the ratio of the medians.
+ * The median of the per-run ratios: each run against its own baseline figure (`versus`, the mean
+ * of the baseline's runs on either side of it) where the bench measured one, else against the
+ * first baseline run of its round. A noisy moment that hits one run (both sides of it, or only
+ * one) moves one ratio, not the result. Without common rounds, the ratio of the medians.
  */
 function ratioTo(ms: readonly Measurement[], baseline: readonly Measurement[], baseMedian: number | undefined) {
+  const paired = ms.flatMap((m) => (m.versus === undefined || m.versus === 0 ? [] : [m.value / m.versus]));
+  if (paired.length > 0) return median(paired);
   const perRound = ms.flatMap((m) => {
     const base = baseline.find((b) => b.round === m.round)?.value;
     return base === undefined || base === 0 ? [] : [m.value / base];

@@ -75,6 +75,11 @@ export interface Measurement {
   readonly dbCpuMsPerOp?: number;
   readonly samples?: number;
   readonly note?: string;
+  /**
+   * The baseline's figure this run is compared with: the mean of the baseline's runs just before
+   * and just after it in the same round (see runChain). Absent: the round's first baseline run.
+   */
+  readonly versus?: number;
 }
 
 /** The service's pool settings, which the raw SQL baseline copies. */
@@ -120,7 +125,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
   const say = options.progress;
   const postgresCpu = postgresCpuMeter(options.databaseServerUrl);
 
-  /** Records one run of `ops` operations: its rate, latencies, and CPU per operation. */
+  /** Records one run of `ops` operations: its rate, latencies, and CPU per operation; returns the run's index. */
   function record(
     key: ScenarioKey,
     round: number,
@@ -147,7 +152,15 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       cpuMsPerOp: perOp(run.cpuSeconds),
       dbCpuMsPerOp: perOp(run.dbCpuSeconds),
     });
-    return value;
+    return measurements.length - 1;
+  }
+
+  /** Compares run `index` with the mean of `baselines` (indices of the baseline's runs around it). */
+  function compare(index: number, baselines: readonly number[]): void {
+    const run = measurements[index];
+    const figures = baselines.map((i) => measurements[i]?.value ?? 0);
+    if (run === undefined || figures.length === 0) return;
+    measurements[index] = { ...run, versus: figures.reduce((sum, x) => sum + x, 0) / figures.length };
   }
 
   mkdirSync(options.workDir, { recursive: true });
@@ -229,7 +242,8 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     }),
   );
   /** The jwt group: the cycle and the list again as users with JWTs, on a service of its own. */
-  const withJwt = options.groups.includes('jwt');
+  const has = (group: Group) => options.groups.includes(group);
+  const withJwt = has('jwt');
   const jwt = lazily(async () => {
     const users = await signJwtUsers(JWT_USERS);
     const auth: JwtUsers = {
@@ -261,8 +275,8 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
   );
 
   /**
-   * Loads `target` after a warm-up and records the figure, per request or per cycle. With
-   * AUTH_MODE=jwt the requests act as the users of `usersFile`.
+   * Loads `target` after a warm-up and records the figure, per request or per cycle; returns the
+   * run's index. With AUTH_MODE=jwt the requests act as the users of `usersFile`.
    */
   async function measure(
     key: ScenarioKey,
@@ -293,7 +307,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       },
     );
     const per = kind.kind === 'cycle' ? 'cycles' : 'requests';
-    const value = record(key, round, {
+    const index = record(key, round, {
       ops: per === 'cycles' ? result.cycles : result.requests,
       seconds: result.seconds,
       latencyMs: result.latencyMs,
@@ -302,7 +316,8 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       dbCpuSeconds: dbCpuSince?.(),
     });
     const { p99 } = result.latencyMs;
-    say(`  ${key}: ${Math.round(value)} ${per}/s, p99 ${p99} ms, ${result.errors} errors`);
+    say(`  ${key}: ${Math.round(measurements[index]?.value ?? 0)} ${per}/s, p99 ${p99} ms, ${result.errors} errors`);
+    return index;
   }
 
   /**
@@ -330,7 +345,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       leaseTtlMs: LONG_TTL_MS,
       serverCpu: postgresCpu,
     });
-    const value = record(key, round, {
+    const index = record(key, round, {
       ops: result.cycles,
       seconds: result.seconds,
       latencyMs: result.latencyMs,
@@ -339,31 +354,61 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       dbCpuSeconds: result.serverCpuMs === undefined ? undefined : result.serverCpuMs / 1000,
     });
     const { p99 } = result.latencyMs;
-    say(`  ${key}: ${Math.round(value)} cycles/s, p99 ${p99.toFixed(1)} ms, ${result.errors} errors`);
+    say(`  ${key}: ${Math.round(result.cycles / result.seconds)} cycles/s, p99 ${p99.toFixed(1)} ms, ${result.errors} errors`);
+    return index;
   }
 
   async function httpCycle(key: ScenarioKey, round: number, target: Target & { databaseUrl: string }) {
     await freshPool(target);
-    await measure(key, round, target, { kind: 'cycle' }, [200, 201]);
+    const index = await measure(key, round, target, { kind: 'cycle' }, [200, 201]);
     await clear(target.url);
+    return index;
   }
 
+  /** The groups whose HTTP cycles are compared with the cycle on `main`, measured in one chain. */
+  const CHAINED: readonly Group[] = ['cycle', 'jwt', 'limits', 'processes', 'large'];
+
+  /**
+   * The cycle group's runs and every run compared with them, as one chain a round: each compared
+   * run between two runs of its baseline, and the chain symmetric about its middle:
+   *
+   *   raw SQL, HTTP, jwt, HTTP, limits, HTTP, API_PROCESSES=2, HTTP, pool of 1M, HTTP, raw SQL
+   *
+   * (with the groups selected). A run is compared with the mean of its baseline's runs on either
+   * side: the HTTP runs with the two raw SQL runs, the others with the HTTP runs around them. The
+   * machine's speed drifts for minutes at a time; run one after the other in a fixed order, a run
+   * and the baseline it was compared with met different phases of it.
+   */
+  async function runChain(round: number): Promise<void> {
+    const m = await main();
+    const between: Array<() => Promise<number>> = [];
+    if (withJwt) between.push(async () => httpCycle('http-cycle-jwt', round, await jwt()));
+    if (has('limits')) between.push(async () => httpCycle('http-cycle-limited', round, await limited()));
+    // The supervisor's pid would count its own CPU only: per-operation CPU is left out.
+    if (has('processes')) between.push(async () => httpCycle('http-cycle-2', round, { ...(await twoProcesses()), pid: undefined }));
+    if (has('large')) between.push(async () => httpCycle('http-cycle-large', round, await large()));
+    const sql = has('cycle') ? [await sqlCycle('sql-cycle', round, m)] : [];
+    const http = [await httpCycle('http-cycle', round, m)];
+    for (const run of between) {
+      const index = await run();
+      http.push(await httpCycle('http-cycle', round, m));
+      compare(index, http.slice(-2));
+    }
+    if (has('cycle')) {
+      sql.push(await sqlCycle('sql-cycle', round, m));
+      for (const index of http) compare(index, sql);
+    }
+    if (has('large')) await sqlCycle('sql-cycle-large', round, await large());
+  }
+
+  // The chained groups run as one chain, in the place of the first of them; the others' entries
+  // are empty.
+  const firstChained = options.groups.find((g) => CHAINED.includes(g));
+  const chained = (group: Group) => (round: number) => (group === firstChained ? runChain(round) : Promise.resolve());
   const groups: Record<Group, (round: number) => Promise<void>> = {
-    async cycle(round) {
-      const m = await main();
-      await sqlCycle('sql-cycle', round, m);
-      await httpCycle('http-cycle', round, m);
-      if (withJwt) await httpCycle('http-cycle-jwt', round, await jwt());
-    },
-    async limits(round) {
-      // Right after the cycle group's HTTP runs, the first of which it is compared with.
-      await httpCycle('http-cycle-limited', round, await limited());
-    },
-    async processes(round) {
-      // The supervisor's pid would count its own CPU only: per-operation CPU is left out.
-      const two = await twoProcesses();
-      await httpCycle('http-cycle-2', round, { ...two, pid: undefined });
-    },
+    cycle: chained('cycle'),
+    limits: chained('limits'),
+    processes: chained('processes'),
     async ceilings(round) {
       const m = await main();
       for (const kind of ['node-cycle', 'express-cycle'] as const) {
@@ -379,13 +424,7 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       }
       await clear(m.url);
     },
-    async large(round) {
-      const l = await large();
-      // HTTP first: right after the cycle group's HTTP runs, which it is compared with, so that
-      // the two see the machine in as nearly the same state as one run after another can.
-      await httpCycle('http-cycle-large', round, l);
-      await sqlCycle('sql-cycle-large', round, l);
-    },
+    large: chained('large'),
     async exhausted(round) {
       const m = await main();
       await clear(m.url);
@@ -401,28 +440,37 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
       await vacuum(m.databaseUrl);
       const bodyFile = join(options.workDir, 'tokens.json');
       writeFileSync(bodyFile, Buffer.from(await (await fetch(`${m.url}/api/tokens`)).arrayBuffer()));
-      for (const kind of ['node', 'express'] as const) {
-        const bare = await startBareServer(kind, [bodyFile]);
+      const bare = async (kind: 'node' | 'express') => {
+        const server = await startBareServer(kind, [bodyFile]);
         try {
-          await measure(kind === 'node' ? 'bare-node' : 'bare-express', round, bare, { kind: 'get', path: '/api/tokens' }, [200]);
+          return await measure(kind === 'node' ? 'bare-node' : 'bare-express', round, server, { kind: 'get', path: '/api/tokens' }, [200]);
         } finally {
-          await bare.stop();
+          await server.stop();
         }
+      };
+      const list = () => measure('list', round, m, { kind: 'get', path: '/api/tokens' }, [200]);
+      // Express, the list, (the list with JWTs, the list,) Express: as the cycle's chain.
+      await bare('node');
+      const express = [await bare('express')];
+      const lists = [await list()];
+      if (withJwt) {
+        // The leases held on main stay held meanwhile.
+        const index = await heldList('list-jwt', round, await jwt());
+        lists.push(await list());
+        compare(index, lists);
       }
-      await measure('list', round, m, { kind: 'get', path: '/api/tokens' }, [200]);
+      express.push(await bare('express'));
+      for (const index of lists) compare(index, express);
       await clear(m.url);
-      if (withJwt) await heldList('list-jwt', round, await jwt());
     },
     async jwt(round) {
-      // Each run right after its AUTH_MODE=none baseline: in the cycle and list groups when
-      // they run, else here.
-      if (!options.groups.includes('cycle')) {
-        await httpCycle('http-cycle', round, await main());
-        await httpCycle('http-cycle-jwt', round, await jwt());
-      }
-      if (!options.groups.includes('list')) {
-        await heldList('list', round, await main());
-        await heldList('list-jwt', round, await jwt());
+      await chained('jwt')(round);
+      // The list with JWTs between two runs of the list: in the list group when it runs, else here.
+      if (!has('list')) {
+        const lists = [await heldList('list', round, await main())];
+        const index = await heldList('list-jwt', round, await jwt());
+        lists.push(await heldList('list', round, await main()));
+        compare(index, lists);
       }
     },
     async reads(round) {
@@ -490,8 +538,9 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
     await clear(target.url);
     await hold(target, HELD_FOR_READS);
     await vacuum(target.databaseUrl);
-    await measure(key, round, target, { kind: 'get', path: '/api/tokens' }, [200], target.auth?.readersFile);
+    const index = await measure(key, round, target, { kind: 'get', path: '/api/tokens' }, [200], target.auth?.readersFile);
     await clear(target.url);
+    return index;
   }
 
   /**

@@ -3,6 +3,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { inject, describe, expect, it } from 'vitest';
 import { benchmark, type BenchReport } from '../bench/bench.js';
+import { summarise } from '../bench/report.js';
+import type { Measurement } from '../bench/run.js';
 import { wrkVersion, type LoadGenerator } from '../bench/load.js';
 import { GROUPS, SCENARIOS, type Group } from '../bench/scenarios.js';
 import { testDatabasePrefix, uniqueName } from './harness/databases.js';
@@ -75,4 +77,40 @@ describe('npm run bench', () => {
     const jwtRatios = report.rows.filter((r) => r.key === 'http-cycle-jwt' || r.key === 'list-jwt').map((r) => r.ratio);
     expect(jwtRatios).toEqual([expect.any(Number), expect.any(Number)]);
   }, 180_000);
+});
+
+describe("the bench's report", () => {
+  const sizes = { largePool: 1_000, expiryLeases: 20, expiryTtlMs: 2_000, subscribers: 10 };
+  const run = (key: Measurement['key'], round: number, value: number, versus?: number): Measurement => ({
+    key,
+    round,
+    value,
+    errors: 0,
+    ...(versus === undefined ? {} : { versus }),
+  });
+  const ratioOf = (rows: ReturnType<typeof summarise>, key: Measurement['key']) => rows.find((r) => r.key === key)?.ratio;
+
+  it('compares a run with the baseline figure measured around it, where there is one', () => {
+    const rows = summarise(
+      [
+        run('http-cycle', 1, 1000),
+        run('http-cycle-limited', 1, 900, 1000),
+        run('http-cycle', 1, 500),
+        run('http-cycle-limited', 1, 450, 500),
+        run('http-cycle', 2, 800),
+        run('http-cycle-limited', 2, 760, 800),
+      ],
+      sizes,
+    );
+    // The median of 0.9, 0.9 and 0.95; against each round's first HTTP run it would be 0.45 in round 1.
+    expect(ratioOf(rows, 'http-cycle-limited')).toBeCloseTo(0.9);
+  });
+
+  it('else compares it with the first baseline run of its round', () => {
+    const rows = summarise(
+      [run('sql-cycle', 1, 1000), run('http-cycle', 1, 600), run('sql-cycle', 2, 2000), run('http-cycle', 2, 1400)],
+      sizes,
+    );
+    expect(ratioOf(rows, 'http-cycle')).toBeCloseTo(0.65);
+  });
 });

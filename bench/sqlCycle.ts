@@ -31,6 +31,8 @@ export function sqlCyclePool(databaseUrl: string, max: number): Pool {
       max,
       statementTimeoutMs: 5_000,
       connectTimeoutMs: 5_000,
+      // As the service's pool keeps them by default (DATABASE_IDLE_TIMEOUT_MS).
+      idleTimeoutMs: 600_000,
       applicationName: 'token-lease-bench',
     },
     createLogger({ level: 'silent' }),

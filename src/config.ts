@@ -77,6 +77,7 @@ export const envSchema = z
     DATABASE_POOL_MAX: whole(10, 1, 1000),
     DATABASE_STATEMENT_TIMEOUT_MS: milliseconds(5_000, 100),
     DATABASE_CONNECT_TIMEOUT_MS: milliseconds(5_000, 100),
+    DATABASE_IDLE_TIMEOUT_MS: milliseconds(600_000, 0),
     REDIS_URL: z.url({ protocol: /^rediss?$/ }).default('redis://127.0.0.1:6379'),
     REDIS_PREFIX: z
       .string()
@@ -196,6 +197,7 @@ export const envSchema = z
     databasePoolMax: e.DATABASE_POOL_MAX,
     databaseStatementTimeoutMs: e.DATABASE_STATEMENT_TIMEOUT_MS,
     databaseConnectTimeoutMs: e.DATABASE_CONNECT_TIMEOUT_MS,
+    databaseIdleTimeoutMs: e.DATABASE_IDLE_TIMEOUT_MS,
     redisUrl: e.REDIS_URL,
     redisPrefix: e.REDIS_PREFIX,
     /** Null: one Redis at redisUrl. Else a Redis Cluster reached through these nodes. */

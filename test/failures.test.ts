@@ -36,6 +36,7 @@ describe('PostgreSQL unreachable', () => {
       max: 2,
       statementTimeoutMs: 1_000,
       connectTimeoutMs: 500,
+      idleTimeoutMs: 10_000,
       applicationName: 'test',
     },
     testLogger(),

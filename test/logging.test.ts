@@ -108,7 +108,7 @@ describe('error log lines', () => {
     });
     const db = await createTestDatabase();
     const pool = createPool(
-      { connectionString: db.url, max: 1, statementTimeoutMs: 5_000, connectTimeoutMs: 5_000, applicationName: 'log-test' },
+      { connectionString: db.url, max: 1, statementTimeoutMs: 5_000, connectTimeoutMs: 5_000, idleTimeoutMs: 10_000, applicationName: 'log-test' },
       createLogger({ level: 'warn', destination: sink }),
     );
     try {

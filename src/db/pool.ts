@@ -12,6 +12,8 @@ export interface PoolOptions {
   readonly max: number;
   readonly statementTimeoutMs: number;
   readonly connectTimeoutMs: number;
+  /** How long a connection may sit idle before it is closed; 0 keeps it open. */
+  readonly idleTimeoutMs: number;
   readonly applicationName: string;
 }
 
@@ -26,6 +28,10 @@ export function createPool(options: PoolOptions, log: Logger): Pool {
     statement_timeout: options.statementTimeoutMs,
     query_timeout: options.statementTimeoutMs + 1_000,
     keepAlive: true,
+    // A new connection is a new server process, which prepares the hot statements and compiles
+    // the lease functions again: closing connections after pg-pool's 10 s of idleness made the
+    // first seconds after every quiet spell cost PostgreSQL more per request (docs/configuration.md).
+    idleTimeoutMillis: options.idleTimeoutMs,
   });
   // Without this listener an idle connection dropped by the server crashes the process.
   pool.on('error', (err) => {

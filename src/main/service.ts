@@ -68,6 +68,7 @@ export async function startService(config: Config, log: Logger): Promise<Service
         max: config.databasePoolMax,
         statementTimeoutMs: config.databaseStatementTimeoutMs,
         connectTimeoutMs: config.databaseConnectTimeoutMs,
+        idleTimeoutMs: config.databaseIdleTimeoutMs,
         applicationName: `token-lease-${config.role}`,
       },
       log,

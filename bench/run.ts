@@ -382,11 +382,17 @@ export async function runBench(options: BenchOptions): Promise<Measurement[]> {
   async function runChain(round: number): Promise<void> {
     const m = await main();
     const between: Array<() => Promise<number>> = [];
-    if (withJwt) between.push(async () => httpCycle('http-cycle-jwt', round, await jwt()));
-    if (has('limits')) between.push(async () => httpCycle('http-cycle-limited', round, await limited()));
+    // Each compared service served nothing since its last round, while the main one's last cycles
+    // ran seconds ago: it gets as recent a load, unmeasured, before its run.
+    const recentlyWarmed = async (key: ScenarioKey, target: Target & { databaseUrl: string }) => {
+      await warmUp(target);
+      return httpCycle(key, round, target);
+    };
+    if (withJwt) between.push(async () => recentlyWarmed('http-cycle-jwt', await jwt()));
+    if (has('limits')) between.push(async () => recentlyWarmed('http-cycle-limited', await limited()));
     // The supervisor's pid would count its own CPU only: per-operation CPU is left out.
-    if (has('processes')) between.push(async () => httpCycle('http-cycle-2', round, { ...(await twoProcesses()), pid: undefined }));
-    if (has('large')) between.push(async () => httpCycle('http-cycle-large', round, await large()));
+    if (has('processes')) between.push(async () => recentlyWarmed('http-cycle-2', { ...(await twoProcesses()), pid: undefined }));
+    if (has('large')) between.push(async () => recentlyWarmed('http-cycle-large', await large()));
     const sql = has('cycle') ? [await sqlCycle('sql-cycle', round, m)] : [];
     const http = [await httpCycle('http-cycle', round, m)];
     for (const run of between) {

@@ -29,8 +29,7 @@ export function createPool(options: PoolOptions, log: Logger): Pool {
     query_timeout: options.statementTimeoutMs + 1_000,
     keepAlive: true,
     // A new connection is a new server process, which prepares the hot statements and compiles
-    // the lease functions again: closing connections after pg-pool's 10 s of idleness made the
-    // first seconds after every quiet spell cost PostgreSQL more per request (docs/configuration.md).
+    // the lease functions again: connections stay open through quiet spells (docs/configuration.md).
     idleTimeoutMillis: options.idleTimeoutMs,
   });
   // Without this listener an idle connection dropped by the server crashes the process.
